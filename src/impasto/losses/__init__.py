@@ -1,0 +1,1 @@
+"""Losses: pure functions of features plus thin modules holding precomputed targets."""

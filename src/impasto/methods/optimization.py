@@ -1,0 +1,432 @@
+"""Optimisation-based style transfer (Gatys, Ecker & Bethge 2015/2016) with the usual controls.
+
+The output pixels are optimised (L-BFGS or Adam) so that their VGG features match the content
+image at the content layers and the style image(s)' statistics at the style layers. Extensions:
+several styles with blend weights, per-layer style sources, style scale, coarse-to-fine
+multi-scale, colour control (Gatys et al. 2017), checkpoint/resume, bf16 on capable CPUs.
+
+Differs from the paper: each layer's loss is divided by the mean square of its target (its
+Gram matrix for style, its activation for content), so layers and encoders with different
+activation scales weigh as the weights say. Gatys et al. reached a similar balance by
+rescaling the VGG-19 weights so that mean activations are 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from impasto.errors import CheckpointError, InvalidOptionError, suggest
+from impasto.events import Callback, CancelToken, Done, Progress, Stage
+from impasto.features.vgg import POOLING, VGGEncoder, load_encoder
+from impasto.io.checkpoint import load_checkpoint, save_checkpoint
+from impasto.io.image import load_image
+from impasto.losses.content import content_loss
+from impasto.losses.regularizers import tv_loss
+from impasto.losses.style import STYLE_LOSSES, gram_loss, mean_std_loss, w2_loss
+from impasto.ops import color as color_ops
+from impasto.ops.geometry import resize, scale_schedule, size_for_long_side
+from impasto.ops.stats import gram_matrix, mean_cov, mean_std
+
+OPTIMIZERS = ("lbfgs", "adam")
+INITS = ("content", "noise", "style")  # or a path to an image file
+COLOR_MODES = ("style", "luminance", "match", "color_only")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every default of the optimisation method. Field docs are shown by ``impasto stylize --help``."""
+
+    size: int | None = 512
+    """Long side of the output in pixels (None: the content image's own size)."""
+    iterations: int = 350
+    """Total optimiser steps over all scales; each coarser scale gets twice the steps of the next finer one."""
+    scale_iterations: tuple[int, ...] | None = None
+    """Explicit steps per scale, coarse to fine (overrides iterations; its length sets the number of scales)."""
+    min_size: int = 256
+    """Smallest long side of the coarse-to-fine schedule (>= size: single scale)."""
+    scale_factor: float = math.sqrt(2)
+    """Ratio between consecutive scales."""
+    optimizer: str = "lbfgs"
+    """lbfgs (classic) or adam."""
+    learning_rate: float | None = None
+    """Step size (default: 1.0 for lbfgs, 0.02 for adam)."""
+    init: str = "content"
+    """Start image: content, noise, style, or a path to an image file."""
+    encoder: str = "auto"
+    """Pretrained features: auto (best available), vgg16 (offline), vgg19 (download), tiny (tests)."""
+    pooling: str = "max"
+    """Encoder pooling: max or avg."""
+    content_layers: tuple[str, ...] = ("relu4_2",)
+    """Layers whose activations the result must keep from the content image."""
+    content_layer_weights: tuple[float, ...] | None = None
+    """One weight per content layer (default: equal, summing to 1)."""
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    """Layers whose statistics the result must take from the style image(s)."""
+    style_layer_weights: tuple[float, ...] | None = None
+    """One weight per style layer (default: equal, summing to 1)."""
+    content_weight: float = 1.0
+    """alpha: weight of the content loss."""
+    style_weight: float = 1e3
+    """beta: weight of the style loss."""
+    ratio: float | None = None
+    """alpha/beta; when set, style_weight = content_weight / ratio."""
+    tv_weight: float = 1e-1
+    """gamma: weight of the total-variation smoothness prior (on the image in [0, 1])."""
+    style_loss: str = "gram"
+    """Style statistic: gram, mean_std or w2 (mean + covariance, Bures)."""
+    style_blend: tuple[float, ...] | None = None
+    """Blend weights, one per style image (default: equal)."""
+    layer_sources: tuple[tuple[str, int], ...] = ()
+    """Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend."""
+    style_scale: float = 1.0
+    """Style image long side relative to the output's at every scale (bigger: larger brush strokes)."""
+    color: str = "style"
+    """Colour control: style (take the style's colours), luminance (keep the content's colours),
+    match (recolour the style to the content first), color_only (content luminance + result colours)."""
+    precision: str = "auto"
+    """auto (bf16 where the CPU supports it), fp32 or bf16."""
+    seed: int = 0
+    """Random seed (noise init); the same seed on the same machine gives the same image."""
+
+    def resolved_style_weight(self) -> float:
+        return self.content_weight / self.ratio if self.ratio else self.style_weight
+
+
+def options_from_dict(values: dict[str, Any]) -> Options:
+    """Build Options from a (JSON) dict; unknown keys are an error naming the nearest valid key."""
+    names = [f.name for f in fields(Options)]
+    for key in values:
+        if key not in names:
+            raise InvalidOptionError(f"unknown option '{key}'.{suggest(key, names)}")
+    converted = dict(values)
+    for key in ("scale_iterations", "content_layers", "content_layer_weights", "style_layers",
+                "style_layer_weights", "style_blend"):
+        if converted.get(key) is not None:
+            converted[key] = tuple(converted[key])
+    if "layer_sources" in converted:
+        converted["layer_sources"] = tuple((str(a), int(b)) for a, b in converted["layer_sources"])
+    return Options(**converted)
+
+
+def _choice(value: str, choices: Sequence[str], what: str) -> None:
+    if value not in choices:
+        raise InvalidOptionError(f"{what} must be one of {', '.join(choices)}, got '{value}'.{suggest(value, choices)}")
+
+
+def validate(options: Options, n_styles: int) -> None:
+    """Raise InvalidOptionError for any inconsistent option (before any heavy work)."""
+    _choice(options.optimizer, OPTIMIZERS, "optimizer")
+    _choice(options.color, COLOR_MODES, "color")
+    _choice(options.precision, PRECISIONS, "precision")
+    _choice(options.style_loss, STYLE_LOSSES, "style_loss")
+    _choice(options.pooling, POOLING, "pooling")
+    if options.init not in INITS and not Path(options.init).is_file():
+        raise InvalidOptionError(f"init must be one of {', '.join(INITS)} or an existing image file, got '{options.init}'")
+    if options.size is not None and options.size < 16:
+        raise InvalidOptionError(f"size must be at least 16 pixels, got {options.size}")
+    if options.iterations < 1:
+        raise InvalidOptionError(f"iterations must be >= 1, got {options.iterations}")
+    if options.scale_iterations is not None and (not options.scale_iterations or min(options.scale_iterations) < 0):
+        raise InvalidOptionError("scale_iterations must be a non-empty list of step counts >= 0")
+    if options.scale_factor <= 1:
+        raise InvalidOptionError(f"scale_factor must be > 1, got {options.scale_factor}")
+    if options.style_scale <= 0:
+        raise InvalidOptionError(f"style_scale must be > 0, got {options.style_scale}")
+    if options.ratio is not None and options.ratio <= 0:
+        raise InvalidOptionError(f"ratio (alpha/beta) must be > 0, got {options.ratio}")
+    for name in ("content_weight", "style_weight", "tv_weight"):
+        if getattr(options, name) < 0:
+            raise InvalidOptionError(f"{name} must be >= 0, got {getattr(options, name)}")
+    for layers, weights, what in ((options.content_layers, options.content_layer_weights, "content"),
+                                  (options.style_layers, options.style_layer_weights, "style")):
+        if not layers:
+            raise InvalidOptionError(f"at least one {what} layer is needed")
+        if weights is not None and len(weights) != len(layers):
+            raise InvalidOptionError(f"{len(weights)} {what} layer weights given for {len(layers)} {what} layers")
+    if n_styles < 1:
+        raise InvalidOptionError("at least one style image is needed")
+    if options.style_blend is not None:
+        if len(options.style_blend) != n_styles:
+            raise InvalidOptionError(f"{len(options.style_blend)} blend weights given for {n_styles} style images")
+        if min(options.style_blend) < 0 or sum(options.style_blend) <= 0:
+            raise InvalidOptionError("style blend weights must be >= 0 and not all zero")
+    for layer, index in options.layer_sources:
+        if layer not in options.style_layers:
+            raise InvalidOptionError(
+                f"layer source '{layer}' is not a style layer ({', '.join(options.style_layers)})"
+                f"{suggest(layer, options.style_layers)}"
+            )
+        if not 0 <= index < n_styles:
+            raise InvalidOptionError(f"layer source {layer}={index}: style index must be in 0..{n_styles - 1}")
+
+
+def _layer_weights(layers: Sequence[str], weights: Sequence[float] | None) -> dict[str, float]:
+    if weights is None:
+        return {layer: 1.0 / len(layers) for layer in layers}
+    return dict(zip(layers, weights, strict=True))
+
+
+def scale_plan(options: Options, height: int, width: int) -> list[tuple[tuple[int, int], int]]:
+    """[((H, W), steps), ...] coarse to fine for a content image of ``height`` x ``width``."""
+    long_side = options.size or max(height, width)
+    if options.scale_iterations is not None:
+        n = len(options.scale_iterations)
+        sizes = [round(long_side / options.scale_factor ** (n - 1 - k)) for k in range(n)]
+        steps = list(options.scale_iterations)
+    else:
+        sizes = scale_schedule(long_side, min(options.min_size, long_side), options.scale_factor)
+        shares = [2.0 ** (len(sizes) - 1 - k) for k in range(len(sizes))]
+        steps = [max(1, round(options.iterations * s / sum(shares))) for s in shares]
+    return [(size_for_long_side(height, width, s), n) for s, n in zip(sizes, steps, strict=True)]
+
+
+def _use_bf16(precision: str) -> bool:
+    if precision == "fp32":
+        return False
+    supported = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    if precision == "bf16":
+        if not supported:
+            raise InvalidOptionError("precision bf16 needs a CPU with bf16 support; use --precision fp32")
+        return True
+    return supported
+
+
+class _Objective:
+    """Targets for one scale, computed once; ``__call__`` gives the weighted losses of an image."""
+
+    def __init__(self, encoder: VGGEncoder, prepare, content: Tensor, styles: list[Tensor], options: Options) -> None:
+        self.encoder = encoder
+        self.prepare = prepare
+        self.options = options
+        self.content_weights = _layer_weights(options.content_layers, options.content_layer_weights)
+        self.style_weights = _layer_weights(options.style_layers, options.style_layer_weights)
+        with torch.no_grad():
+            feats = encoder(prepare(content))
+            self.content_targets = {k: feats[k] for k in options.content_layers}
+            style_feats = [encoder(prepare(s)) for s in styles]
+        blend = torch.tensor(options.style_blend or [1.0] * len(styles), dtype=torch.float64)
+        blend = (blend / blend.sum()).tolist()
+        sources = dict(options.layer_sources)
+        self.style_targets: dict[str, tuple[Tensor, ...]] = {}
+        self.norm: dict[str, float] = {}
+        for layer in options.style_layers:
+            mix = [0.0] * len(styles)
+            if layer in sources:
+                mix[sources[layer]] = 1.0
+            else:
+                mix = blend
+            # Blending statistics (not losses) is exact for gram/mean_std: a weighted sum of squared
+            # errors to several targets has the same minimiser as the error to their weighted mean.
+            stats = [self._stats(f[layer]) for f in style_feats]
+            target = tuple(sum(w * s[i] for w, s in zip(mix, stats, strict=True)) for i in range(len(stats[0])))
+            self.style_targets[layer] = target
+            self.norm[f"style:{layer}"] = float(sum(t.pow(2).mean() for t in target)) + 1e-8
+        for layer, t in self.content_targets.items():
+            self.norm[f"content:{layer}"] = float(t.float().pow(2).mean()) + 1e-8
+
+    def _stats(self, f: Tensor) -> tuple[Tensor, ...]:
+        f = f.float()
+        if self.options.style_loss == "gram":
+            return (gram_matrix(f),)
+        if self.options.style_loss == "mean_std":
+            return mean_std(f)
+        return mean_cov(f.double())
+
+    def _style_term(self, f: Tensor, target: tuple[Tensor, ...]) -> Tensor:
+        if self.options.style_loss == "gram":
+            return gram_loss(f, target[0])
+        if self.options.style_loss == "mean_std":
+            return mean_std_loss(f, *target)
+        return w2_loss(f.double(), *target).float()
+
+    def __call__(self, image: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        o = self.options
+        feats = self.encoder(self.prepare(image))
+        c = sum(w * content_loss(feats[k], self.content_targets[k]) / self.norm[f"content:{k}"]
+                for k, w in self.content_weights.items())
+        s = sum(w * self._style_term(feats[k], self.style_targets[k]) / self.norm[f"style:{k}"]
+                for k, w in self.style_weights.items())
+        tv = tv_loss(image)
+        total = o.content_weight * c + o.resolved_style_weight() * s + o.tv_weight * tv
+        return total, {"content": c, "style": s, "tv": tv}
+
+
+def fingerprint(content: Tensor, styles: Sequence[Tensor], options: Options) -> str:
+    """Hash of everything that determines the result, to refuse resuming a different job."""
+    digest = hashlib.sha256(json.dumps(asdict(options), sort_keys=True, default=str).encode())
+    for t in (content, *styles):
+        digest.update(t.detach().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Result:
+    """What a run produced: the image and facts for its recipe."""
+
+    image: Tensor  # (1, 3, H, W) float32 in [0, 1]
+    weights: str
+    weights_sha256: str
+    steps: int
+    seconds: float
+    final_losses: dict[str, float] = field(default_factory=dict)
+
+
+def run(
+    content: Tensor,
+    style: Tensor | Sequence[Tensor],
+    options: Options | None = None,
+    *,
+    callback: Callback | None = None,
+    cancel: CancelToken | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    encoder: VGGEncoder | None = None,
+) -> Result:
+    """Stylise ``content`` (1, 3, H, W) in [0, 1] with ``style`` (one image or several).
+
+    ``checkpoint``: file written every ``checkpoint_every`` steps, at the end of each scale and
+    on cancellation; with ``resume=True`` the run continues from it (same inputs and options
+    required, else ``CheckpointError``). Raises ``InvalidOptionError`` for bad options,
+    ``CancelledError`` when ``cancel`` is set, ``WeightsError`` when no encoder can be loaded.
+    """
+    options = options or Options()
+    styles = [style] if isinstance(style, Tensor) else list(style)
+    validate(options, len(styles))
+    for name, t in [("content", content), *((f"style {i}", s) for i, s in enumerate(styles))]:
+        if t.dim() != 4 or t.shape[:2] != (1, 3):
+            raise InvalidOptionError(f"{name} must be a (1, 3, H, W) tensor, got {tuple(t.shape)}")
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)
+    fp = fingerprint(content, styles, options)
+
+    layers = list(dict.fromkeys([*options.content_layers, *options.style_layers]))
+    encoder = encoder.with_layers(layers) if encoder is not None else load_encoder(options.encoder, layers, pooling=options.pooling)
+    weights_name, weights_sha = encoder.weights_name, encoder.weights_sha256
+    bf16 = _use_bf16(options.precision)
+    if bf16:
+        encoder = encoder.to(torch.bfloat16).to(memory_format=torch.channels_last)
+
+        def prepare(x: Tensor) -> Tensor:
+            return x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    else:
+        def prepare(x: Tensor) -> Tensor:
+            return x
+
+    # Colour control acts on the inputs once, before any scale.
+    target_content, target_styles = content, styles
+    if options.color == "luminance":
+        target_content = color_ops.luminance(content)
+        target_styles = [color_ops.match_luminance(s, content) for s in styles]
+    elif options.color == "match":
+        target_styles = [color_ops.match_color(s, content) for s in styles]
+
+    plan = scale_plan(options, content.shape[-2], content.shape[-1])
+    total_steps = sum(n for _, n in plan)
+    lr = options.learning_rate or DEFAULT_LR[options.optimizer]
+
+    start_scale, start_step, image, opt_state = 0, 0, None, None
+    if resume:
+        if checkpoint is None:
+            raise CheckpointError("resume needs a checkpoint path")
+        state = load_checkpoint(checkpoint)
+        if state.get("fingerprint") != fp:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} belongs to a different run (other inputs or options); "
+                "use the same command, or delete the checkpoint to start fresh"
+            )
+        start_scale, start_step = int(state["scale_index"]), int(state["step"])
+        image, opt_state = state["image"], state["optimizer"]
+
+    done = sum(n for _, n in plan[:start_scale]) + start_step
+    losses: dict[str, float] = {}
+    for k in range(start_scale, len(plan)):
+        size, steps = plan[k]
+        if callback:
+            callback(Stage(name="scale", index=k, total=len(plan), size=size))
+        c_k = resize(target_content, size)
+        s_k = [resize(s, size_for_long_side(s.shape[-2], s.shape[-1], max(1, round(max(size) * options.style_scale))))
+               for s in target_styles]
+        objective = _Objective(encoder, prepare, c_k, s_k, options)
+        if image is None:
+            image = _initial_image(options, c_k, s_k[0])
+        elif tuple(image.shape[-2:]) != size:
+            image = torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False)
+        x = image.detach().clone().contiguous().requires_grad_(True)
+        if options.optimizer == "lbfgs":
+            opt: torch.optim.Optimizer = torch.optim.LBFGS([x], lr=lr, max_iter=1, history_size=50,
+                                                           tolerance_grad=0.0, tolerance_change=0.0)
+        else:
+            opt = torch.optim.Adam([x], lr=lr)
+        if opt_state:  # empty: the checkpoint was taken between scales, start a fresh optimiser
+            opt.load_state_dict(opt_state)
+            opt_state = None
+        current: dict[str, Tensor] = {}
+
+        def closure() -> Tensor:
+            opt.zero_grad(set_to_none=True)
+            total, parts = objective(x)
+            total.backward()
+            current.update(parts, total=total.detach())
+            return total
+
+        def save(step_in_scale: int) -> None:
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {"fingerprint": fp, "scale_index": k, "step": step_in_scale,
+                                             "image": x.detach().clone(), "optimizer": opt.state_dict()})
+
+        for i in range(start_step, steps):
+            if cancel is not None and cancel.cancelled:
+                save(i)
+                cancel.raise_if_cancelled()
+            opt.step(closure)
+            done += 1
+            losses = {name: float(v) for name, v in current.items()}
+            if callback:
+                callback(Progress(step=done, total=total_steps, scale_index=k, scale_total=len(plan), losses=losses))
+            if checkpoint is not None and checkpoint_every > 0 and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
+                save(i + 1)
+        start_step = 0
+        image = x.detach()
+        if k + 1 < len(plan):
+            nxt = plan[k + 1][0]
+            image = torch.nn.functional.interpolate(image, size=nxt, mode="bicubic", align_corners=False)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {"fingerprint": fp, "scale_index": k + 1, "step": 0,
+                                             "image": image.clone(), "optimizer": {}})
+                # an empty optimiser state means "fresh optimiser" at the next scale
+    assert image is not None
+    result = image.clamp(0, 1).float()
+    if options.color == "luminance":
+        result = color_ops.combine_luminance_chroma(result, resize(content, tuple(result.shape[-2:])))
+    elif options.color == "color_only":
+        result = color_ops.combine_luminance_chroma(resize(content, tuple(result.shape[-2:])), result)
+    seconds = time.perf_counter() - started
+    if callback:
+        callback(Done(seconds=seconds, steps=done))
+    return Result(image=result.contiguous(), weights=weights_name, weights_sha256=weights_sha,
+                  steps=done, seconds=seconds, final_losses=losses)
+
+
+def _initial_image(options: Options, content: Tensor, style: Tensor) -> Tensor:
+    size = tuple(content.shape[-2:])
+    if options.init == "content":
+        return content.clone()
+    if options.init == "noise":
+        gen = torch.Generator().manual_seed(options.seed)
+        return torch.rand(content.shape, generator=gen)
+    if options.init == "style":
+        return resize(style, size)
+    return resize(load_image(options.init), size)
