@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from impasto.events import Callback, CancelToken, Done, Progress, Stage
 from impasto.features.vgg import POOLING, VGGEncoder, load_encoder
 from impasto.io.checkpoint import load_checkpoint, save_checkpoint
 from impasto.io.image import load_image
+from impasto.options import option
 from impasto.losses.content import content_loss
 from impasto.losses.regularizers import tv_loss
 from impasto.losses.style import STYLE_LOSSES, gram_loss, mean_std_loss, w2_loss
@@ -48,76 +49,34 @@ DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 class Options:
     """Every default of the optimisation method. Field docs are shown by ``impasto stylize --help``."""
 
-    size: int | None = 512
-    """Long side of the output in pixels (None: the content image's own size)."""
-    iterations: int = 350
-    """Total optimiser steps over all scales; each coarser scale gets twice the steps of the next finer one."""
-    scale_iterations: tuple[int, ...] | None = None
-    """Explicit steps per scale, coarse to fine (overrides iterations; its length sets the number of scales)."""
-    min_size: int = 256
-    """Smallest long side of the coarse-to-fine schedule (>= size: single scale)."""
-    scale_factor: float = math.sqrt(2)
-    """Ratio between consecutive scales."""
-    optimizer: str = "lbfgs"
-    """lbfgs (classic) or adam."""
-    learning_rate: float | None = None
-    """Step size (default: 1.0 for lbfgs, 0.02 for adam)."""
-    init: str = "content"
-    """Start image: content, noise, style, or a path to an image file."""
-    encoder: str = "auto"
-    """Pretrained features: auto (best available), vgg16 (offline), vgg19 (download), tiny (tests)."""
-    pooling: str = "max"
-    """Encoder pooling: max or avg."""
-    content_layers: tuple[str, ...] = ("relu4_2",)
-    """Layers whose activations the result must keep from the content image."""
-    content_layer_weights: tuple[float, ...] | None = None
-    """One weight per content layer (default: equal, summing to 1)."""
-    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-    """Layers whose statistics the result must take from the style image(s)."""
-    style_layer_weights: tuple[float, ...] | None = None
-    """One weight per style layer (default: equal, summing to 1)."""
-    content_weight: float = 1.0
-    """alpha: weight of the content loss."""
-    style_weight: float = 1e3
-    """beta: weight of the style loss."""
-    ratio: float | None = None
-    """alpha/beta; when set, style_weight = content_weight / ratio."""
-    tv_weight: float = 1e-1
-    """gamma: weight of the total-variation smoothness prior (on the image in [0, 1])."""
-    style_loss: str = "gram"
-    """Style statistic: gram, mean_std or w2 (mean + covariance, Bures)."""
-    style_blend: tuple[float, ...] | None = None
-    """Blend weights, one per style image (default: equal)."""
-    layer_sources: tuple[tuple[str, int], ...] = ()
-    """Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend."""
-    style_scale: float = 1.0
-    """Style image long side relative to the output's at every scale (bigger: larger brush strokes)."""
-    color: str = "style"
-    """Colour control: style (take the style's colours), luminance (keep the content's colours),
-    match (recolour the style to the content first), color_only (content luminance + result colours)."""
-    precision: str = "auto"
-    """auto (bf16 where the CPU supports it), fp32 or bf16."""
-    seed: int = 0
-    """Random seed (noise init); the same seed on the same machine gives the same image."""
+    size: int | None = option(512, "Long side of the output in pixels (None: the content image's own size).")
+    iterations: int = option(350, "Total optimiser steps over all scales; each coarser scale gets twice the steps of the next finer one.")
+    scale_iterations: tuple[int, ...] | None = option(None, "Explicit steps per scale, coarse to fine (overrides iterations; its length sets the number of scales).")
+    min_size: int = option(256, "Smallest long side of the coarse-to-fine schedule (>= size: single scale).")
+    scale_factor: float = option(math.sqrt(2), "Ratio between consecutive scales.")
+    optimizer: str = option("lbfgs", "lbfgs (classic) or adam.")
+    learning_rate: float | None = option(None, "Step size (default: 1.0 for lbfgs, 0.02 for adam).")
+    init: str = option("content", "Start image: content, noise, style, or a path to an image file.")
+    encoder: str = option("auto", "Pretrained features: auto (best available), vgg16 (offline), vgg19 (download), tiny (tests).")
+    pooling: str = option("max", "Encoder pooling: max or avg.")
+    content_layers: tuple[str, ...] = option(("relu4_2",), "Layers whose activations the result must keep from the content image.")
+    content_layer_weights: tuple[float, ...] | None = option(None, "One weight per content layer (default: equal, summing to 1).")
+    style_layers: tuple[str, ...] = option(("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), "Layers whose statistics the result must take from the style image(s).")
+    style_layer_weights: tuple[float, ...] | None = option(None, "One weight per style layer (default: equal, summing to 1).")
+    content_weight: float = option(1.0, "alpha: weight of the content loss.")
+    style_weight: float = option(30.0, "beta: weight of the style loss.")
+    ratio: float | None = option(None, "alpha/beta; when set, style_weight = content_weight / ratio.")
+    tv_weight: float = option(1e-1, "gamma: weight of the total-variation smoothness prior (on the image in [0, 1]).")
+    style_loss: str = option("gram", "Style statistic: gram, mean_std or w2 (mean + covariance, Bures).")
+    style_blend: tuple[float, ...] | None = option(None, "Blend weights, one per style image (default: equal).")
+    layer_sources: tuple[tuple[str, int], ...] = option((), "Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend.")
+    style_scale: float = option(1.0, "Style image long side relative to the output's at every scale (bigger: larger brush strokes).")
+    color: str = option("style", "Colour control: style (take the style's colours), luminance (keep the content's colours), match (recolour the style to the content first), color_only (content luminance + result colours).")
+    precision: str = option("auto", "auto (bf16 where the CPU supports it), fp32 or bf16.")
+    seed: int = option(0, "Random seed (noise init); the same seed on the same machine gives the same image.")
 
     def resolved_style_weight(self) -> float:
         return self.content_weight / self.ratio if self.ratio else self.style_weight
-
-
-def options_from_dict(values: dict[str, Any]) -> Options:
-    """Build Options from a (JSON) dict; unknown keys are an error naming the nearest valid key."""
-    names = [f.name for f in fields(Options)]
-    for key in values:
-        if key not in names:
-            raise InvalidOptionError(f"unknown option '{key}'.{suggest(key, names)}")
-    converted = dict(values)
-    for key in ("scale_iterations", "content_layers", "content_layer_weights", "style_layers",
-                "style_layer_weights", "style_blend"):
-        if converted.get(key) is not None:
-            converted[key] = tuple(converted[key])
-    if "layer_sources" in converted:
-        converted["layer_sources"] = tuple((str(a), int(b)) for a, b in converted["layer_sources"])
-    return Options(**converted)
 
 
 def _choice(value: str, choices: Sequence[str], what: str) -> None:
@@ -379,7 +338,7 @@ def run(
             opt.zero_grad(set_to_none=True)
             total, parts = objective(x)
             total.backward()
-            current.update(parts, total=total.detach())
+            current.update({k: v.detach() for k, v in parts.items()}, total=total.detach())
             return total
 
         def save(step_in_scale: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -41,3 +43,19 @@ def scale_schedule(long_side: int, min_side: int, factor: float = math.sqrt(2), 
             break
         sizes.append(nxt)
     return sizes[::-1]
+
+
+def contact_sheet(rows: list[list[Tensor]], height: int = 256, gap: int = 8) -> Tensor:
+    """Grid of images (each row e.g. content | style | result), every image scaled to ``height``.
+
+    Returns (1, 3, H, W) on a white background; rows are left-aligned.
+    """
+    scaled = [[resize(im, (height, max(1, round(im.shape[-1] * height / im.shape[-2])))) for im in row] for row in rows]
+    width = max(sum(im.shape[-1] for im in row) + gap * (len(row) + 1) for row in scaled)
+    sheet = torch.ones(1, 3, len(scaled) * (height + gap) + gap, width)
+    for r, row in enumerate(scaled):
+        x, y = gap, gap + r * (height + gap)
+        for im in row:
+            sheet[:, :, y : y + height, x : x + im.shape[-1]] = im
+            x += im.shape[-1] + gap
+    return sheet

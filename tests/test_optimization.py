@@ -1,0 +1,232 @@
+"""The Gatys optimisation method on the tiny random-weight encoder (fast) and small images."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from impasto.errors import CancelledError, CheckpointError, InvalidOptionError
+from impasto.events import CancelToken, Done, Progress, Stage
+from impasto.features.vgg import load_encoder
+from impasto.methods import optimization as opt
+from impasto.ops.color import rgb_to_yuv
+from impasto.ops.stats import gram_matrix
+
+
+def _image(h: int, w: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, h // 4 + 1, w // 4 + 1, generator=g)
+    return torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def content() -> torch.Tensor:
+    return _image(40, 56, 1)
+
+
+@pytest.fixture(scope="module")
+def styles() -> list[torch.Tensor]:
+    return [_image(48, 48, 2), _image(36, 60, 3)]
+
+
+def tiny(**kw) -> opt.Options:
+    base = dict(encoder="tiny", size=48, scale_iterations=(8,), precision="fp32")
+    base.update(kw)
+    return opt.Options(**base)
+
+
+def _totals(events: list) -> list[float]:
+    return [e.losses["total"] for e in events if isinstance(e, Progress)]
+
+
+def test_loss_decreases_lbfgs_and_adam(content, styles):
+    for optimizer, steps in (("lbfgs", 15), ("adam", 30)):
+        events: list = []
+        opt.run(content, styles[0], tiny(optimizer=optimizer, scale_iterations=(steps,), init="noise"),
+                callback=events.append)
+        totals = _totals(events)
+        assert len(totals) == steps
+        assert totals[-1] < 0.5 * totals[0], (optimizer, totals[0], totals[-1])
+
+
+def test_same_seed_same_image_and_other_seed_differs(content, styles):
+    a = opt.run(content, styles[0], tiny(init="noise", seed=7)).image
+    b = opt.run(content, styles[0], tiny(init="noise", seed=7)).image
+    c = opt.run(content, styles[0], tiny(init="noise", seed=8)).image
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_same_seed_same_image_bf16(content, styles):
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("CPU has no bf16")
+    a = opt.run(content, styles[0], tiny(precision="bf16")).image
+    b = opt.run(content, styles[0], tiny(precision="bf16")).image
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_resume_matches_uninterrupted_run(tmp_path, content, styles, optimizer):
+    options = tiny(optimizer=optimizer, scale_iterations=(6, 6), size=40)
+    full = opt.run(content, styles[0], options).image
+
+    ckpt = tmp_path / "run.ckpt"
+    token = CancelToken()
+
+    def stop_after_8(event):
+        if isinstance(event, Progress) and event.step == 8:
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        opt.run(content, styles[0], options, callback=stop_after_8, cancel=token, checkpoint=ckpt, checkpoint_every=4)
+    assert ckpt.is_file()
+    events: list = []
+    resumed = opt.run(content, styles[0], options, checkpoint=ckpt, resume=True, callback=events.append)
+    steps = [e.step for e in events if isinstance(e, Progress)]
+    assert steps == [9, 10, 11, 12]  # continued, not restarted
+    assert torch.equal(resumed.image, full)
+
+
+def test_resume_refuses_other_options(tmp_path, content, styles):
+    ckpt = tmp_path / "run.ckpt"
+    opt.run(content, styles[0], tiny(scale_iterations=(4, 4), size=40), checkpoint=ckpt, checkpoint_every=2)
+    with pytest.raises(CheckpointError, match="different run"):
+        opt.run(content, styles[0], tiny(scale_iterations=(4, 4), size=40, style_weight=1.0), checkpoint=ckpt, resume=True)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        opt.run(content, styles[0], tiny(), checkpoint=tmp_path / "none.ckpt", resume=True)
+
+
+def test_multiscale_schedule_and_output_size(content, styles):
+    events: list = []
+    out = opt.run(content, styles[0], tiny(size=64, scale_iterations=None, iterations=12, min_size=32),
+                  callback=events.append)
+    stages = [e for e in events if isinstance(e, Stage)]
+    assert [max(s.size) for s in stages] == [32, 45, 64]
+    assert tuple(out.image.shape) == (1, 3, 46, 64)  # 40x56 content, long side 64, aspect kept
+    assert isinstance(events[-1], Done)
+    assert out.steps == 12
+    plan = opt.scale_plan(opt.Options(iterations=350), 512, 768)
+    assert [n for _, n in plan] == [200, 100, 50]
+    assert plan[-1][0] == (341, 512)
+
+
+def test_native_size_when_size_is_none(content, styles):
+    out = opt.run(content, styles[0], tiny(size=None, scale_iterations=(2,)))
+    assert out.image.shape[-2:] == content.shape[-2:]
+
+
+def test_blend_weights_and_layer_sources_select_styles(content, styles):
+    only_first = opt.run(content, styles[0], tiny()).image
+    blended = opt.run(content, styles, tiny(style_blend=(1.0, 0.0))).image
+    assert torch.equal(only_first, blended)
+    only_second = opt.run(content, styles[1], tiny()).image
+    layers = opt.Options().style_layers
+    per_layer = opt.run(content, styles, tiny(layer_sources=tuple((layer, 1) for layer in layers))).image
+    assert torch.equal(only_second, per_layer)
+    mixed = opt.run(content, styles, tiny(layer_sources=(("relu1_1", 0), ("relu5_1", 1)))).image
+    assert not torch.allclose(mixed, only_first) and not torch.allclose(mixed, only_second)
+
+
+def test_style_scale_changes_result(content, styles):
+    a = opt.run(content, styles[0], tiny()).image
+    b = opt.run(content, styles[0], tiny(style_scale=0.5)).image
+    assert not torch.allclose(a, b)
+
+
+def test_colour_control(content, styles):
+    lum = opt.run(content, styles[0], tiny(color="luminance", size=None)).image
+    # luminance-only transfer keeps the content's chroma (U, V) everywhere (up to clamping)
+    assert torch.allclose(rgb_to_yuv(lum)[:, 1:], rgb_to_yuv(content)[:, 1:], atol=0.03)
+    only = opt.run(content, styles[0], tiny(color="color_only", size=None)).image
+    assert torch.allclose(rgb_to_yuv(only)[:, :1], rgb_to_yuv(content)[:, :1], atol=0.03)
+    plain = opt.run(content, styles[0], tiny(size=None)).image
+    assert not torch.allclose(rgb_to_yuv(plain)[:, 1:], rgb_to_yuv(content)[:, 1:], atol=0.03)
+    match = opt.run(content, styles[0], tiny(color="match", size=None)).image
+    assert not torch.allclose(match, plain)
+
+
+@pytest.mark.parametrize("init", ["content", "noise", "style"])
+def test_inits(content, styles, init):
+    out = opt.run(content, styles[0], tiny(init=init, scale_iterations=(0,)))
+    if init == "content":
+        assert torch.allclose(out.image, torch.nn.functional.interpolate(content, size=out.image.shape[-2:], mode="bicubic", antialias=True).clamp(0, 1), atol=1e-5)
+    assert out.image.shape[-2:] == (34, 48)
+
+
+def test_init_from_file(tmp_path, content, styles):
+    from impasto.io.image import save_image
+
+    path = save_image(torch.zeros(1, 3, 10, 10), tmp_path / "black.png")
+    out = opt.run(content, styles[0], tiny(init=str(path), scale_iterations=(0,)))
+    assert float(out.image.max()) == 0.0
+
+
+@pytest.mark.parametrize("style_loss", ["gram", "mean_std", "w2"])
+def test_each_style_loss_optimises(content, styles, style_loss):
+    events: list = []
+    opt.run(content, styles[0], tiny(style_loss=style_loss, init="noise", scale_iterations=(10,)), callback=events.append)
+    style_terms = [e.losses["style"] for e in events if isinstance(e, Progress)]
+    assert style_terms[-1] < style_terms[0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"optimizer": "lbgfs"}, "Did you mean 'lbfgs'"),
+        ({"color": "luma"}, "color must be one of"),
+        ({"style_blend": (1.0,)}, "1 blend weights given for 2"),
+        ({"layer_sources": (("relu4_2", 0),)}, "not a style layer"),
+        ({"layer_sources": (("relu1_1", 5),)}, "style index must be in 0..1"),
+        ({"style_layer_weights": (1.0,)}, "1 style layer weights given for 5"),
+        ({"init": "/no/such/file.png"}, "init must be one of"),
+        ({"scale_factor": 1.0}, "scale_factor must be > 1"),
+        ({"tv_weight": -1.0}, "tv_weight must be >= 0"),
+    ],
+)
+def test_invalid_options_are_typed_errors(content, styles, changes, message):
+    with pytest.raises(InvalidOptionError, match=message):
+        opt.run(content, styles, tiny(**changes))
+
+
+def test_unknown_layer_suggests_nearest(content, styles):
+    with pytest.raises(InvalidOptionError, match="Did you mean 'relu5_1'"):
+        opt.run(content, styles[0], tiny(style_layers=("relu1_1", "relu5-1")))
+
+
+def test_objective_matches_straightforward_reference(content, styles):
+    """The normalised Gram/content objective equals a plain autograd implementation (value and gradient)."""
+    options = tiny()
+    layers = [*options.content_layers, *options.style_layers]
+    enc = load_encoder("tiny", layers)
+    objective = opt._Objective(enc, lambda x: x, content, [styles[0]], options)
+    x = _image(40, 56, 9).requires_grad_(True)
+    total, _ = objective(x)
+    (grad,) = torch.autograd.grad(total, x)
+
+    y = x.detach().clone().requires_grad_(True)
+    fc, fs, fy = enc(content), enc(styles[0]), enc(y)
+    c_term = sum(((fy[k] - fc[k]) ** 2).mean() / (fc[k] ** 2).mean() for k in options.content_layers)
+    s_term = 0.0
+    for k in options.style_layers:
+        target = gram_matrix(fs[k])
+        n, ch, h, w = fy[k].shape
+        flat = fy[k].reshape(n, ch, h * w)
+        g = torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
+        s_term = s_term + ((g - target) ** 2).mean() / (target ** 2).mean() / len(options.style_layers)
+    tv = ((y[..., :, 1:] - y[..., :, :-1]) ** 2).mean() + ((y[..., 1:, :] - y[..., :-1, :]) ** 2).mean()
+    ref = options.content_weight * c_term + options.style_weight * s_term + options.tv_weight * tv
+    (ref_grad,) = torch.autograd.grad(ref, y)
+    assert torch.allclose(total, ref, rtol=1e-4)
+    assert torch.allclose(grad, ref_grad, rtol=1e-3, atol=1e-6 * float(ref_grad.abs().max()))
+
+
+def test_every_option_has_help_text():
+    for f in dataclasses.fields(opt.Options):
+        assert f.metadata.get("help"), f.name
+
+
+def test_ratio_sets_style_weight():
+    assert opt.Options(content_weight=2.0, ratio=1e-2).resolved_style_weight() == pytest.approx(200.0)
+    assert opt.Options(style_weight=5.0).resolved_style_weight() == 5.0
