@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 import types
 import typing
@@ -31,8 +32,8 @@ from rich.progress import (
 from rich.table import Table
 
 from impasto import api
-from impasto.errors import ImpastoError, InvalidOptionError
-from impasto.events import Done, Event, Stage
+from impasto.errors import CancelledError, ImpastoError, InvalidOptionError
+from impasto.events import CancelToken, Done, Event, Stage
 from impasto.events import Progress as ProgressEvent
 from impasto.io import weights as weights_io
 from impasto.options import field_help
@@ -168,10 +169,19 @@ def _build_stylize() -> click.Command:
         fields["layer_sources"] = _expand_layer_sources(fields.get("layer_sources", ()), list(style_layers))
         if Path(output).suffix.lower() not in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}:
             raise InvalidOptionError(f"output '{output}' must end in .png, .jpg, .jpeg, .tif or .tiff")
-        with _Bar(enabled=not quiet) as bar:
-            result = api.stylize(content, list(styles), method=method, options=fields, callback=bar,
-                                 checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-                                 keep_alpha=keep_alpha)
+        token = CancelToken()
+        previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())  # Ctrl-C: checkpoint, then stop
+        try:
+            with _Bar(enabled=not quiet) as bar:
+                result = api.stylize(content, list(styles), method=method, options=fields, callback=bar,
+                                     cancel=token, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                     resume=resume, keep_alpha=keep_alpha)
+        except CancelledError as exc:
+            hint = ("; checkpoint saved, continue with the same command plus --resume" if checkpoint
+                    else "; add --checkpoint FILE to be able to resume")
+            raise CancelledError(f"{exc}{hint}") from None
+        finally:
+            signal.signal(signal.SIGINT, previous)
         path = result.save(output)
         if not quiet:
             losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())

@@ -1,0 +1,109 @@
+"""impasto.stylize: input kinds, events, cancellation, recipes and their re-run, alpha."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import impasto
+from impasto.errors import CancelledError, InvalidOptionError
+from impasto.io.image import load_image, load_image_with_alpha, save_image
+
+FAST = {"encoder": "tiny", "size": 40, "scale_iterations": [3, 3], "precision": "fp32"}
+
+
+@pytest.fixture()
+def files(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    content = save_image(torch.rand(1, 3, 30, 44, generator=g), tmp_path / "content.png")
+    style = save_image(torch.rand(1, 3, 32, 32, generator=g), tmp_path / "style.png")
+    return content, style
+
+
+def test_accepts_paths_pil_numpy_and_tensors(files):
+    content, style = files
+    by_path = impasto.stylize(content, style, options=FAST).image
+    pil = Image.open(content)
+    arr = np.asarray(Image.open(style))
+    tensor = load_image(style)
+    for c, s in ((pil, arr), (str(content), tensor), (load_image(content), [style])):
+        assert torch.equal(impasto.stylize(c, s, options=FAST).image, by_path)
+    assert by_path.shape == (1, 3, 27, 40) and by_path.dtype == torch.float32
+    assert 0 <= float(by_path.min()) and float(by_path.max()) <= 1
+
+
+def test_options_instance_or_dict_and_unknown_key(files):
+    from impasto.methods.optimization import Options
+
+    content, style = files
+    a = impasto.stylize(content, style, options=Options(**{**FAST, "scale_iterations": (3, 3)})).image
+    b = impasto.stylize(content, style, options=FAST).image
+    assert torch.equal(a, b)
+    with pytest.raises(InvalidOptionError, match="Did you mean 'style_weight'"):
+        impasto.stylize(content, style, options={"styleweight": 3})
+    with pytest.raises(InvalidOptionError, match="unknown method"):
+        impasto.stylize(content, style, method="gatys")
+
+
+def test_progress_events_and_cancellation(files):
+    content, style = files
+    events = []
+    impasto.stylize(content, style, options=FAST, callback=events.append)
+    progress = [e for e in events if isinstance(e, impasto.Progress)]
+    assert [e.step for e in progress] == list(range(1, 7))
+    assert all(e.total == 6 and {"content", "style", "tv", "total"} <= set(e.losses) for e in progress)
+    assert sum(isinstance(e, impasto.Stage) for e in events) == 2
+    assert isinstance(events[-1], impasto.Done)
+
+    token = impasto.CancelToken()
+
+    def cancel_at_2(event):
+        if isinstance(event, impasto.Progress) and event.step == 2:
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        impasto.stylize(content, style, options=FAST, callback=cancel_at_2, cancel=token)
+
+
+def test_recipe_round_trip_and_rerun_reproduces(files, tmp_path):
+    content, style = files
+    result = impasto.stylize(content, style, options=FAST)
+    out = result.save(tmp_path / "out.png")
+    recipe = impasto.load_recipe(out)
+    assert recipe["method"] == "optimization"
+    assert recipe["options"]["style_weight"] == 30.0 and recipe["seed"] == 0
+    assert recipe["weights"] == {"name": "tiny", "sha256": "random-seed-0"}
+    assert recipe["versions"]["torch"] == torch.__version__
+    assert recipe["inputs"]["content"]["path"] == str(content.resolve())
+    again = impasto.rerun(recipe)
+    out2 = again.save(tmp_path / "out2.png")
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(out2)))
+
+
+def test_rerun_refuses_changed_inputs(files, tmp_path):
+    content, style = files
+    recipe = impasto.stylize(content, style, options=FAST).recipe
+    save_image(torch.zeros(1, 3, 30, 44), content)
+    with pytest.raises(InvalidOptionError, match="changed since"):
+        impasto.rerun(recipe)
+    in_memory = impasto.stylize(torch.rand(1, 3, 20, 20), style, options=FAST).recipe
+    with pytest.raises(InvalidOptionError, match="in-memory"):
+        impasto.rerun(in_memory)
+
+
+def test_keep_alpha_reattaches_transparency(tmp_path, files):
+    _, style = files
+    rgba = np.zeros((30, 40, 4), dtype=np.uint8)
+    rgba[..., :3] = 200
+    rgba[..., 3] = 255
+    rgba[:, :20, 3] = 0  # left half transparent
+    path = tmp_path / "rgba.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    out = impasto.stylize(path, style, options=FAST, keep_alpha=True).save(tmp_path / "styled.png")
+    _, alpha = load_image_with_alpha(out)
+    assert alpha is not None
+    assert float(alpha[..., :, :10].max()) < 0.05 and float(alpha[..., :, -10:].min()) > 0.95
+    plain = impasto.stylize(path, style, options=FAST).save(tmp_path / "plain.png")
+    assert load_image_with_alpha(plain)[1] is None

@@ -1,0 +1,142 @@
+"""The command line: one readable line and a non-zero exit for user errors, options generated from Options."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from impasto.cli import main
+from impasto.io.image import load_image, save_image
+from impasto.methods.optimization import Options
+
+FAST = ["--encoder", "tiny", "--size", "40", "--scale-iterations", "3,3", "--precision", "fp32", "-q"]
+
+
+@pytest.fixture()
+def files(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    content = save_image(torch.rand(1, 3, 30, 44, generator=g), tmp_path / "content.png")
+    style = save_image(torch.rand(1, 3, 32, 32, generator=g), tmp_path / "style.png")
+    return str(content), str(style)
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert "Traceback" not in captured.err + captured.out
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_stylize_writes_image_and_recipe_prints(files, tmp_path, capsys):
+    content, style = files
+    out = tmp_path / "out.png"
+    assert main(["stylize", content, style, "-o", str(out), *FAST]) == 0
+    assert load_image(out).shape == (1, 3, 27, 40)
+    capsys.readouterr()
+    assert main(["recipe", str(out)]) == 0
+    recipe = json.loads(capsys.readouterr().out)
+    assert recipe["options"]["encoder"] == "tiny" and recipe["options"]["scale_iterations"] == [3, 3]
+    out2 = tmp_path / "again.png"
+    assert main(["recipe", str(out), "--rerun", "-o", str(out2)]) == 0
+    assert torch.equal(load_image(out), load_image(out2))
+
+
+def test_layer_sources_and_blend_flags(files, tmp_path):
+    content, style = files
+    out = tmp_path / "mix.png"
+    args = ["stylize", content, style, style, "-o", str(out), "--style-blend", "0.7,0.3",
+            "--layer-sources", "relu1_1-relu3_1=0", "--layer-sources", "relu4_1=1", *FAST]
+    assert main(args) == 0
+    from impasto.api import load_recipe
+
+    sources = load_recipe(out)["options"]["layer_sources"]
+    assert sources == [["relu1_1", 0], ["relu2_1", 0], ["relu3_1", 0], ["relu4_1", 1]]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected", "code"),
+    [
+        (["stylize", "/no/such.jpg", "{style}", "-o", "{out}"], "no such file", 3),
+        (["stylize", "{content}", "{style}", "-o", "{out}", "--styl-weight", "3"], "No such option", 2),
+        (["stylize", "{content}", "{style}", "-o", "{out}", "--style-layers", "relu1_1,relu9_9"], "unknown layer 'relu9_9'", 2),
+        (["stylize", "{content}", "{style}", "-o", "{out}", "--size", "abc"], "is not a valid integer", 2),
+        (["stylize", "{content}", "{style}", "-o", "{out}", "--optimizer", "sgd"], "optimizer must be one of", 2),
+        (["stylize", "{content}", "-o", "{out}"], "at least one STYLE", 2),
+        (["stylize", "{content}", "{style}", "-o", "{tmp}/x.bmp"], "must end in .png", 2),
+        (["stylize", "{content}", "{style}", "-o", "{out}", "--layer-sources", "relu1_1"], "must look like", 2),
+        (["stylize", "{content}", "{style}", "-o", "{out}", "--checkpoint", "{tmp}/none.ckpt", "--resume"], "no checkpoint", 5),
+        (["stylize", "{content}", "{style}"], "Missing option '-o'", 2),
+        (["recipe", "{style}"], "holds no impasto recipe", 3),
+        (["frobnicate"], "No such command", 2),
+    ],
+)
+def test_user_errors_are_one_line(files, tmp_path, capsys, args, expected, code):
+    content, style = files
+    values = {"content": content, "style": style, "out": str(tmp_path / "o.png"), "tmp": str(tmp_path)}
+    argv = [a.format(**values) for a in args]
+    if argv[0] == "stylize" and "-o" in argv:
+        argv = [argv[0], *FAST, *argv[1:]]  # the case's own flags come last and win
+    assert main(argv) == code
+    line = _one_error_line(capsys)
+    assert expected in line
+
+
+def test_help_lists_every_option_with_default(capsys):
+    assert main(["stylize", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(Options):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text, flag
+    assert "[default: 350]" in text and "[default: relu4_2]" in text and "[default: lbfgs]" in text
+
+
+def test_weights_list_offline(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMPASTO_HOME", str(tmp_path))
+    monkeypatch.setenv("IMPASTO_OFFLINE", "1")
+    assert main(["weights", "list"]) == 0
+    text = capsys.readouterr().out
+    assert "vgg16" in text and "importable offline" in text and "vgg19" in text and "unavailable" in text
+
+
+def test_weights_verify_with_empty_cache_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("IMPASTO_HOME", str(tmp_path))
+    assert main(["weights", "verify"]) == 2
+    assert "no weights are cached" in _one_error_line(capsys)
+
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_finishes_identically(files, tmp_path):
+    """A real SIGINT to the CLI process: one-line message, exit 130, checkpoint kept; --resume == uninterrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    content, style = files
+    ckpt = tmp_path / "run.ckpt"
+    base = [sys.executable, "-c", "import sys; from impasto.cli import main; sys.exit(main())", "stylize", content, style,
+            "--encoder", "tiny", "--size", "40", "--scale-iterations", "600", "--precision", "fp32", "-q"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([*base, "-o", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--checkpoint-every", "5"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cancelled" in lines[0] and "--resume" in lines[0], err
+    assert not (tmp_path / "a.png").exists() and ckpt.exists()
+
+    resumed = subprocess.run([*base, "-o", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--resume"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    full = subprocess.run([*base, "-o", str(tmp_path / "b.png")], capture_output=True, text=True, env=env, timeout=120)
+    assert full.returncode == 0, full.stderr
+    assert torch.equal(load_image(tmp_path / "a.png"), load_image(tmp_path / "b.png"))

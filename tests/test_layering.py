@@ -1,0 +1,73 @@
+"""Imports flow one way: io -> features -> losses -> methods -> api -> cli (ops/errors/events/options below all)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import impasto
+
+ROOT = Path(impasto.__file__).parent
+BASE = {"errors": 0, "events": 0, "options": 0, "ops": 0}
+LAYERS = {**BASE, "io": 1, "features": 2, "losses": 3, "methods": 4, "api": 5, "demo": 5, "cli": 6}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("impasto"):
+            if node.module == "impasto":  # 'from impasto import api' imports the submodule api
+                found += [f"impasto.{a.name}" for a in node.names]
+            else:
+                found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("impasto")]
+    return found
+
+
+def test_every_module_has_a_layer():
+    for path in ROOT.rglob("*.py"):
+        name = path.relative_to(ROOT).parts[0].removesuffix(".py")
+        assert name == "__init__" or name in LAYERS, f"{path} is in no layer; add it to LAYERS"
+
+
+def test_no_upward_imports():
+    bad = []
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        own = rel.parts[0].removesuffix(".py")
+        if own == "__init__":
+            continue
+        for target in _imports(path):
+            layer = _layer(target)
+            if layer in ("__init__", "impasto"):
+                bad.append(f"{rel} imports the package root")
+            elif LAYERS[layer] > LAYERS[own]:
+                bad.append(f"{rel} ({own}) imports {target} ({layer})")
+            if own == "methods" and layer == "methods" and rel.name != "__init__.py":
+                other = target.split(".")[2] if len(target.split(".")) > 2 else ""
+                if other and other != rel.stem:
+                    bad.append(f"{rel}: methods never import each other ({target})")
+    assert not bad, "\n".join(bad)
+
+
+def test_layering_check_catches_a_violation(tmp_path):
+    fake = tmp_path / "x.py"
+    fake.write_text("from impasto.cli import main\nimport impasto.api\n")
+    assert _imports(fake) == ["impasto.cli", "impasto.api"]
+
+
+def test_public_api():
+    expected = {"stylize", "load_image", "save_image", "load_recipe", "rerun", "Stylized", "METHODS",
+                "ImpastoError", "InvalidImageError", "InvalidOptionError", "WeightsError", "WeightsUnavailableError",
+                "CheckpointError", "CancelledError", "CancelToken", "Progress", "Stage", "Done"}
+    assert set(impasto.__all__) == expected
+    assert issubclass(impasto.InvalidImageError, ValueError) and issubclass(impasto.InvalidImageError, impasto.ImpastoError)
+    assert issubclass(impasto.WeightsUnavailableError, FileNotFoundError)
+    assert issubclass(impasto.CancelledError, RuntimeError)
