@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-IMPASTO_OFFLINE=1 python -m pytest "$@"
+IMPASTO_OFFLINE=1 python -m pytest -q "$@"

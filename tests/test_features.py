@@ -181,9 +181,13 @@ def test_with_layers_same_weights_new_layers() -> None:
         assert torch.equal(got[name], fresh[name])
 
 
-def test_with_layers_on_truncated_encoder_raises() -> None:
-    with pytest.raises(InvalidOptionError, match="full depth"):
-        load_encoder("tiny", ["relu2_1"]).with_layers(["relu1_1"])
+def test_with_layers_reaches_deeper_than_the_truncated_encoder() -> None:
+    shallow = load_encoder("tiny", ["relu2_1"])
+    assert "conv3_1" not in shallow.convs
+    deeper = shallow.with_layers(["relu1_1", "relu4_1"])
+    assert set(deeper(_image(32, 32))) == {"relu1_1", "relu4_1"}
+    full = load_encoder("tiny", ["relu4_1"])
+    torch.testing.assert_close(deeper(_image(32, 32))["relu4_1"], full(_image(32, 32))["relu4_1"])
 
 
 def test_forward_leaves_no_hooks_or_state() -> None:

@@ -223,10 +223,6 @@ def test_resize_shapes_and_range() -> None:
     torch.testing.assert_close(resize(flat, (7, 9)), torch.full((1, 3, 7, 9), 0.4))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: match_color uses the statistics of batch item 0 (mu_s[0], cov_s[0], mu_r[0]) for every item",
-)
 def test_match_color_batch_items_matched_independently() -> None:
     dark = _image(8, 8, seed=10, lo=0.0, hi=0.2)
     bright = _image(8, 8, seed=11, lo=0.6, hi=0.8)

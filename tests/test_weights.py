@@ -232,11 +232,6 @@ def test_offline_without_source_load_vgg16_says_how(
     assert no_network == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: download() raises 'offline (IMPASTO_OFFLINE is set): not downloading URL' "
-    "without HOW_TO_GET_WEIGHTS, so load('vgg19') offline does not say how to get weights",
-)
 def test_offline_without_source_load_vgg19_says_how(
     home: Path, monkeypatch: pytest.MonkeyPatch, no_offline_source, no_network: list[str]
 ) -> None:
@@ -338,11 +333,6 @@ def test_download_network_error_says_how(home: Path, tmp_path: Path, no_network:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: download() leaks the mkstemp file descriptor when urlopen raises "
-    "(os.fdopen(fd) is only reached after a successful urlopen)",
-)
 def test_download_network_error_closes_temp_fd(home: Path, tmp_path: Path, no_network: list[str]) -> None:
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(5):
@@ -418,11 +408,6 @@ def test_torchvision_importer_refuses_pickled_objects(tmp_path: Path) -> None:
     assert _UNPICKLED == [], "the pickled object's code must never run"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: a weights-only .pth that is not a dict (e.g. a list of tensors) raises "
-    "AttributeError ('k.startswith') instead of WeightsError",
-)
 def test_torchvision_importer_refuses_non_dict(tmp_path: Path) -> None:
     path = tmp_path / "list.pth"
     torch.save([torch.zeros(3), torch.zeros(4)], path)

@@ -82,6 +82,7 @@ class VGGEncoder(nn.Module):
         self.weights_name = weights_name
         self.weights_sha256 = weights_sha256
         self._plan = all_names[: deepest + 1]
+        self._state = state  # shared, not copied: lets with_layers() reach deeper layers later
         self.convs = nn.ModuleDict()
         for name in self._plan:
             if name.startswith("conv"):
@@ -127,12 +128,8 @@ class VGGEncoder(nn.Module):
 
     def with_layers(self, layers: Iterable[str]) -> "VGGEncoder":
         """A new encoder over the same weights returning other layers."""
-        state = {f"{k}.{p}": v for k, m in self.convs.items() for p, v in m.state_dict().items()}
-        full = state if len(self.convs) == len(weights_io.conv_names(self.arch)) else None
-        if full is None:
-            raise InvalidOptionError("with_layers needs an encoder built with its full depth")
         return VGGEncoder(
-            self.arch, full, layers, pooling=self.pooling, normalization=self.normalization,
+            self.arch, self._state, layers, pooling=self.pooling, normalization=self.normalization,
             weights_name=self.weights_name, weights_sha256=self.weights_sha256,
         )
 

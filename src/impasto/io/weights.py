@@ -138,6 +138,9 @@ def check_state(state: dict[str, Tensor], arch: str, origin: str) -> None:
     missing = sorted(set(want) - set(state))
     if missing:
         raise WeightsError(f"{origin}: missing {len(missing)} tensors for {arch} (e.g. {missing[0]})")
+    extra = sorted(set(state) - set(want))
+    if extra:
+        raise WeightsError(f"{origin}: {len(extra)} unexpected tensors for {arch} (e.g. {extra[0]}); is it another architecture?")
     for key, shape in want.items():
         if tuple(state[key].shape) != shape:
             raise WeightsError(f"{origin}: {key} has shape {tuple(state[key].shape)}, expected {shape}")
@@ -174,6 +177,8 @@ def _state_from_torchvision_pth(path: Path) -> dict[str, Tensor]:
         raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(f"cannot read {path} as a weights-only PyTorch file: {exc}") from exc
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+        raise WeightsError(f"{path}: expected a state dict of named tensors, got {type(raw).__name__}")
     conv_keys = sorted(
         {int(k.split(".")[1]) for k in raw if k.startswith("features.") and k.endswith(".weight")}
     )
@@ -264,24 +269,25 @@ def offline_source_path(name: str) -> Path | None:
 def download(url: str, dest: Path, expected_sha256: str, progress: ByteProgress | None = None) -> Path:
     """Stream ``url`` to ``dest`` (atomically), checking the sha256; raises on mismatch."""
     if is_offline():
-        raise WeightsUnavailableError(f"offline (IMPASTO_OFFLINE is set): not downloading {url}")
+        raise WeightsUnavailableError(f"offline (IMPASTO_OFFLINE is set): not downloading {url}. {HOW_TO_GET_WEIGHTS}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
     digest = hashlib.sha256()
     try:
-        try:
-            response = urllib.request.urlopen(url, timeout=30)  # noqa: S310 - fixed https URL from the registry
-        except OSError as exc:
-            raise WeightsUnavailableError(f"cannot download {url}: {exc}. {HOW_TO_GET_WEIGHTS}") from exc
-        with response, os.fdopen(fd, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            done = 0
-            while block := response.read(1 << 20):
-                out.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress:
-                    progress(done, total)
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=30)  # noqa: S310 - fixed https URL from the registry
+            except OSError as exc:
+                raise WeightsUnavailableError(f"cannot download {url}: {exc}. {HOW_TO_GET_WEIGHTS}") from exc
+            with response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                done = 0
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
         if digest.hexdigest() != expected_sha256:
             raise HashMismatchError(f"download of {url} has sha256 {digest.hexdigest()}, expected {expected_sha256}")
         os.replace(tmp, dest)

@@ -50,7 +50,8 @@ class _GramLossFn(torch.autograd.Function):
         n, c, h, w = features.shape
         scale = grad_out * 4.0 / (n * c * c * h * w)
         flat, positions_last = _flat_positions_last(features)
-        d = (diff * scale).to(features.dtype)
+        # (G - A) symmetrised: G is symmetric, a user-supplied target might not be exactly.
+        d = ((diff + diff.transpose(-1, -2)) * (scale / 2)).to(features.dtype)
         if positions_last:
             grad = (flat @ d).reshape(n, h, w, c).permute(0, 3, 1, 2)
         else:

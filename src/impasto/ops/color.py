@@ -45,7 +45,8 @@ def match_luminance(source: Tensor, reference: Tensor) -> Tensor:
     """
     ys = rgb_to_yuv(source)[:, :1]
     yr = rgb_to_yuv(reference)[:, :1]
-    out = (ys - ys.mean()) / (ys.std() + 1e-6) * yr.std() + yr.mean()
+    dims = (1, 2, 3)  # per image of the batch
+    out = (ys - ys.mean(dims, keepdim=True)) / (ys.std(dims, keepdim=True) + 1e-6) * yr.std(dims, keepdim=True) + yr.mean(dims, keepdim=True)
     return out.clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
 
 
@@ -66,9 +67,9 @@ def match_color(source: Tensor, reference: Tensor, eps: float = 1e-5) -> Tensor:
     mu_s, cov_s = mean_cov(source.double())
     mu_r, cov_r = mean_cov(reference.double())
     eye = torch.eye(3, dtype=torch.float64)
-    root_r = sqrtm_psd(cov_r[0] + eps * eye)
-    inv_root_s = torch.linalg.inv(sqrtm_psd(cov_s[0] + eps * eye))
+    root_r = sqrtm_psd(cov_r + eps * eye)  # (N, 3, 3): each image of the batch on its own
+    inv_root_s = torch.linalg.inv(sqrtm_psd(cov_s + eps * eye))
     a = root_r @ inv_root_s
-    flat = source.double().reshape(source.shape[0], 3, -1) - mu_s[0].view(1, 3, 1)
-    out = torch.einsum("ij,njp->nip", a, flat) + mu_r[0].view(1, 3, 1)
+    flat = source.double().reshape(source.shape[0], 3, -1) - mu_s.unsqueeze(2)
+    out = a @ flat + mu_r.unsqueeze(2)
     return out.reshape(source.shape).clamp(0, 1).to(dtype)
