@@ -41,7 +41,7 @@ from impasto.methods.optimization import Options, run
 from impasto.ops.geometry import resize, size_for_long_side
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("IMPASTO_BENCH_DATA", "/work/shared/data"))
+DATA = Path(os.environ.get("IMPASTO_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 CONTENT = DATA / "content" / "kodim23.jpg"
 STYLE = DATA / "style" / "vangogh_starry_night.jpg"
 

@@ -1,12 +1,30 @@
-"""Shared fixtures: an isolated weight cache holding the real VGG-16, imported once per session."""
+"""Shared fixtures: test data location, an isolated weight cache, the real VGG-16 imported once per session."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from impasto.io import weights
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """``$IMPASTO_DATA`` or ``../shared/data`` beside the repository (where CI puts it)."""
+    path = Path(os.environ.get("IMPASTO_DATA") or REPO.parent / "shared" / "data")
+    if not (path / "content").is_dir():
+        pytest.fail(f"test data not found at {path}; put shared/data beside the repo or set IMPASTO_DATA")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's weight cache; tests that need VGG-16 use ``vgg16_cache``."""
+    monkeypatch.setenv("IMPASTO_HOME", str(tmp_path_factory.getbasetemp() / "empty_impasto_home"))
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ from impasto.features import vgg
 from impasto.features.vgg import VGGEncoder, layer_names, load_encoder, tiny_state
 from impasto.io import weights
 
-CHELSEA = Path("/work/shared/data/content/skimage_chelsea.jpg")
+from conftest import data_dir
+
+CHELSEA = data_dir() / "content" / "skimage_chelsea.jpg"
 TINY_WIDTHS = {1: 4, 2: 8, 3: 16, 4: 32, 5: 32}  # tiny encoder: width 4 * (1, 2, 4, 8, 8)
 
 
