@@ -66,7 +66,7 @@ def test_layer_sources_and_blend_flags(files, tmp_path):
         (["stylize", "{content}", "{style}", "-o", "{out}", "--size", "abc"], "is not a valid integer", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--optimizer", "sgd"], "optimizer must be one of", 2),
         (["stylize", "{content}", "-o", "{out}"], "at least one STYLE", 2),
-        (["stylize", "{content}", "{style}", "-o", "{tmp}/x.bmp"], "must end in .png", 2),
+        (["stylize", "{content}", "{style}", "-o", "{tmp}/x.bmp"], "must end in one of .png", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--layer-sources", "relu1_1"], "must look like", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--checkpoint", "{tmp}/none.ckpt", "--resume"], "no checkpoint", 5),
         (["stylize", "{content}", "{style}"], "Missing option '-o'", 2),

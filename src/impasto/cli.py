@@ -36,6 +36,7 @@ from impasto.errors import CancelledError, ImpastoError, InvalidOptionError
 from impasto.events import CancelToken, Done, Event, Stage
 from impasto.events import Progress as ProgressEvent
 from impasto.io import weights as weights_io
+from impasto.io.image import SAVE_SUFFIXES
 from impasto.options import field_help
 
 console = Console(stderr=True)
@@ -167,8 +168,8 @@ def _build_stylize() -> click.Command:
         fields = {k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(options_cls)}}
         style_layers = fields.get("style_layers") or cls().style_layers
         fields["layer_sources"] = _expand_layer_sources(fields.get("layer_sources", ()), list(style_layers))
-        if Path(output).suffix.lower() not in {".png", ".jpg", ".jpeg", ".tif", ".tiff"}:
-            raise InvalidOptionError(f"output '{output}' must end in .png, .jpg, .jpeg, .tif or .tiff")
+        if Path(output).suffix.lower() not in SAVE_SUFFIXES:  # checked before the long run, not after it
+            raise InvalidOptionError(f"output '{output}' must end in one of {', '.join(SAVE_SUFFIXES)}")
         token = CancelToken()
         previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())  # Ctrl-C: checkpoint, then stop
         try:
