@@ -91,7 +91,7 @@ def test_help_lists_every_option_with_default(capsys):
     for f in dataclasses.fields(Options):
         flag = "--" + f.name.replace("_", "-")
         assert flag in text, flag
-    assert "[default: 350]" in text and "[default: relu4_2]" in text and "[default: lbfgs]" in text
+    assert "[default: 300]" in text and "[default: relu4_2]" in text and "[default: lbfgs]" in text
 
 
 def test_weights_list_offline(capsys, monkeypatch, tmp_path):

@@ -109,6 +109,7 @@ def test_multiscale_schedule_and_output_size(content, styles):
     assert out.steps == 12
     plan = opt.scale_plan(opt.Options(iterations=350), 512, 768)
     assert [n for _, n in plan] == [200, 100, 50]
+    assert [n for _, n in opt.scale_plan(opt.Options(), 512, 512)] == [171, 86, 43]
     assert plan[-1][0] == (341, 512)
 
 

@@ -50,12 +50,13 @@ class Options:
     """Every default of the optimisation method. Field docs are shown by ``impasto stylize --help``."""
 
     size: int | None = option(512, "Long side of the output in pixels (None: the content image's own size).")
-    iterations: int = option(350, "Total optimiser steps over all scales; each coarser scale gets twice the steps of the next finer one.")
+    iterations: int = option(300, "Total optimiser steps over all scales; each coarser scale gets twice the steps of the next finer one.")
     scale_iterations: tuple[int, ...] | None = option(None, "Explicit steps per scale, coarse to fine (overrides iterations; its length sets the number of scales).")
     min_size: int = option(256, "Smallest long side of the coarse-to-fine schedule (>= size: single scale).")
     scale_factor: float = option(math.sqrt(2), "Ratio between consecutive scales.")
     optimizer: str = option("lbfgs", "lbfgs (classic) or adam.")
     learning_rate: float | None = option(None, "Step size (default: 1.0 for lbfgs, 0.02 for adam).")
+    lbfgs_history: int = option(10, "L-BFGS memory (pairs kept); more costs time per step at large sizes.")
     init: str = option("content", "Start image: content, noise, style, or a path to an image file.")
     encoder: str = option("auto", "Pretrained features: auto (best available), vgg16 (offline), vgg19 (download), tiny (tests).")
     pooling: str = option("max", "Encoder pooling: max or avg.")
@@ -95,6 +96,8 @@ def validate(options: Options, n_styles: int) -> None:
         raise InvalidOptionError(f"init must be one of {', '.join(INITS)} or an existing image file, got '{options.init}'")
     if options.size is not None and options.size < 16:
         raise InvalidOptionError(f"size must be at least 16 pixels, got {options.size}")
+    if options.lbfgs_history < 1:
+        raise InvalidOptionError(f"lbfgs_history must be >= 1, got {options.lbfgs_history}")
     if options.iterations < 1:
         raise InvalidOptionError(f"iterations must be >= 1, got {options.iterations}")
     if options.scale_iterations is not None and (not options.scale_iterations or min(options.scale_iterations) < 0):
@@ -325,7 +328,7 @@ def run(
             image = torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False)
         x = image.detach().clone().contiguous().requires_grad_(True)
         if options.optimizer == "lbfgs":
-            opt: torch.optim.Optimizer = torch.optim.LBFGS([x], lr=lr, max_iter=1, history_size=50,
+            opt: torch.optim.Optimizer = torch.optim.LBFGS([x], lr=lr, max_iter=1, history_size=options.lbfgs_history,
                                                            tolerance_grad=0.0, tolerance_change=0.0)
         else:
             opt = torch.optim.Adam([x], lr=lr)
