@@ -65,7 +65,8 @@ def test_layer_sources_and_blend_flags(files, tmp_path):
         (["stylize", "{content}", "{style}", "-o", "{out}", "--style-layers", "relu1_1,relu9_9"], "unknown layer 'relu9_9'", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--size", "abc"], "is not a valid integer", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--optimizer", "sgd"], "optimizer must be one of", 2),
-        (["stylize", "{content}", "-o", "{out}"], "at least one STYLE", 2),
+        (["stylize", "{content}", "-o", "{out}"], "at least one style image", 2),
+        (["stylize", "{content}", "{style}", "-o", "{out}", "--strength", "0.5"], "--strength does not apply to --method optimization", 2),
         (["stylize", "{content}", "{style}", "-o", "{tmp}/x.bmp"], "must end in one of .png", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--layer-sources", "relu1_1"], "must look like", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--checkpoint", "{tmp}/none.ckpt", "--resume"], "no checkpoint", 5),
@@ -140,3 +141,33 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes_identically(files, tmp_path
     full = subprocess.run([*base, "-o", str(tmp_path / "b.png")], capture_output=True, text=True, env=env, timeout=120)
     assert full.returncode == 0, full.stderr
     assert torch.equal(load_image(tmp_path / "a.png"), load_image(tmp_path / "b.png"))
+
+
+def test_train_feedforward_then_stylize_export_and_run_onnx(tmp_path, capsys):
+    """The feed-forward workflow from the command line on tiny images and the tiny loss network."""
+    photos = tmp_path / "photos"
+    g = torch.Generator().manual_seed(1)
+    for i in range(3):
+        save_image(torch.rand(1, 3, 40, 40, generator=g), photos / f"{i}.png")
+    style = save_image(torch.rand(1, 3, 32, 32, generator=g), tmp_path / "style.png")
+    model = tmp_path / "m.safetensors"
+    args = ["train", "feedforward", "--style", str(style), "--content-dir", str(photos), "-o", str(model),
+            "--steps", "4", "--batch-size", "2", "--crop", "32", "--width", "8", "--encoder", "tiny", "--precision", "fp32", "-q"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert model.is_file() and model.with_suffix(".loss.png").is_file() and model.with_suffix(".ckpt").is_file()
+    content = save_image(torch.rand(1, 3, 30, 34, generator=g), tmp_path / "c.png")
+    out = tmp_path / "ff.png"
+    assert main(["stylize", str(content), "--method", "feedforward", "--model", str(model), "-o", str(out), "-q"]) == 0
+    assert load_image(out).shape == (1, 3, 30, 34)
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", str(model), "--onnx", str(onnx_file)]) == 0
+    out2 = tmp_path / "ff_onnx.png"
+    assert main(["stylize", str(content), "--method", "feedforward", "--model", str(onnx_file), "-o", str(out2), "-q"]) == 0
+    assert float((load_image(out) - load_image(out2)).abs().max()) <= 2 / 255
+    capsys.readouterr()
+    assert main(["stylize", str(content), "--method", "feedforward", "--model", str(tmp_path / "nope.safetensors"),
+                 "-o", str(out), "-q"]) == 2
+    assert "does not exist" in _one_error_line(capsys)
+    assert main(["stylize", str(content), "--method", "feedforward", "--model", str(model), "--iterations", "3",
+                 "-o", str(out), "-q"]) == 2
+    assert "--iterations does not apply to --method feedforward" in _one_error_line(capsys)

@@ -26,13 +26,13 @@ from torch import Tensor
 from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken
 from impasto.io.image import load_image, load_image_with_alpha, read_recipe, save_image, to_pil
-from impasto.methods import optimization
+from impasto.methods import feedforward, optimization
 from impasto.ops.geometry import resize
 from impasto.options import options_from_dict
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | Tensor
 
-METHODS: dict[str, types.ModuleType] = {"optimization": optimization}
+METHODS: dict[str, types.ModuleType] = {"optimization": optimization, "feedforward": feedforward}
 RECIPE_FORMAT = 1
 
 
@@ -92,7 +92,7 @@ def resolve_options(method: str, options: Any) -> Any:
 
 def stylize(
     content: ImageInput,
-    style: ImageInput | Sequence[ImageInput],
+    style: ImageInput | Sequence[ImageInput] | None = None,
     method: str = "optimization",
     options: Any = None,
     *,
@@ -103,7 +103,7 @@ def stylize(
     resume: bool = False,
     keep_alpha: bool = False,
 ) -> Stylized:
-    """Stylise ``content`` with one or several ``style`` images.
+    """Stylise ``content`` with one or several ``style`` images (none for trained methods: feedforward).
 
     Images may be paths, PIL images, numpy arrays or tensors (see ``io.image.load_image``).
     ``options``: the method's Options, a dict of its fields, or None for the defaults.
@@ -112,7 +112,7 @@ def stylize(
     content's transparency is re-attached to the result.
     """
     opts = resolve_options(method, options)
-    styles_in = list(style) if isinstance(style, (list, tuple)) else [style]
+    styles_in = [] if style is None else list(style) if isinstance(style, (list, tuple)) else [style]
     content_t, alpha, content_info = _load(content, keep_alpha)
     loaded = [_load(s) for s in styles_in]
     result = METHODS[method].run(

@@ -77,30 +77,72 @@ class _CommaList(click.ParamType):
             self.fail(f"'{value}' is not a comma-separated list of {self.item.__name__}", param, ctx)
 
 
-def _param_for(f: dataclasses.Field, annotation: Any) -> click.Option:
-    flag = "--" + f.name.replace("_", "-")
+def _shown(default: Any) -> str:
+    if default is None:
+        return "none"
+    if isinstance(default, tuple):
+        return ",".join(str(v) for v in default) or "none"
+    return f"{default:.6g}" if isinstance(default, float) else str(default)
+
+
+# Tuple fields given as repeatable flags with singular names (``--style A --style B``).
+_REPEATABLE = {"styles": "--style", "content_dirs": "--content-dir", "layer_sources": "--layer-sources"}
+
+
+def _param_for(name: str, annotation: Any, helptext: str, defaults: dict[str, Any]) -> click.Option:
+    """A click option for a dataclass field. ``defaults``: method -> default (several when methods share it).
+
+    The option's own default is None, so an option the user did not give is left to each method.
+    """
+    flag = _REPEATABLE.get(name, "--" + name.replace("_", "-"))
     optional = False
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         optional, annotation = True, args[0]
         origin = typing.get_origin(annotation)
-    default = f.default
-    if f.name == "layer_sources":
-        return click.Option([flag], multiple=True, default=(), metavar="LAYER[-LAYER]=INDEX",
-                            help=f"{field_help(f)} Repeatable, e.g. relu1_1-relu3_1=0 relu4_1-relu5_1=1.")
+    values = list(defaults.items())
+    shown = _shown(values[0][1]) if len(values) == 1 else ", ".join(f"{_shown(v)} ({m})" for m, v in values)
+    helptext = f"{helptext}  [default: {shown}]"  # click would wrap a custom show_default in parentheses
+    if name == "layer_sources":
+        return click.Option([name, flag], multiple=True, default=None, metavar="LAYER[-LAYER]=INDEX",
+                            help=f"{helptext} Repeatable, e.g. relu1_1-relu3_1=0 relu4_1-relu5_1=1.")
+    if name in _REPEATABLE:
+        return click.Option([name, flag], multiple=True, default=None, help=f"{helptext} Repeatable.")
     if origin is tuple:
-        item = typing.get_args(annotation)[0]
-        ptype: click.ParamType = _CommaList(item)
-        shown = "none" if default is None else ",".join(str(v) for v in default)
+        ptype: click.ParamType = _CommaList(typing.get_args(annotation)[0])
     else:
         ptype = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}[annotation]
         if optional:
             ptype = _NoneOr(ptype)
-        shown = "none" if default is None else (f"{default:.6g}" if isinstance(default, float) else str(default))
-    # The default is shown in the help text itself: click wraps custom show_default strings in parentheses.
-    return click.Option([flag], type=ptype, default=default, show_default=False,
-                        help=f"{field_help(f)}  [default: {shown}]")
+    return click.Option([name, flag], type=ptype, default=None, show_default=False, help=helptext)
+
+
+def options_params(classes: dict[str, type]) -> list[click.Option]:
+    """One option per field name over several Options classes (label -> class), in first-seen order."""
+    seen: dict[str, tuple[Any, str, dict[str, Any]]] = {}
+    for label, cls in classes.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in seen:
+                seen[f.name] = (hints[f.name], field_help(f), {})
+            seen[f.name][2][label] = f.default
+    return [_param_for(name, ann, helptext, defaults) for name, (ann, helptext, defaults) in seen.items()]
+
+
+def given_fields(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
+    """The fields the user set on the command line; an option of another method is an error."""
+    ctx = click.get_current_context()
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if ctx.get_parameter_source(key) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        if key not in names:
+            flag = "--" + key.replace("_", "-")
+            raise InvalidOptionError(f"option {flag} does not apply to {what}")
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def _expand_layer_sources(raw: Sequence[str], style_layers: Sequence[str]) -> tuple[tuple[str, int], ...]:
@@ -117,11 +159,6 @@ def _expand_layer_sources(raw: Sequence[str], style_layers: Sequence[str]) -> tu
         i, j = style_layers.index(first), style_layers.index(last)
         pairs += [(layer, int(index)) for layer in style_layers[min(i, j): max(i, j) + 1]]
     return tuple(pairs)
-
-
-def options_params(options_cls: type) -> list[click.Option]:
-    hints = typing.get_type_hints(options_cls)
-    return [_param_for(f, hints[f.name]) for f in dataclasses.fields(options_cls)]
 
 
 # ------------------------------------------------------------------ progress
@@ -158,23 +195,22 @@ class _Bar:
 # ------------------------------------------------------------------ stylize
 
 def _build_stylize() -> click.Command:
-    cls = api.METHODS["optimization"].Options
+    classes = {name: module.Options for name, module in api.METHODS.items()}
 
     def callback(content: str, styles: tuple[str, ...], output: str, method: str, checkpoint: str | None,
-                 checkpoint_every: int, resume: bool, keep_alpha: bool, quiet: bool, **fields: Any) -> None:
-        if not styles:
-            raise InvalidOptionError("give at least one STYLE image after CONTENT")
-        options_cls = api.METHODS[method].Options if method in api.METHODS else cls
-        fields = {k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(options_cls)}}
-        style_layers = fields.get("style_layers") or cls().style_layers
-        fields["layer_sources"] = _expand_layer_sources(fields.get("layer_sources", ()), list(style_layers))
+                 checkpoint_every: int, resume: bool, keep_alpha: bool, quiet: bool, **values: Any) -> None:
+        options_cls = api.resolve_options(method, None).__class__
+        fields = given_fields(options_cls, values, f"--method {method}")
+        if "layer_sources" in fields:
+            style_layers = fields.get("style_layers") or options_cls().style_layers
+            fields["layer_sources"] = _expand_layer_sources(fields["layer_sources"], list(style_layers))
         if Path(output).suffix.lower() not in SAVE_SUFFIXES:  # checked before the long run, not after it
             raise InvalidOptionError(f"output '{output}' must end in one of {', '.join(SAVE_SUFFIXES)}")
         token = CancelToken()
         previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())  # Ctrl-C: checkpoint, then stop
         try:
             with _Bar(enabled=not quiet) as bar:
-                result = api.stylize(content, list(styles), method=method, options=fields, callback=bar,
+                result = api.stylize(content, list(styles) or None, method=method, options=fields, callback=bar,
                                      cancel=token, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                                      resume=resume, keep_alpha=keep_alpha)
         except CancelledError as exc:
@@ -195,17 +231,18 @@ def _build_stylize() -> click.Command:
         click.Argument(["styles"], nargs=-1, type=click.Path(dir_okay=False)),
         click.Option(["-o", "--output"], required=True, help="Output image (.png, .jpg, .tif = 16-bit)."),
         click.Option(["--method"], default="optimization", show_default=True,
-                     help=f"Method: {', '.join(api.METHODS)}."),
+                     help=f"Method: {', '.join(api.METHODS)}. Each option below applies to the methods that list a default for it."),
         click.Option(["--checkpoint"], default=None, help="Checkpoint file, written every --checkpoint-every steps and on Ctrl-C."),
         click.Option(["--checkpoint-every"], type=int, default=50, show_default=True, help="Steps between checkpoints."),
         click.Option(["--resume"], is_flag=True, default=False, help="Continue from --checkpoint."),
         click.Option(["--keep-alpha"], is_flag=True, default=False, help="Re-attach the content's transparency to the result."),
         click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
-        *options_params(cls),
+        *options_params(classes),
     ]
     return click.Command(
         "stylize", callback=callback, params=params,
-        help="Stylise CONTENT with one or more STYLE images (blended; see --style-blend) and write -o OUT.",
+        help="Stylise CONTENT with one or more STYLE images (blended; see --style-blend) and write -o OUT. "
+             "Trained methods (feedforward) take no STYLE: the style is in --model.",
         context_settings={"max_content_width": 120, "show_default": True},
     )
 
@@ -309,6 +346,81 @@ def demo_cmd(output: str, data: str | None, size: int, pairs: int, iterations: i
                                 on_pair=lambda i, n, c, s: console.print(f"pair {i + 1}/{n}: {c} x {s}"))
     for path in written:
         out.print(f"wrote {path}")
+
+
+@cli.group("train")
+def train_group() -> None:
+    """Train networks: feed-forward style networks (one or many styles)."""
+
+
+def _build_train_feedforward() -> click.Command:
+    from impasto.training import feedforward as training
+
+    def callback(output: str, checkpoint: str | None, checkpoint_every: int, resume: bool, fp16: bool,
+                 quiet: bool, **values: Any) -> None:
+        fields = given_fields(training.TrainOptions, values, "impasto train feedforward")
+        options = training.TrainOptions(**fields)
+        checkpoint = checkpoint or str(Path(output).with_suffix(".ckpt"))
+        token = CancelToken()
+        previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
+        try:
+            with _Bar(enabled=not quiet) as bar:
+                result = training.train(options, output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                        resume=resume, fp16=fp16, callback=bar, cancel=token)
+        except CancelledError as exc:
+            raise CancelledError(f"{exc}; checkpoint {checkpoint} saved, continue with the same command plus --resume") from None
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        final = ", ".join(f"{k} {v[-1]:.4g}" for k, v in result.history.items() if v)
+        console.print(f"wrote {result.model_path} and {result.curve_path} ({result.steps} steps in {result.seconds:.0f}s; "
+                      f"final losses: {final})", soft_wrap=True)
+
+    params: list[click.Parameter] = [
+        click.Option(["-o", "--output"], required=True, help="Model file to write (.safetensors)."),
+        click.Option(["--checkpoint"], default=None, help="Checkpoint file (default: OUTPUT with .ckpt); a loss-curve PNG is written beside it."),
+        click.Option(["--checkpoint-every"], type=int, default=100, show_default=True, help="Steps between checkpoints."),
+        click.Option(["--resume"], is_flag=True, default=False, help="Continue from the checkpoint."),
+        click.Option(["--fp16"], is_flag=True, default=False, help="Store the weights as fp16 (half the size)."),
+        click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
+        *options_params({"train": training.TrainOptions}),
+    ]
+    return click.Command("feedforward", callback=callback, params=params,
+                         help="Train a Johnson et al. feed-forward network for one --style (or several: conditional "
+                              "instance norm) on photos from --content-dir.",
+                         context_settings={"max_content_width": 120})
+
+
+train_group.add_command(_build_train_feedforward())
+
+
+@cli.group("models")
+def models_group() -> None:
+    """Trained feed-forward models shipped with impasto."""
+
+
+@models_group.command("list")
+def models_list() -> None:
+    """Show the shipped models with their styles, training and licence lines."""
+    from impasto.io.models import load_model, shipped_models
+
+    table = Table("name", "styles", "trained", "size", "source")
+    for name, path in shipped_models().items():
+        _, meta = load_model(path)
+        training = meta.get("training", {})
+        table.add_row(name, ", ".join(s["name"] for s in meta.get("styles", [])),
+                      f"{training.get('steps_done', '?')} steps on {training.get('images', '?')} photos",
+                      f"{path.stat().st_size / 1e6:.1f} MB", meta.get("source", ""))
+    out.print(table)
+
+
+@cli.command("export")
+@click.argument("model")
+@click.option("--onnx", "onnx_path", required=True, help="ONNX file to write.")
+def export_cmd(model: str, onnx_path: str) -> None:
+    """Export MODEL (a shipped name or a .safetensors file) to ONNX; run it with --method feedforward --model FILE.onnx."""
+    from impasto.methods.feedforward import export_onnx
+
+    out.print(f"wrote {export_onnx(model, onnx_path)}")
 
 
 # ------------------------------------------------------------------ entry point

@@ -1,0 +1,219 @@
+"""Training Johnson-style feed-forward networks: one style (instance norm) or several (conditional IN).
+
+Loss network: a frozen VGG (the offline VGG-16 by default, as in the paper). Losses follow
+Johnson et al.: feature reconstruction at relu2_2, Gram style at relu1_2, relu2_2, relu3_3,
+relu4_3, total variation. As in the optimisation method, each layer's loss is divided by its
+target's mean square so the weights mean the same for any encoder.
+
+Reproducible and resumable: the batch for step k is drawn from a generator seeded with
+(seed, k), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from impasto.errors import CheckpointError, InvalidOptionError
+from impasto.events import Callback, CancelToken, Done, Progress, Stage
+from impasto.features.vgg import load_encoder
+from impasto.io.checkpoint import load_checkpoint, save_checkpoint
+from impasto.io.dataset import list_images, load_images, random_crops
+from impasto.io.image import load_image
+from impasto.io.models import save_model
+from impasto.io.plot import save_loss_curve
+from impasto.losses.content import content_loss
+from impasto.losses.regularizers import tv_loss
+from impasto.losses.style import gram_loss
+from impasto.methods.feedforward import TransformerNet, architecture
+from impasto.ops.geometry import resize, size_for_long_side
+from impasto.ops.stats import gram_matrix
+from impasto.options import option
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every default of feed-forward training (Johnson et al. 2016 unless noted)."""
+
+    styles: tuple[str, ...] = option((), "Style image files; several train one conditional-IN network.")
+    style_names: tuple[str, ...] | None = option(None, "Names for the styles (default: the files' stems).")
+    content_dirs: tuple[str, ...] = option((), "Folders of training photos (searched recursively).")
+    steps: int = option(2000, "Optimiser steps (the paper: 2 epochs of COCO at batch 4, ~40k steps).")
+    batch_size: int = option(4, "Images per step.")
+    crop: int = option(256, "Training crop size in pixels.")
+    scale_min: float = option(0.5, "Smallest random crop, as a fraction of the photo's short side (augmentation).")
+    style_size: int = option(320, "Long side the style image is scaled to for its Gram targets (sets brush-stroke size).")
+    learning_rate: float = option(1e-3, "Adam learning rate.")
+    width: int = option(32, "Channels of the first layer (32 in the paper).")
+    content_layers: tuple[str, ...] = option(("relu2_2",), "Feature-reconstruction layers.")
+    style_layers: tuple[str, ...] = option(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), "Gram style layers.")
+    content_weight: float = option(1.0, "Weight of the content loss.")
+    style_weight: float = option(20.0, "Weight of the (per-layer normalised) style loss.")
+    tv_weight: float = option(1e-1, "Weight of the total-variation prior.")
+    encoder: str = option("auto", "Loss network weights: auto, vgg16, vgg19 or tiny (tests).")
+    precision: str = option("auto", "auto (bf16 loss network where supported), fp32 or bf16.")
+    max_image_side: int = option(512, "Training photos are kept in memory at most this large.")
+    seed: int = option(0, "Seed for initialisation and batch sampling.")
+
+
+def validate(o: TrainOptions) -> None:
+    if not o.styles:
+        raise InvalidOptionError("give at least one --style image")
+    if not o.content_dirs:
+        raise InvalidOptionError("give at least one --content-dir with training photos")
+    if o.style_names is not None and len(o.style_names) != len(o.styles):
+        raise InvalidOptionError(f"{len(o.style_names)} style names given for {len(o.styles)} styles")
+    for name, low in (("steps", 1), ("batch_size", 1), ("crop", 32), ("width", 4), ("style_size", 32)):
+        if getattr(o, name) < low:
+            raise InvalidOptionError(f"{name} must be >= {low}, got {getattr(o, name)}")
+    if not 0 < o.scale_min <= 1:
+        raise InvalidOptionError(f"scale_min must be in (0, 1], got {o.scale_min}")
+    if o.precision not in ("auto", "fp32", "bf16"):
+        raise InvalidOptionError(f"precision must be auto, fp32 or bf16, got '{o.precision}'")
+
+
+def _fingerprint(o: TrainOptions, style_hashes: list[str], n_images: int) -> str:
+    blob = json.dumps({"options": dataclasses.asdict(o), "styles": style_hashes, "images": n_images}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    curve_path: Path
+    steps: int
+    seconds: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def train(
+    options: TrainOptions,
+    output: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    fp16: bool = False,
+    callback: Callback | None = None,
+    cancel: CancelToken | None = None,
+) -> TrainResult:
+    """Train a network and write it to ``output`` (.safetensors) with a loss curve beside it.
+
+    ``checkpoint`` holds model, optimiser, step and loss history (plus a loss-curve PNG beside
+    it), written every ``checkpoint_every`` steps and when cancelled; ``resume`` continues it.
+    """
+    validate(options)
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise InvalidOptionError(f"the model file must end in .safetensors, got '{output.name}'")
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)
+
+    paths = list_images(options.content_dirs)
+    images, skipped = load_images(paths, options.max_image_side, options.crop)
+    if not images:
+        raise InvalidOptionError(f"no decodable images under {', '.join(options.content_dirs)}")
+    style_images = [load_image(s) for s in options.styles]
+    style_hashes = [hashlib.sha256(s.numpy().tobytes()).hexdigest() for s in style_images]
+    names = list(options.style_names or [Path(s).stem for s in options.styles])
+    fp = _fingerprint(options, style_hashes, len(images))
+
+    layers = list(dict.fromkeys([*options.content_layers, *options.style_layers]))
+    encoder = load_encoder(options.encoder, layers)
+    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if use_bf16:
+        encoder = encoder.to(torch.bfloat16).to(memory_format=torch.channels_last)
+
+    def prepare(x: Tensor) -> Tensor:
+        return x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last) if use_bf16 else x
+
+    with torch.no_grad():
+        targets: dict[str, Tensor] = {}
+        per_style = [encoder(prepare(resize(s, size_for_long_side(s.shape[-2], s.shape[-1], options.style_size))))
+                     for s in style_images]
+        for layer in options.style_layers:
+            targets[layer] = torch.cat([gram_matrix(f[layer].float()) for f in per_style])  # (S, C, C)
+        style_norm = {k: float(t.pow(2).mean()) + 1e-8 for k, t in targets.items()}
+
+    net = TransformerNet(n_styles=len(style_images), width=options.width)
+    opt = torch.optim.Adam(net.parameters(), lr=options.learning_rate)
+    history: dict[str, list[float]] = {"total": [], "content": [], "style": [], "tv": []}
+    start = 0
+    if resume:
+        if checkpoint is None:
+            raise CheckpointError("resume needs a checkpoint path")
+        state = load_checkpoint(checkpoint)
+        if state.get("fingerprint") != fp:
+            raise CheckpointError(f"checkpoint {checkpoint} belongs to a different training run (options, styles or data differ)")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        history = {k: list(v) for k, v in state["history"].items()}
+
+    def save(step: int) -> None:
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {"fingerprint": fp, "step": step, "model": net.state_dict(),
+                                         "optimizer": opt.state_dict(), "history": history})
+            save_loss_curve(history, Path(checkpoint).with_suffix(".loss.png"), title=f"{output.stem}: step {step}")
+
+    if callback:
+        callback(Stage(name="train", index=0, total=1, size=(options.crop, options.crop)))
+    c_weights = 1.0 / len(options.content_layers)
+    s_weights = 1.0 / len(options.style_layers)
+    net.train()
+    for step in range(start, options.steps):
+        if cancel is not None and cancel.cancelled:
+            save(step)
+            cancel.raise_if_cancelled()
+        gen = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
+        batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
+        which = torch.randint(len(style_images), (options.batch_size,), generator=gen)
+        mix = F.one_hot(which, len(style_images)).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):  # fp32 master weights, bf16 math
+            out = net(batch, mix).float()
+        feats = encoder(prepare(out))
+        with torch.no_grad():
+            content_feats = encoder(prepare(batch))
+        c = sum(c_weights * content_loss(feats[k], content_feats[k]) / (content_feats[k].float().pow(2).mean() + 1e-8)
+                for k in options.content_layers)
+        s = sum(s_weights * gram_loss(feats[k], targets[k][which]) / style_norm[k] for k in options.style_layers)
+        tv = tv_loss(out)
+        loss = options.content_weight * c + options.style_weight * s + options.tv_weight * tv
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for key, value in (("total", loss), ("content", c), ("style", s), ("tv", tv)):
+            history[key].append(float(value.detach()) if isinstance(value, Tensor) else float(value))
+        if callback:
+            callback(Progress(step=step + 1, total=options.steps, losses={k: v[-1] for k, v in history.items()}))
+        if checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
+            save(step + 1)
+
+    net.eval()
+    meta: dict[str, Any] = {
+        "name": output.stem,
+        "architecture": architecture(net),
+        "styles": [{"name": n, "file": Path(p).name, "pixels_sha256": h} for n, p, h in zip(names, options.styles, style_hashes, strict=True)],
+        "training": {"options": dataclasses.asdict(options), "steps_done": options.steps, "images": len(images),
+                     "skipped": skipped, "final_losses": {k: v[-1] for k, v in history.items() if v}},
+        "loss_network": {"name": encoder.weights_name, "sha256": encoder.weights_sha256},
+        "versions": {"torch": torch.__version__},
+    }
+    model_path = save_model(output, net.state_dict(), meta, fp16=fp16)
+    curve = save_loss_curve(history, output.with_suffix(".loss.png"), title=f"{output.stem}: {options.steps} steps")
+    if checkpoint is not None:
+        save(options.steps)
+    seconds = time.perf_counter() - started
+    if callback:
+        callback(Done(seconds=seconds, steps=options.steps))
+    return TrainResult(model_path=model_path, curve_path=curve, steps=options.steps, seconds=seconds, history=history)
