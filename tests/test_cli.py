@@ -171,3 +171,38 @@ def test_train_feedforward_then_stylize_export_and_run_onnx(tmp_path, capsys):
     assert main(["stylize", str(content), "--method", "feedforward", "--model", str(model), "--iterations", "3",
                  "-o", str(out), "-q"]) == 2
     assert "--iterations does not apply to --method feedforward" in _one_error_line(capsys)
+
+
+def test_stylize_video_frame_folder_and_gif(tmp_path, capsys):
+    from PIL import Image
+
+    from impasto.methods import feedforward as ff
+    from impasto.io.models import save_model
+
+    torch.manual_seed(0)
+    net = ff.TransformerNet(width=4)
+    model = save_model(tmp_path / "m.safetensors", net.state_dict(), {"name": "m", "architecture": ff.architecture(net)})
+    frames = tmp_path / "frames"
+    g = torch.Generator().manual_seed(3)
+    for i in range(3):
+        save_image(torch.rand(1, 3, 24, 32, generator=g), frames / f"f{i:03d}.png")
+    out = tmp_path / "out"
+    assert main(["stylize-video", str(frames), "-o", str(out), "--model", str(model), "-q"]) == 0
+    written = sorted(out.glob("*.png"))
+    assert [p.name for p in written] == ["frame_00001.png", "frame_00002.png", "frame_00003.png"]
+    assert load_image(written[0]).shape == (1, 3, 24, 32)
+    # an interrupted run continues: existing frames are kept as they are
+    stamp = written[1].stat().st_mtime_ns
+    written[2].unlink()
+    assert main(["stylize-video", str(frames), "-o", str(out), "--model", str(model), "-q"]) == 0
+    assert written[1].stat().st_mtime_ns == stamp and written[2].exists()
+    gif = tmp_path / "a.gif"
+    pics = [Image.new("RGB", (20, 16), c) for c in ("red", "green")]
+    pics[0].save(gif, save_all=True, append_images=pics[1:])
+    assert main(["stylize-video", str(gif), "-o", str(tmp_path / "gifout"), "--model", str(model), "-q"]) == 0
+    assert len(list((tmp_path / "gifout").glob("*.png"))) == 2
+    capsys.readouterr()
+    mp4 = tmp_path / "clip.mp4"
+    mp4.write_bytes(b"\x00" * 10)
+    assert main(["stylize-video", str(mp4), "-o", str(out), "--model", str(model), "-q"]) == 2
+    assert "ffmpeg" in _one_error_line(capsys)

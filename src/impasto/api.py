@@ -12,7 +12,7 @@ import hashlib
 import os
 import platform
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -163,3 +163,46 @@ def rerun(recipe: dict[str, Any], *, callback: Callback | None = None, cancel: C
         paths[0], paths[1:], method=recipe["method"], options=options,
         callback=callback, cancel=cancel, keep_alpha=bool(inputs.get("keep_alpha", False)),
     )
+
+
+def stylize_video(
+    frames: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    style: ImageInput | Sequence[ImageInput] | None = None,
+    method: str = "feedforward",
+    options: Any = None,
+    *,
+    callback: Callback | None = None,
+    on_frame: Callable[[int, int], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> list[Path]:
+    """Stylise every frame of a folder (or GIF) independently into ``output_dir`` as PNGs.
+
+    Method-agnostic: any method in METHODS runs per frame (temporal consistency is a separate
+    layer, to come). Frames already present in ``output_dir`` are kept, so an interrupted run
+    continues where it stopped. Each PNG carries its recipe.
+    """
+    from impasto.io.video import frame_path, frame_sources, read_frames
+
+    opts = resolve_options(method, options)
+    names = frame_sources(frames)
+    styles_in = [] if style is None else list(style) if isinstance(style, (list, tuple)) else [style]
+    loaded = [_load(s) for s in styles_in]
+    written: list[Path] = []
+    for index, frame in enumerate(read_frames(frames)):
+        target = frame_path(output_dir, index)
+        if on_frame:
+            on_frame(index, len(names))
+        if target.exists():  # done by an earlier, interrupted run
+            written.append(target)
+            continue
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        result = METHODS[method].run(frame, [s[0] for s in loaded], opts, callback=callback, cancel=cancel)
+        recipe = {"impasto_recipe": RECIPE_FORMAT, "method": method, "options": dataclasses.asdict(opts),
+                  "seed": opts.seed, "inputs": {"frames": str(frames), "frame": names[index],
+                                                "styles": [s[2] for s in loaded]},
+                  "weights": {"name": result.weights, "sha256": result.weights_sha256},
+                  "versions": {"impasto": _version(), "torch": torch.__version__}}
+        written.append(save_image(result.image, target, recipe=recipe))
+    return written

@@ -423,6 +423,45 @@ def export_cmd(model: str, onnx_path: str) -> None:
     out.print(f"wrote {export_onnx(model, onnx_path)}")
 
 
+def _build_stylize_video() -> click.Command:
+    classes = {name: module.Options for name, module in api.METHODS.items()}
+
+    def callback(frames: str, styles: tuple[str, ...], output: str, method: str, quiet: bool, **values: Any) -> None:
+        options_cls = api.resolve_options(method, None).__class__
+        fields = given_fields(options_cls, values, f"--method {method}")
+        progress = Progress(TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("eta"), TimeRemainingColumn(), console=console, disable=quiet, transient=True)
+        token = CancelToken()
+        previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
+        try:
+            with progress:
+                task = progress.add_task("frames", total=None)
+                written = api.stylize_video(frames, output, list(styles) or None, method=method, options=fields,
+                                            cancel=token,
+                                            on_frame=lambda i, n: progress.update(task, completed=i, total=n))
+        except CancelledError as exc:
+            raise CancelledError(f"{exc}; finished frames are kept in {output}, run the same command to continue") from None
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if not quiet:
+            console.print(f"wrote {len(written)} frames to {output}")
+
+    params: list[click.Parameter] = [
+        click.Argument(["frames"], type=click.Path()),
+        click.Argument(["styles"], nargs=-1, type=click.Path(dir_okay=False)),
+        click.Option(["-o", "--output"], required=True, help="Folder for the stylised frames (PNG)."),
+        click.Option(["--method"], default="feedforward", show_default=True, help=f"Method: {', '.join(api.METHODS)}."),
+        click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
+        *options_params(classes),
+    ]
+    return click.Command("stylize-video", callback=callback, params=params,
+                         help="Stylise every frame of FRAMES (a folder of images or a GIF) into -o DIR, frame by frame.",
+                         context_settings={"max_content_width": 120})
+
+
+cli.add_command(_build_stylize_video())
+
+
 # ------------------------------------------------------------------ entry point
 
 cli.add_command(_build_stylize())
