@@ -184,7 +184,8 @@ class _Bar:
     def __call__(self, event: Event) -> None:
         if isinstance(event, Stage):
             h, w = event.size or (0, 0)
-            self.progress.update(self.task, description=f"scale {event.index + 1}/{event.total} {w}x{h}")
+            counter = f" {event.index + 1}/{event.total}" if event.total > 1 else ""
+            self.progress.update(self.task, description=f"{event.name}{counter} {w}x{h}")
         elif isinstance(event, ProgressEvent):
             losses = " ".join(f"{k} {v:.3g}" for k, v in event.losses.items())
             self.progress.update(self.task, completed=event.step, total=event.total, losses=losses)
