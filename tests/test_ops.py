@@ -229,3 +229,58 @@ def test_match_color_batch_items_matched_independently() -> None:
     reference = _image(8, 8, seed=12, lo=0.25, hi=0.75)
     both = match_color(torch.cat([dark, bright]), reference)
     torch.testing.assert_close(both[1:], match_color(bright, reference), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- AdaIN / WCT (arbitrary style transfer)
+
+def test_adain_matches_style_channel_statistics():
+    from impasto.ops.stats import adain, mean_std
+
+    g = torch.Generator().manual_seed(0)
+    content = torch.randn(2, 8, 9, 7, generator=g) * 3 + 1
+    style = torch.randn(1, 8, 12, 5, generator=g) * 0.5 - 2
+    out = adain(content, style)
+    om, os_ = mean_std(out)
+    sm, ss = mean_std(style)
+    torch.testing.assert_close(om, sm.expand_as(om), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(os_, ss.expand_as(os_), atol=1e-3, rtol=1e-3)
+
+
+def _cov(x: torch.Tensor) -> torch.Tensor:
+    x0 = x - x.mean(1, keepdim=True)
+    return x0 @ x0.T / (x.shape[1] - 1)
+
+
+def test_wct_output_has_style_mean_and_covariance():
+    from impasto.ops.stats import whiten_colour
+
+    g = torch.Generator().manual_seed(1)
+    mix = torch.randn(6, 6, generator=g)
+    content = torch.randn(6, 500, generator=g)
+    style = mix @ torch.randn(6, 400, generator=g) + torch.arange(6.0).view(6, 1)
+    out = whiten_colour(content, style)
+    torch.testing.assert_close(out.mean(1), style.mean(1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_cov(out), _cov(style), atol=1e-3, rtol=1e-3)
+
+
+def test_wct_alpha_zero_returns_content():
+    from impasto.ops.stats import whiten_colour
+
+    content, style = torch.randn(4, 50), torch.randn(4, 60)
+    torch.testing.assert_close(whiten_colour(content, style, alpha=0.0), content)
+
+
+def test_wct_survives_rank_deficient_and_constant_inputs():
+    from impasto.ops.stats import whiten_colour
+
+    g = torch.Generator().manual_seed(2)
+    low_rank = torch.randn(8, 2, generator=g) @ torch.randn(2, 100, generator=g)  # rank 2 of 8
+    style = torch.randn(8, 100, generator=g)
+    for content, sty in ((low_rank, style), (torch.full((8, 100), 0.3), style), (style, torch.full((8, 80), 2.0)),
+                         (torch.zeros(8, 1), style)):
+        out = whiten_colour(content, sty)
+        assert torch.isfinite(out).all()
+    constant = whiten_colour(torch.full((8, 100), 0.3), style)
+    torch.testing.assert_close(constant, style.mean(1, keepdim=True).expand(8, 100), atol=1e-5, rtol=0)
+    onto_flat_style = whiten_colour(style, torch.full((8, 80), 2.0))
+    torch.testing.assert_close(onto_flat_style, torch.full((8, 100), 2.0), atol=1e-5, rtol=0)
