@@ -394,6 +394,44 @@ def _build_train_feedforward() -> click.Command:
 train_group.add_command(_build_train_feedforward())
 
 
+def _build_train_decoder() -> click.Command:
+    from impasto.training import decoder as training
+
+    def callback(output: str, checkpoint: str | None, checkpoint_every: int, resume: bool, fp16: bool,
+                 quiet: bool, **values: Any) -> None:
+        options = training.DecoderOptions(**given_fields(training.DecoderOptions, values, "impasto train decoder"))
+        checkpoint = checkpoint or str(Path(output).with_suffix(".ckpt"))
+        token = CancelToken()
+        previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
+        try:
+            with _Bar(enabled=not quiet) as bar:
+                result = training.train_decoder(options, output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                                resume=resume, fp16=fp16, callback=bar, cancel=token)
+        except CancelledError as exc:
+            raise CancelledError(f"{exc}; checkpoint {checkpoint} saved, continue with the same command plus --resume") from None
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        final = ", ".join(f"{k} {v[-1]:.4g}" for k, v in result.history.items() if v)
+        console.print(f"wrote {result.model_path} and {result.curve_path} ({result.steps} steps in {result.seconds:.0f}s; "
+                      f"final losses: {final})", soft_wrap=True)
+
+    params: list[click.Parameter] = [
+        click.Option(["-o", "--output"], required=True, help="Decoder file to write (.safetensors)."),
+        click.Option(["--checkpoint"], default=None, help="Checkpoint file (default: OUTPUT with .ckpt); a loss-curve PNG is written beside it."),
+        click.Option(["--checkpoint-every"], type=int, default=100, show_default=True, help="Steps between checkpoints."),
+        click.Option(["--resume"], is_flag=True, default=False, help="Continue from the checkpoint."),
+        click.Option(["--fp16"], is_flag=True, default=False, help="Store the weights as fp16 (half the size)."),
+        click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
+        *options_params({"train": training.DecoderOptions}),
+    ]
+    return click.Command("decoder", callback=callback, params=params,
+                         help="Train a decoder that inverts the VGG encoder at --level (for --method adain; WCT/PhotoWCT to come).",
+                         context_settings={"max_content_width": 120})
+
+
+train_group.add_command(_build_train_decoder())
+
+
 @cli.group("models")
 def models_group() -> None:
     """Trained feed-forward models shipped with impasto."""

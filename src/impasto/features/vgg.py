@@ -102,6 +102,12 @@ class VGGEncoder(nn.Module):
             self.register_buffer("_scale", 1.0 / torch.tensor(_TORCH_STD).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("_shift", torch.tensor(_TORCH_MEAN).view(1, 3, 1, 1) / torch.tensor(_TORCH_STD).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Output channels of each block present (from the weights, so narrow test encoders work)."""
+        blocks = weights_io.VGG_BLOCKS[self.arch]
+        return tuple(int(self._state[f"conv{b + 1}_{blocks[b]}.weight"].shape[0]) for b in range(len(blocks)))
+
     def normalize(self, image: Tensor) -> Tensor:
         """[0, 1] RGB -> the network's input space."""
         x = image * self._scale - self._shift
@@ -125,6 +131,27 @@ class VGGEncoder(nn.Module):
             if name in self.layers:
                 out[name] = x
         return out
+
+    def forward_with_indices(self, image: Tensor) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, tuple[int, int]]]]:
+        """Like ``forward``, plus each max-pool's argmax indices and input size ({"pool1": (idx, (H, W))}),
+        for decoders that upsample by max-unpooling (PhotoWCT). Needs pooling="max"."""
+        if self.pooling != "max":
+            raise InvalidOptionError("pooling indices need an encoder with max pooling")
+        x = self.normalize(image)
+        out: dict[str, Tensor] = {}
+        indices: dict[str, tuple[Tensor, tuple[int, int]]] = {}
+        for name in self._plan:
+            if name.startswith("conv"):
+                x = self.convs[name](x)
+            elif name.startswith("relu"):
+                x = F.relu(x)
+            else:
+                size = (x.shape[-2], x.shape[-1])
+                x, idx = F.max_pool2d(x, 2, return_indices=True)
+                indices[name] = (idx, size)
+            if name in self.layers:
+                out[name] = x
+        return out, indices
 
     def with_layers(self, layers: Iterable[str]) -> "VGGEncoder":
         """A new encoder over the same weights returning other layers."""

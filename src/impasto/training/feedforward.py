@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from impasto.errors import CheckpointError, InvalidOptionError
-from impasto.events import Callback, CancelToken, Done, Progress, Stage
+from impasto.errors import InvalidOptionError
+from impasto.events import Callback, CancelToken, Done
 from impasto.features.vgg import load_encoder
-from impasto.io.checkpoint import load_checkpoint, save_checkpoint
 from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.image import load_image
 from impasto.io.models import save_model
@@ -39,6 +38,7 @@ from impasto.methods.feedforward import TransformerNet, architecture
 from impasto.ops.geometry import resize, size_for_long_side
 from impasto.ops.stats import gram_matrix
 from impasto.options import option
+from impasto.training.loop import run_steps
 
 
 @dataclass(frozen=True)
@@ -147,34 +147,10 @@ def train(
 
     net = TransformerNet(n_styles=len(style_images), width=options.width)
     opt = torch.optim.Adam(net.parameters(), lr=options.learning_rate)
-    history: dict[str, list[float]] = {"total": [], "content": [], "style": [], "tv": []}
-    start = 0
-    if resume:
-        if checkpoint is None:
-            raise CheckpointError("resume needs a checkpoint path")
-        state = load_checkpoint(checkpoint)
-        if state.get("fingerprint") != fp:
-            raise CheckpointError(f"checkpoint {checkpoint} belongs to a different training run (options, styles or data differ)")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        history = {k: list(v) for k, v in state["history"].items()}
-
-    def save(step: int) -> None:
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, {"fingerprint": fp, "step": step, "model": net.state_dict(),
-                                         "optimizer": opt.state_dict(), "history": history})
-            save_loss_curve(history, Path(checkpoint).with_suffix(".loss.png"), title=f"{output.stem}: step {step}")
-
-    if callback:
-        callback(Stage(name="train", index=0, total=1, size=(options.crop, options.crop)))
     c_weights = 1.0 / len(options.content_layers)
     s_weights = 1.0 / len(options.style_layers)
-    net.train()
-    for step in range(start, options.steps):
-        if cancel is not None and cancel.cancelled:
-            save(step)
-            cancel.raise_if_cancelled()
+
+    def step_fn(step: int) -> dict[str, Tensor]:
         gen = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
         batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
         which = torch.randint(len(style_images), (options.batch_size,), generator=gen)
@@ -188,18 +164,13 @@ def train(
                 for k in options.content_layers)
         s = sum(s_weights * gram_loss(feats[k], targets[k][which]) / style_norm[k] for k in options.style_layers)
         tv = tv_loss(out)
-        loss = options.content_weight * c + options.style_weight * s + options.tv_weight * tv
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for key, value in (("total", loss), ("content", c), ("style", s), ("tv", tv)):
-            history[key].append(float(value.detach()) if isinstance(value, Tensor) else float(value))
-        if callback:
-            callback(Progress(step=step + 1, total=options.steps, losses={k: v[-1] for k, v in history.items()}))
-        if checkpoint_every > 0 and (step + 1) % checkpoint_every == 0:
-            save(step + 1)
+        total = options.content_weight * c + options.style_weight * s + options.tv_weight * tv
+        return {"total": total, "content": c, "style": s, "tv": tv}
 
-    net.eval()
+    history = run_steps(model=net, optimizer=opt, step_fn=step_fn, steps=options.steps, fingerprint=fp,
+                        title=output.stem, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                        callback=callback, cancel=cancel, stage_size=(options.crop, options.crop))
+
     meta: dict[str, Any] = {
         "name": output.stem,
         "architecture": architecture(net),
@@ -211,8 +182,6 @@ def train(
     }
     model_path = save_model(output, net.state_dict(), meta, fp16=fp16)
     curve = save_loss_curve(history, output.with_suffix(".loss.png"), title=f"{output.stem}: {options.steps} steps")
-    if checkpoint is not None:
-        save(options.steps)
     seconds = time.perf_counter() - started
     if callback:
         callback(Done(seconds=seconds, steps=options.steps))

@@ -1,0 +1,150 @@
+"""Training decoders that invert a VGG encoder (for AdaIN, WCT and PhotoWCT).
+
+Loss (Li et al. 2017): pixel reconstruction ``||D(E(x)) - x||^2`` plus feature reconstruction
+``||E(D(E(x))) - E(x)||^2`` at the decoder's level (divided by the target's mean square).
+Decoders never see a style, so they generalise to any style; photos and paintings both help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from impasto.errors import InvalidOptionError
+from impasto.events import Callback, CancelToken, Done
+from impasto.features.vgg import load_encoder
+from impasto.io.dataset import list_images, load_images, random_crops
+from impasto.io.models import save_model
+from impasto.io.plot import save_loss_curve
+from impasto.losses.content import content_loss
+from impasto.methods.arbitrary import LEVELS, Decoder, decoder_architecture
+from impasto.options import option
+from impasto.training.loop import run_steps
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    """Every default of decoder training."""
+
+    level: str = option("relu4_1", "Encoder layer the decoder inverts (relu4_1 for AdaIN; WCT uses relu1_1..relu5_1).")
+    unpool: bool = option(False, "Upsample by max-unpooling with the encoder's indices (PhotoWCT) instead of nearest.")
+    content_dirs: tuple[str, ...] = option((), "Folders of training images (photos and paintings), searched recursively.")
+    steps: int = option(1500, "Optimiser steps.")
+    batch_size: int = option(4, "Images per step.")
+    crop: int = option(192, "Training crop size in pixels.")
+    scale_min: float = option(0.4, "Smallest random crop, as a fraction of the image's short side.")
+    learning_rate: float = option(1e-3, "Adam learning rate.")
+    pixel_weight: float = option(1.0, "Weight of the pixel reconstruction loss.")
+    feature_weight: float = option(1.0, "Weight of the feature reconstruction loss.")
+    encoder: str = option("auto", "Encoder weights: auto, vgg16, vgg19 or tiny (tests).")
+    precision: str = option("auto", "auto (bf16 math where supported), fp32 or bf16.")
+    max_image_side: int = option(512, "Training images are kept in memory at most this large.")
+    seed: int = option(0, "Seed for initialisation and batch sampling.")
+
+
+def validate(o: DecoderOptions) -> None:
+    if o.level not in LEVELS:
+        raise InvalidOptionError(f"level must be one of {', '.join(LEVELS)}, got '{o.level}'")
+    if not o.content_dirs:
+        raise InvalidOptionError("give at least one --content-dir with training images")
+    for name, low in (("steps", 1), ("batch_size", 1), ("crop", 32)):
+        if getattr(o, name) < low:
+            raise InvalidOptionError(f"{name} must be >= {low}, got {getattr(o, name)}")
+    if o.precision not in ("auto", "fp32", "bf16"):
+        raise InvalidOptionError(f"precision must be auto, fp32 or bf16, got '{o.precision}'")
+
+
+@dataclass
+class DecoderResult:
+    model_path: Path
+    curve_path: Path
+    steps: int
+    seconds: float
+    history: dict[str, list[float]]
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of two images in [0, 1]."""
+    mse = float((a.clamp(0, 1) - b.clamp(0, 1)).pow(2).mean())
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def reconstruct(encoder: Any, decoder: Decoder, image: Tensor) -> Tensor:
+    """Encode then decode an image (1, 3, H, W) -> (1, 3, H, W) clamped to [0, 1]."""
+    with torch.inference_mode():
+        if decoder.unpool:
+            feats, idx = encoder.forward_with_indices(image)
+            return decoder(feats[decoder.level], tuple(image.shape[-2:]), idx).clamp(0, 1)
+        return decoder(encoder(image)[decoder.level], tuple(image.shape[-2:])).clamp(0, 1)
+
+
+def train_decoder(
+    options: DecoderOptions,
+    output: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    fp16: bool = False,
+    callback: Callback | None = None,
+    cancel: CancelToken | None = None,
+) -> DecoderResult:
+    """Train a decoder for ``options.level`` and write it (with a loss curve beside it) to ``output``."""
+    validate(options)
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise InvalidOptionError(f"the decoder file must end in .safetensors, got '{output.name}'")
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)
+    images, skipped = load_images(list_images(options.content_dirs), options.max_image_side, options.crop)
+    if not images:
+        raise InvalidOptionError(f"no decodable images under {', '.join(options.content_dirs)}")
+    encoder = load_encoder(options.encoder, [options.level])
+    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    decoder = Decoder(options.level, encoder.arch, options.unpool, encoder.channels)
+    opt = torch.optim.Adam(decoder.parameters(), lr=options.learning_rate)
+    fp = hashlib.sha256(json.dumps({"options": dataclasses.asdict(options), "images": len(images)}, sort_keys=True).encode()).hexdigest()
+
+    def step_fn(step: int) -> dict[str, Tensor]:
+        gen = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
+        batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
+        with torch.no_grad():
+            if options.unpool:
+                feats, idx = encoder.forward_with_indices(batch)
+            else:
+                feats, idx = encoder(batch), None
+            target = feats[options.level]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            out = decoder(target, tuple(batch.shape[-2:]), idx).float()
+            again = encoder(out)[options.level].float()
+        pixel = (out - batch).pow(2).mean()
+        feature = content_loss(again, target) / (target.pow(2).mean() + 1e-8)
+        return {"total": options.pixel_weight * pixel + options.feature_weight * feature, "pixel": pixel, "feature": feature}
+
+    history = run_steps(model=decoder, optimizer=opt, step_fn=step_fn, steps=options.steps, fingerprint=fp,
+                        title=output.stem, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                        callback=callback, cancel=cancel, stage_size=(options.crop, options.crop))
+    meta: dict[str, Any] = {
+        "name": output.stem,
+        "architecture": decoder_architecture(decoder),
+        "encoder": encoder.weights_name,
+        "encoder_sha256": encoder.weights_sha256,
+        "training": {"options": dataclasses.asdict(options), "steps_done": options.steps, "images": len(images),
+                     "skipped": skipped, "final_losses": {k: v[-1] for k, v in history.items() if v}},
+        "versions": {"torch": torch.__version__},
+    }
+    model_path = save_model(output, decoder.state_dict(), meta, fp16=fp16)
+    curve = save_loss_curve(history, output.with_suffix(".loss.png"), title=f"{output.stem}: {options.steps} steps")
+    seconds = time.perf_counter() - started
+    if callback:
+        callback(Done(seconds=seconds, steps=options.steps))
+    return DecoderResult(model_path=model_path, curve_path=curve, steps=options.steps, seconds=seconds, history=history)

@@ -1,0 +1,120 @@
+"""AdaIN with trained decoders: decoder shapes, decoder training/resume, the method end to end (tiny encoder)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from impasto.errors import InvalidOptionError, WeightsError
+from impasto.features.vgg import load_encoder
+from impasto.io.image import save_image
+from impasto.methods import arbitrary
+from impasto.ops.stats import mean_std
+from impasto.training.decoder import DecoderOptions, psnr, reconstruct, train_decoder
+
+
+@pytest.mark.parametrize("level", arbitrary.LEVELS)
+@pytest.mark.parametrize("unpool", [False, True])
+def test_decoder_returns_input_size_for_odd_sizes(level, unpool):
+    enc = load_encoder("tiny", [level])
+    dec = arbitrary.Decoder(level, "vgg16", unpool, enc.channels)
+    x = torch.rand(2, 3, 37, 53)
+    feats, idx = enc.forward_with_indices(x)
+    assert dec(feats[level], (37, 53), idx if unpool else None).shape == x.shape
+
+
+def test_unpool_decoder_needs_indices():
+    enc = load_encoder("tiny", ["relu3_1"])
+    dec = arbitrary.Decoder("relu3_1", "vgg16", True, enc.channels)
+    with pytest.raises(InvalidOptionError, match="pooling indices"):
+        dec(enc(torch.rand(1, 3, 16, 16))["relu3_1"], (16, 16))
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dec")
+    g = torch.Generator().manual_seed(0)
+    for i in range(4):
+        base = torch.rand(1, 3, 6, 6, generator=g)
+        save_image(torch.nn.functional.interpolate(base, size=(48, 48), mode="bicubic").clamp(0, 1), root / "imgs" / f"{i}.png")
+    opts = DecoderOptions(level="relu2_1", content_dirs=(str(root / "imgs"),), steps=40, batch_size=2, crop=32,
+                          encoder="tiny", precision="fp32", learning_rate=3e-3)
+    result = train_decoder(opts, root / "dec.safetensors", checkpoint=root / "dec.ckpt", checkpoint_every=20)
+    return opts, result, root
+
+
+def test_decoder_training_lowers_loss_and_reconstructs(tiny_decoder):
+    opts, result, root = tiny_decoder
+    total = result.history["total"]
+    assert sum(total[-5:]) < 0.6 * sum(total[:5])
+    assert result.curve_path.is_file() and (root / "dec.loss.png").is_file()
+    decoder, meta = arbitrary.load_decoder(str(result.model_path))
+    assert meta["architecture"]["level"] == "relu2_1" and meta["encoder"] == "tiny"
+    enc = load_encoder("tiny", ["relu2_1"])
+    g = torch.Generator().manual_seed(42)  # an unseen image of the training kind
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 6, generator=g), size=(40, 40), mode="bicubic").clamp(0, 1)
+    torch.manual_seed(0)
+    untrained = arbitrary.Decoder("relu2_1", "vgg16", False, enc.channels).eval()
+    assert psnr(reconstruct(enc, decoder, image), image) > psnr(reconstruct(enc, untrained, image), image) + 3.0
+
+
+def test_decoder_resume_repeats_the_uninterrupted_run(tiny_decoder, tmp_path):
+    opts, result, root = tiny_decoder
+    from impasto.errors import CancelledError
+    from impasto.events import CancelToken, Progress
+
+    token = CancelToken()
+    ckpt = tmp_path / "r.ckpt"
+
+    def stop(event):
+        if isinstance(event, Progress) and event.step == 25:
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        train_decoder(opts, tmp_path / "r.safetensors", checkpoint=ckpt, checkpoint_every=20, callback=stop, cancel=token)
+    resumed = train_decoder(opts, tmp_path / "r.safetensors", checkpoint=ckpt, resume=True)
+    assert resumed.history["total"] == result.history["total"]
+
+
+def test_adain_method_end_to_end(tiny_decoder):
+    _, result, _ = tiny_decoder
+    g = torch.Generator().manual_seed(5)
+    content, style_a, style_b = (torch.rand(1, 3, 30, 42, generator=g) for _ in range(3))
+    style_b = style_b * 0.3
+    opts = arbitrary.Options(decoder=str(result.model_path), size=None, style_size=None)
+    out = arbitrary.run(content, style_a, opts).image
+    assert out.shape == content.shape
+    a_only = arbitrary.run(content, [style_a, style_b], arbitrary.Options(**{**opts.__dict__, "style_blend": (1.0, 0.0)})).image
+    torch.testing.assert_close(a_only, out)
+    mixed = arbitrary.run(content, [style_a, style_b], opts).image
+    assert not torch.allclose(mixed, out)
+    weak = arbitrary.run(content, style_a, arbitrary.Options(**{**opts.__dict__, "alpha": 0.0})).image
+    assert not torch.allclose(weak, out)
+    with pytest.raises(InvalidOptionError, match="at least one style"):
+        arbitrary.run(content, None, opts)
+    with pytest.raises(InvalidOptionError, match="alpha must be in"):
+        arbitrary.run(content, style_a, arbitrary.Options(**{**opts.__dict__, "alpha": 2.0}))
+
+
+def test_adain_moves_feature_statistics_towards_the_style(tiny_decoder):
+    _, result, _ = tiny_decoder
+    decoder, _ = arbitrary.load_decoder(str(result.model_path))
+    enc = load_encoder("tiny", ["relu2_1"])
+    g = torch.Generator().manual_seed(6)
+    content = torch.rand(1, 3, 32, 32, generator=g)
+    style = (torch.rand(1, 3, 32, 32, generator=g) * 0.2 + 0.7)
+    out = arbitrary.transfer(enc, decoder, content, [style], [1.0], 1.0).clamp(0, 1)
+    m_out, _ = mean_std(enc(out)["relu2_1"])
+    m_c, _ = mean_std(enc(content)["relu2_1"])
+    m_s, _ = mean_std(enc(style)["relu2_1"])
+    assert float((m_out - m_s).abs().mean()) < float((m_c - m_s).abs().mean())
+
+
+def test_feedforward_model_is_not_a_decoder(tmp_path):
+    from impasto.io.models import save_model
+    from impasto.methods import feedforward as ff
+
+    net = ff.TransformerNet(width=4)
+    path = save_model(tmp_path / "ff.safetensors", net.state_dict(), {"architecture": ff.architecture(net)})
+    with pytest.raises(WeightsError, match="not a decoder"):
+        arbitrary.load_decoder(str(path))
