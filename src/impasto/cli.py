@@ -442,13 +442,19 @@ def models_list() -> None:
     """Show the shipped models with their styles, training and licence lines."""
     from impasto.io.models import load_model, shipped_models
 
-    table = Table("name", "styles", "trained", "size", "source")
+    table = Table("name", "kind", "styles / level", "trained", "size", "licence")
     for name, path in shipped_models().items():
         _, meta = load_model(path)
         training = meta.get("training", {})
-        table.add_row(name, ", ".join(s["name"] for s in meta.get("styles", [])),
-                      f"{training.get('steps_done', '?')} steps on {training.get('images', '?')} photos",
-                      f"{path.stat().st_size / 1e6:.1f} MB", meta.get("source", ""))
+        arch = meta.get("architecture", {})
+        if arch.get("name") == "vgg-decoder":
+            kind, what, licence = "decoder (--method adain)", arch.get("level", "?"), "weights trained by impasto"
+        else:
+            kind = "feedforward"
+            what = ", ".join(s["name"] for s in meta.get("styles", []))
+            licence = "; ".join(s.get("licence", "?") for s in meta.get("styles", []))
+        table.add_row(name, kind, what, f"{training.get('steps_done', '?')} steps on {training.get('images', '?')} images",
+                      f"{path.stat().st_size / 1e6:.1f} MB", licence)
     out.print(table)
 
 

@@ -32,6 +32,7 @@ def save_model(path: str | os.PathLike[str], state: dict[str, Tensor], meta: dic
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps({"format": MODEL_FORMAT, **meta})})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -71,6 +72,19 @@ def shipped_models() -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     return {p.stem: p for p in sorted(folder.glob("*.safetensors"))}
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A model file's metadata without loading its tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads((handle.metadata() or {}).get(_META_KEY, "{}"))
+
+
+def shipped_of_kind(architecture: str) -> dict[str, Path]:
+    """The shipped models whose architecture name is ``architecture`` (e.g. "johnson-in", "vgg-decoder")."""
+    return {n: p for n, p in shipped_models().items() if read_meta(p).get("architecture", {}).get("name") == architecture}
 
 
 def resolve_model(name_or_path: str) -> Path:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from impasto.errors import InvalidOptionError, WeightsError, suggest
 from impasto.events import Callback, CancelToken, Done, Stage
 from impasto.features.vgg import VGGEncoder, load_encoder
-from impasto.io.models import load_model, resolve_model, shipped_models
+from impasto.io.models import load_model, read_meta, resolve_model, shipped_of_kind
 from impasto.io.weights import VGG_BLOCKS, VGG_CHANNELS, sha256_file
 from impasto.ops import color as color_ops
 from impasto.ops.geometry import resize, size_for_long_side
@@ -105,7 +105,7 @@ def load_decoder(name_or_path: str) -> tuple[Decoder, dict[str, Any]]:
 
 
 def _default_decoder() -> str:
-    names = [n for n in shipped_models() if n.startswith("decoder_vgg16_relu4_1")]
+    names = [n for n, p in shipped_of_kind("vgg-decoder").items() if read_meta(p)["architecture"]["level"] == "relu4_1"]
     if not names:
         raise InvalidOptionError("no AdaIN decoder ships with this impasto; train one with 'impasto train decoder'")
     return names[0]

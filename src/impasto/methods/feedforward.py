@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from impasto.errors import InvalidOptionError, WeightsError, suggest
 from impasto.events import Callback, CancelToken, Done, Progress, Stage
-from impasto.io.models import load_model, resolve_model, shipped_models
+from impasto.io.models import load_model, resolve_model, shipped_of_kind
 from impasto.io.onnx import OnnxNetwork, export
 from impasto.io.weights import sha256_file
 from impasto.ops import color as color_ops
@@ -196,7 +196,7 @@ def architecture(net: TransformerNet) -> dict[str, Any]:
 def load_network(name_or_path: str) -> tuple[TransformerNet | OnnxTransformer, dict[str, Any]]:
     """A shipped model name, a model file or an exported .onnx -> (callable network, metadata)."""
     if name_or_path == "auto":
-        name_or_path = next(iter(shipped_models()))
+        name_or_path = next(iter(shipped_of_kind("johnson-in")))
     path = resolve_model(name_or_path)
     if path.suffix.lower() == ".onnx":
         runner = OnnxTransformer(str(path))
@@ -231,7 +231,7 @@ class Options:
 
 
 def validate(options: Options) -> None:
-    if options.model == "auto" and not shipped_models():
+    if options.model == "auto" and not shipped_of_kind("johnson-in"):
         raise InvalidOptionError("no model given and none ships with this impasto; train one with 'impasto train feedforward'")
     if options.color not in COLOR_MODES:
         raise InvalidOptionError(f"color must be one of {', '.join(COLOR_MODES)}, got '{options.color}'.{suggest(options.color, COLOR_MODES)}")
