@@ -24,7 +24,6 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from impasto.errors import InvalidOptionError, WeightsUnavailableError
-from impasto.features import vgg
 from impasto.features.vgg import VGGEncoder, layer_names, load_encoder, tiny_state
 from impasto.io import weights
 

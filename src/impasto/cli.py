@@ -354,20 +354,19 @@ def train_group() -> None:
     """Train networks: feed-forward style networks (one or many styles)."""
 
 
-def _build_train_feedforward() -> click.Command:
-    from impasto.training import feedforward as training
+def _train_command(name: str, options_cls: type, train_fn: Callable[..., Any], what: str, helptext: str) -> click.Command:
+    """``impasto train NAME``: options generated from ``options_cls``, progress bar, Ctrl-C checkpoints."""
 
     def callback(output: str, checkpoint: str | None, checkpoint_every: int, resume: bool, fp16: bool,
                  quiet: bool, **values: Any) -> None:
-        fields = given_fields(training.TrainOptions, values, "impasto train feedforward")
-        options = training.TrainOptions(**fields)
+        options = options_cls(**given_fields(options_cls, values, f"impasto train {name}"))
         checkpoint = checkpoint or str(Path(output).with_suffix(".ckpt"))
         token = CancelToken()
         previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
         try:
             with _Bar(enabled=not quiet) as bar:
-                result = training.train(options, output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                        resume=resume, fp16=fp16, callback=bar, cancel=token)
+                result = train_fn(options, output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                  resume=resume, fp16=fp16, callback=bar, cancel=token)
         except CancelledError as exc:
             raise CancelledError(f"{exc}; checkpoint {checkpoint} saved, continue with the same command plus --resume") from None
         finally:
@@ -377,59 +376,30 @@ def _build_train_feedforward() -> click.Command:
                       f"final losses: {final})", soft_wrap=True)
 
     params: list[click.Parameter] = [
-        click.Option(["-o", "--output"], required=True, help="Model file to write (.safetensors)."),
+        click.Option(["-o", "--output"], required=True, help=f"{what} file to write (.safetensors)."),
         click.Option(["--checkpoint"], default=None, help="Checkpoint file (default: OUTPUT with .ckpt); a loss-curve PNG is written beside it."),
         click.Option(["--checkpoint-every"], type=int, default=100, show_default=True, help="Steps between checkpoints."),
         click.Option(["--resume"], is_flag=True, default=False, help="Continue from the checkpoint."),
         click.Option(["--fp16"], is_flag=True, default=False, help="Store the weights as fp16 (half the size)."),
         click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
-        *options_params({"train": training.TrainOptions}),
+        *options_params({"train": options_cls}),
     ]
-    return click.Command("feedforward", callback=callback, params=params,
-                         help="Train a Johnson et al. feed-forward network for one --style (or several: conditional "
-                              "instance norm) on photos from --content-dir.",
-                         context_settings={"max_content_width": 120})
+    return click.Command(name, callback=callback, params=params, help=helptext, context_settings={"max_content_width": 120})
 
 
-train_group.add_command(_build_train_feedforward())
+def _register_trainers() -> None:
+    from impasto.training import decoder, feedforward
+
+    train_group.add_command(_train_command(
+        "feedforward", feedforward.TrainOptions, feedforward.train, "Model",
+        "Train a Johnson et al. feed-forward network for one --style (or several: conditional instance norm) "
+        "on photos from --content-dir."))
+    train_group.add_command(_train_command(
+        "decoder", decoder.DecoderOptions, decoder.train_decoder, "Decoder",
+        "Train a decoder that inverts the VGG encoder at --level (for --method adain; WCT/PhotoWCT to come)."))
 
 
-def _build_train_decoder() -> click.Command:
-    from impasto.training import decoder as training
-
-    def callback(output: str, checkpoint: str | None, checkpoint_every: int, resume: bool, fp16: bool,
-                 quiet: bool, **values: Any) -> None:
-        options = training.DecoderOptions(**given_fields(training.DecoderOptions, values, "impasto train decoder"))
-        checkpoint = checkpoint or str(Path(output).with_suffix(".ckpt"))
-        token = CancelToken()
-        previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
-        try:
-            with _Bar(enabled=not quiet) as bar:
-                result = training.train_decoder(options, output, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                                resume=resume, fp16=fp16, callback=bar, cancel=token)
-        except CancelledError as exc:
-            raise CancelledError(f"{exc}; checkpoint {checkpoint} saved, continue with the same command plus --resume") from None
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        final = ", ".join(f"{k} {v[-1]:.4g}" for k, v in result.history.items() if v)
-        console.print(f"wrote {result.model_path} and {result.curve_path} ({result.steps} steps in {result.seconds:.0f}s; "
-                      f"final losses: {final})", soft_wrap=True)
-
-    params: list[click.Parameter] = [
-        click.Option(["-o", "--output"], required=True, help="Decoder file to write (.safetensors)."),
-        click.Option(["--checkpoint"], default=None, help="Checkpoint file (default: OUTPUT with .ckpt); a loss-curve PNG is written beside it."),
-        click.Option(["--checkpoint-every"], type=int, default=100, show_default=True, help="Steps between checkpoints."),
-        click.Option(["--resume"], is_flag=True, default=False, help="Continue from the checkpoint."),
-        click.Option(["--fp16"], is_flag=True, default=False, help="Store the weights as fp16 (half the size)."),
-        click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
-        *options_params({"train": training.DecoderOptions}),
-    ]
-    return click.Command("decoder", callback=callback, params=params,
-                         help="Train a decoder that inverts the VGG encoder at --level (for --method adain; WCT/PhotoWCT to come).",
-                         context_settings={"max_content_width": 120})
-
-
-train_group.add_command(_build_train_decoder())
+_register_trainers()
 
 
 @cli.group("models")

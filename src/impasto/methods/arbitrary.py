@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from impasto.ops import color as color_ops
 from impasto.ops.geometry import resize, size_for_long_side
 from impasto.ops.stats import adain
 from impasto.options import option
+from impasto.result import Result
 
 LEVELS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 COLOR_MODES = ("style", "luminance")
@@ -124,14 +125,6 @@ class Options:
     seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.")
 
 
-@dataclass
-class Result:
-    image: Tensor
-    weights: str
-    weights_sha256: str
-    steps: int
-    seconds: float
-    final_losses: dict[str, float] = field(default_factory=dict)
 
 
 def validate(o: Options, n_styles: int) -> None:

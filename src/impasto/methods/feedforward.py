@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from impasto.io.weights import sha256_file
 from impasto.ops import color as color_ops
 from impasto.ops.geometry import resize, size_for_long_side
 from impasto.options import option
+from impasto.result import Result
 
 COLOR_MODES = ("style", "luminance")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -328,14 +329,6 @@ def stylize_tensor(net: TransformerNet | OnnxTransformer, image: Tensor, mix: Te
         return out / weight
 
 
-@dataclass
-class Result:
-    image: Tensor
-    weights: str
-    weights_sha256: str
-    steps: int
-    seconds: float
-    final_losses: dict[str, float] = field(default_factory=dict)
 
 
 def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,

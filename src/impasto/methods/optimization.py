@@ -18,9 +18,8 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,6 +30,7 @@ from impasto.features.vgg import POOLING, VGGEncoder, load_encoder
 from impasto.io.checkpoint import load_checkpoint, save_checkpoint
 from impasto.io.image import load_image
 from impasto.options import option
+from impasto.result import Result
 from impasto.losses.content import content_loss
 from impasto.losses.regularizers import tv_loss
 from impasto.losses.style import STYLE_LOSSES, gram_loss, mean_std_loss, w2_loss
@@ -233,16 +233,6 @@ def fingerprint(content: Tensor, styles: Sequence[Tensor], options: Options) -> 
     return digest.hexdigest()
 
 
-@dataclass
-class Result:
-    """What a run produced: the image and facts for its recipe."""
-
-    image: Tensor  # (1, 3, H, W) float32 in [0, 1]
-    weights: str
-    weights_sha256: str
-    steps: int
-    seconds: float
-    final_losses: dict[str, float] = field(default_factory=dict)
 
 
 def run(
