@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from impasto.errors import InvalidOptionError, WeightsError
+from impasto.features.decoder import LEVELS, Decoder, load_decoder
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
 from impasto.methods import arbitrary
@@ -13,11 +14,11 @@ from impasto.ops.stats import mean_std
 from impasto.training.decoder import DecoderOptions, psnr, reconstruct, train_decoder
 
 
-@pytest.mark.parametrize("level", arbitrary.LEVELS)
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("unpool", [False, True])
 def test_decoder_returns_input_size_for_odd_sizes(level, unpool):
     enc = load_encoder("tiny", [level])
-    dec = arbitrary.Decoder(level, "vgg16", unpool, enc.channels)
+    dec = Decoder(level, "vgg16", unpool, enc.channels)
     x = torch.rand(2, 3, 37, 53)
     feats, idx = enc.forward_with_indices(x)
     assert dec(feats[level], (37, 53), idx if unpool else None).shape == x.shape
@@ -25,7 +26,7 @@ def test_decoder_returns_input_size_for_odd_sizes(level, unpool):
 
 def test_unpool_decoder_needs_indices():
     enc = load_encoder("tiny", ["relu3_1"])
-    dec = arbitrary.Decoder("relu3_1", "vgg16", True, enc.channels)
+    dec = Decoder("relu3_1", "vgg16", True, enc.channels)
     with pytest.raises(InvalidOptionError, match="pooling indices"):
         dec(enc(torch.rand(1, 3, 16, 16))["relu3_1"], (16, 16))
 
@@ -38,7 +39,7 @@ def tiny_decoder(tmp_path_factory):
         base = torch.rand(1, 3, 6, 6, generator=g)
         save_image(torch.nn.functional.interpolate(base, size=(48, 48), mode="bicubic").clamp(0, 1), root / "imgs" / f"{i}.png")
     opts = DecoderOptions(level="relu2_1", content_dirs=(str(root / "imgs"),), steps=40, batch_size=2, crop=32,
-                          encoder="tiny", precision="fp32", learning_rate=3e-3)
+                          encoder="tiny", precision="fp32", learning_rate=3e-3, final_lr_fraction=1.0)
     result = train_decoder(opts, root / "dec.safetensors", checkpoint=root / "dec.ckpt", checkpoint_every=20)
     return opts, result, root
 
@@ -48,13 +49,13 @@ def test_decoder_training_lowers_loss_and_reconstructs(tiny_decoder):
     total = result.history["total"]
     assert sum(total[-5:]) < 0.6 * sum(total[:5])
     assert result.curve_path.is_file() and (root / "dec.loss.png").is_file()
-    decoder, meta = arbitrary.load_decoder(str(result.model_path))
+    decoder, meta = load_decoder(str(result.model_path))
     assert meta["architecture"]["level"] == "relu2_1" and meta["encoder"] == "tiny"
     enc = load_encoder("tiny", ["relu2_1"])
     g = torch.Generator().manual_seed(42)  # an unseen image of the training kind
     image = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 6, generator=g), size=(40, 40), mode="bicubic").clamp(0, 1)
     torch.manual_seed(0)
-    untrained = arbitrary.Decoder("relu2_1", "vgg16", False, enc.channels).eval()
+    untrained = Decoder("relu2_1", "vgg16", False, enc.channels).eval()
     assert psnr(reconstruct(enc, decoder, image), image) > psnr(reconstruct(enc, untrained, image), image) + 3.0
 
 
@@ -98,7 +99,7 @@ def test_adain_method_end_to_end(tiny_decoder):
 
 def test_adain_moves_feature_statistics_towards_the_style(tiny_decoder):
     _, result, _ = tiny_decoder
-    decoder, _ = arbitrary.load_decoder(str(result.model_path))
+    decoder, _ = load_decoder(str(result.model_path))
     enc = load_encoder("tiny", ["relu2_1"])
     g = torch.Generator().manual_seed(6)
     content = torch.rand(1, 3, 32, 32, generator=g)
@@ -117,4 +118,4 @@ def test_feedforward_model_is_not_a_decoder(tmp_path):
     net = ff.TransformerNet(width=4)
     path = save_model(tmp_path / "ff.safetensors", net.state_dict(), {"architecture": ff.architecture(net)})
     with pytest.raises(WeightsError, match="not a decoder"):
-        arbitrary.load_decoder(str(path))
+        load_decoder(str(path))

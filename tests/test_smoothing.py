@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from impasto.ops.smoothing import _box_sum, affinity, smooth_exact, smooth_fast
+from impasto.ops.smoothing import affinity, box_mean, smooth_exact, smooth_fast
 
 
 def _pair(h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,14 +43,25 @@ def test_exact_smoothing_flattens_noise_inside_a_flat_region():
     assert info.iterations < 100
 
 
-def test_box_sum_matches_explicit_windows():
+def test_box_mean_matches_explicit_windows():
     x = torch.rand(1, 2, 7, 9, dtype=torch.float64)
     r = 2
     ref = torch.zeros_like(x)
     for i in range(7):
         for j in range(9):
-            ref[..., i, j] = x[..., max(0, i - r): i + r + 1, max(0, j - r): j + r + 1].sum((-1, -2))
-    torch.testing.assert_close(_box_sum(x, r), ref)
+            ref[..., i, j] = x[..., max(0, i - r): i + r + 1, max(0, j - r): j + r + 1].mean((-1, -2))
+    torch.testing.assert_close(box_mean(x, r), ref)
+
+
+def test_guided_filter_matches_a_float64_reference():
+    content, stylized = _pair(40, 52, 4)
+    guide = (0.299 * content[:, :1] + 0.587 * content[:, 1:2] + 0.114 * content[:, 2:3]).double()
+    p, r, eps = stylized.double(), 5, 1e-3
+    mean_i, mean_p = box_mean(guide, r), box_mean(p, r)
+    a = (box_mean(guide * p, r) - mean_i * mean_p) / (box_mean(guide * guide, r) - mean_i**2 + eps)
+    b = mean_p - a * mean_i
+    ref = (box_mean(a, r) * guide + box_mean(b, r)).clamp(0, 1).float()
+    torch.testing.assert_close(smooth_fast(stylized, content, radius=r, eps=eps), ref, atol=2e-5, rtol=0)
 
 
 def test_guided_filter_keeps_edges_of_the_guide_and_smooths_elsewhere():

@@ -396,7 +396,7 @@ def _register_trainers() -> None:
         "on photos from --content-dir."))
     train_group.add_command(_train_command(
         "decoder", decoder.DecoderOptions, decoder.train_decoder, "Decoder",
-        "Train a decoder that inverts the VGG encoder at --level (for --method adain; WCT/PhotoWCT to come)."))
+        "Train a decoder that inverts the VGG encoder at --level (for --method adain, wct and photowct; --unpool for photowct)."))
 
 
 _register_trainers()
@@ -418,7 +418,7 @@ def models_list() -> None:
         training = meta.get("training", {})
         arch = meta.get("architecture", {})
         if arch.get("name") == "vgg-decoder":
-            kind, what, licence = "decoder (--method adain)", arch.get("level", "?"), "weights trained by impasto"
+            kind, what, licence = "decoder (adain, wct, photowct)", arch.get("level", "?"), "weights trained by impasto"
         else:
             kind = "feedforward"
             what = ", ".join(s["name"] for s in meta.get("styles", []))

@@ -11,6 +11,10 @@ Differs from the paper: the result is divided by the smoothing of a constant ima
 closed form scales its output by sqrt(D_i) as ``a -> 1`` (darker borders, where pixels have fewer
 neighbours, and darker isolated pixels); the division keeps a flat region's brightness.
 
+Affinities: "gaussian" (above, the paper's choice in Eq. 6) or "matting" (Levin et al. 2008: the
+matting Laplacian's affinity from 3x3 windows, which FastPhotoStyle's code uses); for the matting
+affinity ``D - W`` is exactly the matting Laplacian.
+
 Fast: a guided filter (He et al. 2010) of the stylised image guided by the content, O(N).
 """
 
@@ -59,7 +63,36 @@ def affinity(content: Tensor, sigma: float = 0.1, floor: float = 1e-3):
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
 
-def smoothing_system(content: Tensor, stylized: Tensor, a: float, sigma: float):
+def matting_affinity(content: Tensor, eps: float = 1e-7):
+    """Sparse (N x N) matting affinity (Levin et al. 2008) of a (1, 3, H, W) image, 3x3 windows.
+
+    ``W_ij = sum over windows k holding i and j of (1 + (I_i - mu_k)^T (S_k + eps/9 I)^-1 (I_j - mu_k)) / 9``.
+    Entries may be negative; each row sums to the number of windows holding the pixel.
+    """
+    import scipy.sparse as sp
+
+    img = _to_hwc(content)
+    h, w, _ = img.shape
+    if h < 3 or w < 3:
+        raise InvalidOptionError(f"the matting affinity needs an image of at least 3x3 pixels, got {w}x{h}")
+    index = np.arange(h * w).reshape(h, w)
+    offsets = [(dy, dx) for dy in range(3) for dx in range(3)]
+    win_idx = np.stack([index[dy:h - 2 + dy, dx:w - 2 + dx].ravel() for dy, dx in offsets], axis=1)  # (K, 9)
+    colours = img.reshape(-1, 3)[win_idx]  # (K, 9, 3)
+    centred = colours - colours.mean(axis=1, keepdims=True)
+    cov = np.einsum("kpi,kpj->kij", centred, centred) / 9 + (eps / 9) * np.eye(3)
+    inv = np.linalg.inv(cov)
+    vals = (1 + np.einsum("kpi,kij,kqj->kpq", centred, inv, centred)) / 9  # (K, 9, 9)
+    rows = np.repeat(win_idx, 9, axis=1).ravel()
+    cols = np.tile(win_idx, (1, 9)).ravel()
+    n = h * w
+    return sp.coo_matrix((vals.ravel(), (rows, cols)), shape=(n, n)).tocsr()  # duplicates are summed
+
+
+AFFINITIES = ("gaussian", "matting")
+
+
+def smoothing_system(content: Tensor, stylized: Tensor, a: float, sigma: float, kind: str = "gaussian"):
     """(A, B, d_sqrt): the SPD system ``A Z = B`` whose solution gives ``R = d_sqrt * Z``.
 
     B is N x 4: the three channels and a constant image (for the brightness normalisation).
@@ -70,7 +103,9 @@ def smoothing_system(content: Tensor, stylized: Tensor, a: float, sigma: float):
         raise InvalidOptionError(f"smoothing strength a must be in [0, 1), got {a}")
     if stylized.shape != content.shape:
         raise InvalidOptionError(f"stylised {tuple(stylized.shape)} and content {tuple(content.shape)} sizes differ")
-    w = affinity(content, sigma)
+    if kind not in AFFINITIES:
+        raise InvalidOptionError(f"affinity must be one of {', '.join(AFFINITIES)}, got '{kind}'")
+    w = affinity(content, sigma) if kind == "gaussian" else matting_affinity(content)
     degree = np.asarray(w.sum(axis=1)).ravel() + 1e-12  # isolated pixels (1x1 images) stay finite
     system = (sp.diags(degree) - a * w).tocsr()
     y = np.concatenate([_to_hwc(stylized).reshape(-1, 3), np.ones((w.shape[0], 1))], axis=1)  # + a constant image
@@ -85,13 +120,13 @@ class SolveInfo:
 
 
 def smooth_exact(stylized: Tensor, content: Tensor, a: float = 0.999, sigma: float = 0.1, tol: float = 1e-6,
-                 max_iterations: int = 500) -> tuple[Tensor, SolveInfo]:
-    """Closed-form smoothing of ``stylized`` with the content's affinity; returns (image, solver info)."""
+                 max_iterations: int = 500, kind: str = "gaussian") -> tuple[Tensor, SolveInfo]:
+    """Closed-form smoothing of ``stylized`` with the content's affinity (``kind``); returns (image, solver info)."""
     import pyamg
     from scipy.sparse.linalg import cg
 
     h, w = content.shape[-2:]
-    system, rhs, d_sqrt = smoothing_system(content, stylized, a, sigma)
+    system, rhs, d_sqrt = smoothing_system(content, stylized, a, sigma, kind)
     if a == 0.0:
         return stylized.clone(), SolveInfo(0, 0.0)
     solver = pyamg.smoothed_aggregation_solver(system, symmetry="symmetric", max_coarse=500)
@@ -115,31 +150,32 @@ def smooth_exact(stylized: Tensor, content: Tensor, a: float = 0.999, sigma: flo
     return image.clamp(0, 1), SolveInfo(iterations, residual)
 
 
-def _box_sum(x: Tensor, r: int) -> Tensor:
-    """Sum over a (2r+1)^2 window clipped to the image, with cumulative sums: O(N) for any r."""
-    h, w = x.shape[-2:]
-    # c[y] = sum of rows < y; replicate-padding c by r on both sides clamps the window ends.
-    c = F.pad(F.pad(x, (0, 0, 1, 0)).cumsum(-2), (0, 0, r, r), mode="replicate")
-    rows = c[..., 2 * r + 1: 2 * r + 1 + h, :] - c[..., :h, :]
-    c = F.pad(F.pad(rows, (1, 0, 0, 0)).cumsum(-1), (r, r, 0, 0), mode="replicate")
-    return c[..., 2 * r + 1: 2 * r + 1 + w] - c[..., :w]
+def box_mean(x: Tensor, r: int) -> Tensor:
+    """Mean over the (2r+1)^2 window clipped to the image (only pixels inside count), per channel.
 
-
-def _box(x: Tensor, r: int) -> Tensor:
-    """Mean over a (2r+1)^2 window; at borders only the pixels inside count."""
-    return _box_sum(x, r) / _box_sum(torch.ones_like(x[:, :1]), r)
+    Separable: a (1, 2r+1) then a (2r+1, 1) average pool, so O(N r) with a small constant; the
+    clipped window is a rectangle, so the mean of row means is the window mean.
+    """
+    k = 2 * r + 1
+    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, r), count_include_pad=False)
+    return F.avg_pool2d(x, (k, 1), stride=1, padding=(r, 0), count_include_pad=False)
 
 
 def smooth_fast(stylized: Tensor, content: Tensor, radius: int = 8, eps: float = 1e-3) -> Tensor:
-    """Guided filter of each stylised channel with the content's luminance as guide (He et al. 2010)."""
+    """Guided filter of each stylised channel with the content's luminance as guide (He et al. 2010).
+
+    All window means are taken in two batched box filters (guide, image, products; then the
+    linear coefficients), in float32: means of values in [0, 1] lose no digits that matter
+    against ``eps``.
+    """
     if stylized.shape != content.shape:
         raise InvalidOptionError(f"stylised {tuple(stylized.shape)} and content {tuple(content.shape)} sizes differ")
-    guide = (0.299 * content[:, :1] + 0.587 * content[:, 1:2] + 0.114 * content[:, 2:3]).double()
-    p = stylized.double()  # float64: the running sums of a 1024 px image lose digits in float32
+    guide = (0.299 * content[:, :1] + 0.587 * content[:, 1:2] + 0.114 * content[:, 2:3]).float()
+    p = stylized.float()
     r = max(1, min(radius, min(content.shape[-2:]) // 2))
-    mean_i, mean_p = _box(guide, r), _box(p, r)
-    cov_ip = _box(guide * p, r) - mean_i * mean_p
-    var_i = _box(guide * guide, r) - mean_i**2
-    a = cov_ip / (var_i + eps)
+    means = box_mean(torch.cat([guide, guide * guide, p, guide * p], dim=1), r)
+    mean_i, mean_ii, mean_p, mean_ip = means[:, :1], means[:, 1:2], means[:, 2:5], means[:, 5:8]
+    a = (mean_ip - mean_i * mean_p) / (mean_ii - mean_i**2 + eps)
     b = mean_p - a * mean_i
-    return (_box(a, r) * guide + _box(b, r)).clamp(0, 1).float()
+    coeffs = box_mean(torch.cat([a, b], dim=1), r)
+    return (coeffs[:, :3] * guide + coeffs[:, 3:]).clamp(0, 1)

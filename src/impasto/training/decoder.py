@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,12 +22,12 @@ from torch import Tensor
 
 from impasto.errors import InvalidOptionError
 from impasto.events import Callback, CancelToken, Done
+from impasto.features.decoder import LEVELS, Decoder, decoder_architecture, load_decoder
 from impasto.features.vgg import load_encoder
 from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.models import save_model
 from impasto.io.plot import save_loss_curve
 from impasto.losses.content import content_loss
-from impasto.methods.arbitrary import LEVELS, Decoder, decoder_architecture
 from impasto.options import option
 from impasto.training.loop import run_steps
 
@@ -42,7 +43,9 @@ class DecoderOptions:
     batch_size: int = option(4, "Images per step.")
     crop: int = option(192, "Training crop size in pixels.")
     scale_min: float = option(0.4, "Smallest random crop, as a fraction of the image's short side.")
-    learning_rate: float = option(1e-3, "Adam learning rate.")
+    learning_rate: float = option(1e-3, "Adam learning rate at the start.")
+    final_lr_fraction: float = option(0.1, "The learning rate falls along a cosine to this fraction of the start by the last step.")
+    init_from: str | None = option(None, "Warm start: a shallower decoder (file or shipped name, same upsampling) whose layers seed this one's last stages; training then mostly learns the new top stage.")
     pixel_weight: float = option(1.0, "Weight of the pixel reconstruction loss.")
     feature_weight: float = option(1.0, "Weight of the feature reconstruction loss.")
     encoder: str = option("auto", "Encoder weights: auto, vgg16, vgg19 or tiny (tests).")
@@ -59,6 +62,8 @@ def validate(o: DecoderOptions) -> None:
     for name, low in (("steps", 1), ("batch_size", 1), ("crop", 32)):
         if getattr(o, name) < low:
             raise InvalidOptionError(f"{name} must be >= {low}, got {getattr(o, name)}")
+    if not 0.0 < o.final_lr_fraction <= 1.0:
+        raise InvalidOptionError(f"final_lr_fraction must be in (0, 1], got {o.final_lr_fraction}")
     if o.precision not in ("auto", "fp32", "bf16"):
         raise InvalidOptionError(f"precision must be auto, fp32 or bf16, got '{o.precision}'")
 
@@ -111,10 +116,18 @@ def train_decoder(
     encoder = load_encoder(options.encoder, [options.level])
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     decoder = Decoder(options.level, encoder.arch, options.unpool, encoder.channels)
+    if options.init_from:
+        shallower, init_meta = load_decoder(options.init_from)
+        if init_meta.get("encoder_sha256") != encoder.weights_sha256:
+            raise InvalidOptionError(f"--init-from {options.init_from} was trained for other encoder weights ({init_meta.get('encoder')})")
+        decoder.warm_start(shallower)
     opt = torch.optim.Adam(decoder.parameters(), lr=options.learning_rate)
     fp = hashlib.sha256(json.dumps({"options": dataclasses.asdict(options), "images": len(images)}, sort_keys=True).encode()).hexdigest()
 
     def step_fn(step: int) -> dict[str, Tensor]:
+        cosine = 0.5 * (1 + math.cos(math.pi * step / max(1, options.steps - 1)))  # a function of the step: resumable
+        for group in opt.param_groups:
+            group["lr"] = options.learning_rate * (options.final_lr_fraction + (1 - options.final_lr_fraction) * cosine)
         gen = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
         batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
         with torch.no_grad():

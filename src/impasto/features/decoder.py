@@ -1,0 +1,192 @@
+"""Decoders that invert a VGG encoder at ``relu{1..5}_1``, and the encode -> transform -> decode cascade.
+
+Decoders mirror the encoder: nearest upsampling (or max-unpooling with the encoder's pooling
+indices, for PhotoWCT) and reflection-padded 3x3 convs; they decode to any input size, odd ones
+included. They are trained only to invert the encoder (``impasto.training.decoder``), so one
+decoder serves every style. AdaIN uses one level; WCT and PhotoWCT chain several (``cascade``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from impasto.errors import InvalidOptionError, WeightsError, suggest
+from impasto.features.vgg import VGGEncoder
+from impasto.io.models import load_model, read_meta, resolve_model, shipped_of_kind
+from impasto.io.weights import VGG_BLOCKS, VGG_CHANNELS, sha256_file
+
+LEVELS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+ORDERS = ("coarse-to-fine", "fine-to-coarse")
+ARCHITECTURE = "vgg-decoder"
+Indices = dict[str, tuple[Tensor, tuple[int, int]]]
+
+
+class Decoder(nn.Module):
+    """Inverts a VGG encoder from ``relu{level}_1`` back to RGB.
+
+    ``forward(features, size, indices=None)``: features (N, C, h, w) at the level, ``size`` the
+    image's (H, W); for unpooling decoders ``indices`` from ``VGGEncoder.forward_with_indices``.
+    The last ``len(stages) - k`` stages and the head of a level-L decoder have the same shapes as
+    the whole of a level-(L - k) decoder, which ``warm_start`` uses.
+    """
+
+    def __init__(self, level: str = "relu4_1", arch: str = "vgg16", unpool: bool = False,
+                 channels: Sequence[int] = VGG_CHANNELS) -> None:
+        super().__init__()
+        self.channels = tuple(int(c) for c in channels)
+        if level not in LEVELS:
+            raise InvalidOptionError(f"decoder level must be one of {', '.join(LEVELS)}, got '{level}'.{suggest(level, LEVELS)}")
+        self.level, self.arch, self.unpool = level, arch, unpool
+        k = LEVELS.index(level) + 1
+        blocks = VGG_BLOCKS[arch]
+        self.stages = nn.ModuleList()
+        ch = self.channels[k - 1]
+        for b in range(k - 1, 0, -1):  # block b+1 -> block b
+            out = self.channels[b - 1]
+            self.stages.append(nn.ModuleList([self._conv(ch, out)] + [self._conv(out, out) for _ in range(blocks[b - 1] - 1)]))
+            ch = out
+        self.head = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, 3, 3))
+
+    @staticmethod
+    def _conv(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3), nn.ReLU())
+
+    def forward(self, x: Tensor, size: tuple[int, int], indices: Indices | None = None) -> Tensor:
+        sizes = [tuple(size)]
+        for _ in range(len(self.stages)):
+            sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
+        block = len(self.stages)  # the pooling that produced this level: pool{block}
+        for stage in self.stages:
+            x = stage[0](x)
+            target = sizes[block - 1]
+            if self.unpool:
+                if indices is None or f"pool{block}" not in indices:
+                    raise InvalidOptionError("an unpooling decoder needs the encoder's pooling indices")
+                idx, pre = indices[f"pool{block}"]
+                x = F.max_unpool2d(x, idx, 2, output_size=pre)
+            else:
+                x = F.interpolate(x, size=target, mode="nearest")
+            for conv in stage[1:]:
+                x = conv(x)
+            block -= 1
+        return self.head(x)
+
+    def warm_start(self, shallower: Decoder) -> None:
+        """Copy a shallower decoder (same arch, channels and upsampling) into this one's last stages and head."""
+        if (shallower.arch, shallower.channels, shallower.unpool) != (self.arch, self.channels, self.unpool):
+            raise InvalidOptionError(
+                f"cannot warm-start a {self.arch} {'unpool' if self.unpool else 'nearest'} decoder from a "
+                f"{shallower.arch} {'unpool' if shallower.unpool else 'nearest'} one with other channel widths")
+        skip = len(self.stages) - len(shallower.stages)
+        if skip < 0:
+            raise InvalidOptionError(f"warm start needs a shallower decoder than {self.level}, got {shallower.level}")
+        for mine, theirs in zip(list(self.stages)[skip:], shallower.stages, strict=True):
+            mine.load_state_dict(theirs.state_dict())
+        self.head.load_state_dict(shallower.head.state_dict())
+
+
+def decoder_architecture(decoder: Decoder) -> dict[str, Any]:
+    return {"name": ARCHITECTURE, "level": decoder.level, "arch": decoder.arch, "unpool": decoder.unpool,
+            "channels": list(decoder.channels)}
+
+
+def load_decoder(name_or_path: str) -> tuple[Decoder, dict[str, Any]]:
+    """A shipped decoder name or a decoder file -> (decoder in eval mode, metadata with path and sha256)."""
+    path = resolve_model(name_or_path)
+    state, meta = load_model(path)
+    arch = meta.get("architecture", {})
+    if arch.get("name") != ARCHITECTURE:
+        raise WeightsError(f"{path} is not a decoder (architecture {arch.get('name')!r})")
+    decoder = Decoder(arch["level"], arch["arch"], bool(arch["unpool"]), arch.get("channels", VGG_CHANNELS))
+    try:
+        decoder.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not fit its declared architecture: {str(exc).splitlines()[0]}") from exc
+    return decoder.requires_grad_(False).eval(), {**meta, "path": str(path), "sha256": sha256_file(path)}
+
+
+def shipped_decoder(level: str, unpool: bool) -> str:
+    """Name of the shipped decoder for ``level`` (max-unpooling or nearest); a clear error if none ships.
+
+    relu1_1 decoders have no upsampling, so either kind serves both.
+    """
+    found = {}
+    for name, path in shipped_of_kind(ARCHITECTURE).items():
+        arch = read_meta(path)["architecture"]
+        if arch["level"] == level and (level == "relu1_1" or bool(arch["unpool"]) == unpool):
+            found[bool(arch["unpool"]) == unpool] = name
+    if not found:
+        kind = "max-unpooling" if unpool else "nearest-upsampling"
+        raise InvalidOptionError(
+            f"no {kind} decoder for {level} ships with this impasto; train one with "
+            f"'impasto train decoder --level {level}{' --unpool' if unpool else ''}' and pass it with --decoder(s)")
+    return found.get(True, found.get(False))
+
+
+def check_encoder(encoder: VGGEncoder, meta: dict[str, Any]) -> None:
+    """Refuse a decoder trained on other encoder weights than ``encoder``'s."""
+    if encoder.weights_sha256 != meta.get("encoder_sha256", encoder.weights_sha256):
+        raise WeightsError(f"decoder {meta['path']} was trained for other {meta.get('encoder')} weights "
+                           f"than the encoder in use ({encoder.weights_name})")
+
+
+def ordered_levels(levels: Sequence[str], order: str) -> list[str]:
+    """Check the levels and sort them deepest first (coarse-to-fine) or shallowest first."""
+    if not levels:
+        raise InvalidOptionError(f"give at least one level of {', '.join(LEVELS)}")
+    for level in levels:
+        if level not in LEVELS:
+            raise InvalidOptionError(f"unknown level '{level}'; choose from {', '.join(LEVELS)}.{suggest(level, LEVELS)}")
+    if len(set(levels)) != len(levels):
+        raise InvalidOptionError(f"levels repeat: {', '.join(levels)}")
+    if order not in ORDERS:
+        raise InvalidOptionError(f"order must be one of {', '.join(ORDERS)}, got '{order}'.{suggest(order, ORDERS)}")
+    return sorted(levels, key=LEVELS.index, reverse=order == "coarse-to-fine")
+
+
+def load_decoders(levels: Sequence[str], names: Sequence[str], unpool: bool) -> tuple[list[Decoder], list[dict[str, Any]]]:
+    """Decoders for ``levels`` (given names/files in the same order, or the shipped ones), checked for level."""
+    decoders, metas = [], []
+    for i, level in enumerate(levels):
+        decoder, meta = load_decoder(names[i] if names else shipped_decoder(level, unpool))
+        if decoder.level != level:
+            raise InvalidOptionError(f"decoder {meta['path']} inverts {decoder.level}, but it was given for {level}")
+        if decoder.unpool != unpool and level != "relu1_1":
+            kind = "max-unpooling (train with --unpool)" if unpool else "nearest-upsampling"
+            raise InvalidOptionError(f"decoder {meta['path']} is not a {kind} decoder")
+        decoders.append(decoder)
+        metas.append(meta)
+    encoders = {m.get("encoder_sha256") for m in metas}
+    if len(encoders) > 1:
+        raise InvalidOptionError("the decoders were trained for different encoder weights; use one set")
+    return decoders, metas
+
+
+Transform = Callable[[str, Tensor], Tensor]  # (level, content features) -> transformed features
+
+
+def cascade(encoder: VGGEncoder, decoders: Sequence[Decoder], image: Tensor, transform: Transform,
+            on_level: Callable[[str], None] | None = None) -> Tensor:
+    """Multi-level transfer (Li et al. 2017): for each decoder in order, encode the current image at
+    its level, transform the features, decode; the next level starts from the decoded image.
+
+    ``image`` (1, 3, H, W) in [0, 1]; returns (1, 3, H, W) clamped to [0, 1]. Unpooling decoders get
+    the pooling indices of the image they decode (PhotoWCT).
+    """
+    size = tuple(image.shape[-2:])
+    with torch.inference_mode():
+        for decoder in decoders:
+            if on_level:
+                on_level(decoder.level)
+            enc = encoder.with_layers([decoder.level])
+            if decoder.unpool:
+                feats, indices = enc.forward_with_indices(image)
+            else:
+                feats, indices = enc(image), None
+            image = decoder(transform(decoder.level, feats[decoder.level]), size, indices).clamp(0, 1)
+    return image

@@ -1,0 +1,187 @@
+"""Feature-space transfer shared by the one-pass methods (AdaIN, WCT, PhotoWCT).
+
+Holds what these methods have in common: checking their shared options (strength, style blend,
+colour mode, masks), sizing the inputs, and ``FeatureTransfer``: the callable that, at one
+encoder level, gives the content features the statistics of the (blended, optionally masked)
+styles and mixes the result with the content by ``alpha``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from impasto.errors import InvalidOptionError, suggest
+from impasto.events import Callback, CancelToken, Stage
+from impasto.features.decoder import cascade, check_encoder, load_decoders, ordered_levels
+from impasto.features.vgg import VGGEncoder, load_encoder
+from impasto.io.image import load_image
+from impasto.ops import color as color_ops
+from impasto.ops.geometry import resize, size_for_long_side
+from impasto.ops.regions import (
+    FeatureTransform,
+    Region,
+    binary_codes,
+    colour_codes,
+    label_regions,
+    per_style_regions,
+    resize_codes,
+    transfer_regions,
+)
+from impasto.ops.stats import adain, whiten_colour
+
+COLOR_MODES = ("style", "luminance")
+
+
+def adain_matrix(content: Tensor, style: Tensor) -> Tensor:
+    """AdaIN of feature matrices (C, M) -> (C, M): each channel takes the style's mean and std."""
+    return adain(content[None, :, :, None], style[None, :, :, None])[0, :, :, 0]
+
+
+def wct_matrix(content: Tensor, style: Tensor) -> Tensor:
+    """Whitening-colouring of feature matrices (C, M) -> (C, M) (float64 inside, eigenvalue floor)."""
+    return whiten_colour(content, style)
+
+
+TRANSFORMS: dict[str, FeatureTransform] = {"adain": adain_matrix, "wct": wct_matrix}
+
+
+def validate_common(o: Any, n_styles: int) -> None:
+    """Checks of the options every one-pass method shares: alpha, color, style_blend, masks."""
+    if n_styles < 1:
+        raise InvalidOptionError("at least one style image is needed")
+    if not 0.0 <= o.alpha <= 1.0:
+        raise InvalidOptionError(f"alpha must be in [0, 1], got {o.alpha}")
+    if o.color not in COLOR_MODES:
+        raise InvalidOptionError(f"color must be one of {', '.join(COLOR_MODES)}, got '{o.color}'.{suggest(o.color, COLOR_MODES)}")
+    if o.style_blend is not None and (len(o.style_blend) != n_styles or min(o.style_blend) < 0 or sum(o.style_blend) <= 0):
+        raise InvalidOptionError(f"style_blend needs {n_styles} non-negative weights, got {list(o.style_blend)}")
+    mask_mode(len(o.content_mask), len(o.style_mask), n_styles)
+
+
+def validate_levels(o: Any) -> None:
+    """Checks of the multi-level options (WCT, PhotoWCT): levels, order, one decoder per level."""
+    ordered_levels(o.levels, o.order)
+    if o.decoders and len(o.decoders) != len(o.levels):
+        raise InvalidOptionError(f"give one decoder per level ({len(o.levels)}: {', '.join(o.levels)}), got {len(o.decoders)}")
+
+
+def mask_mode(n_content: int, n_style: int, n_styles: int) -> str:
+    """"none", "labels" (one content label map, style label maps) or "per-style" (one binary mask per style)."""
+    if n_content == 0:
+        if n_style:
+            raise InvalidOptionError("--style-mask needs a --content-mask label map to match its labels against")
+        return "none"
+    if n_style:
+        if n_content != 1 or n_style not in (1, n_styles):
+            raise InvalidOptionError(
+                f"label maps: give one --content-mask and one --style-mask (for every style) or one per style "
+                f"({n_styles}); got {n_content} content and {n_style} style masks")
+        return "labels"
+    if n_content != n_styles:
+        raise InvalidOptionError(
+            f"without --style-mask, give one --content-mask per style ({n_styles}), got {n_content}; "
+            "or add --style-mask label maps to match regions by colour")
+    return "per-style"
+
+
+def sized(image: Tensor, long_side: int | None) -> Tensor:
+    return image if long_side is None else resize(image, size_for_long_side(*image.shape[-2:], long_side))
+
+
+def blend_weights(style_blend: Sequence[float] | None, n_styles: int) -> list[float]:
+    blend = torch.tensor(style_blend or [1.0] * n_styles, dtype=torch.float64)
+    return (blend / blend.sum()).tolist()
+
+
+def _load_mask(path: str | os.PathLike[str] | Tensor, size: tuple[int, int], what: str) -> Tensor:
+    mask = path if isinstance(path, Tensor) else load_image(path)
+    h, w = mask.shape[-2:]
+    if abs(h / w - size[0] / size[1]) > 0.02 * size[0] / size[1]:
+        raise InvalidOptionError(f"{what} {path if not isinstance(path, Tensor) else ''} is {w}x{h}, "
+                                 f"which does not have the aspect ratio of its image ({size[1]}x{size[0]})")
+    return torch.nn.functional.interpolate(mask, size=size, mode="nearest")
+
+
+def finish(out: Tensor, content: Tensor, color: str) -> Tensor:
+    """Clamp and apply the colour mode (luminance: keep the content's colours)."""
+    out = out.clamp(0, 1)
+    if color == "luminance":
+        out = color_ops.combine_luminance_chroma(out, content)
+    return out.float().contiguous()
+
+
+class FeatureTransfer:
+    """``(level, content features (1, C, h, w)) -> features`` with the styles' statistics, for ``cascade``.
+
+    Style features for every level are computed once here. ``kind``: "adain" or "wct". Masks
+    (paths or (1, 3, H, W) tensors) follow ``mask_mode``; style masks are matched to each style's size.
+    """
+
+    def __init__(self, encoder: VGGEncoder, levels: Sequence[str], content: Tensor, styles: Sequence[Tensor],
+                 weights: Sequence[float], alpha: float, kind: str = "wct",
+                 content_mask: Sequence[Any] = (), style_mask: Sequence[Any] = ()) -> None:
+        if kind not in TRANSFORMS:
+            raise InvalidOptionError(f"transform must be one of {', '.join(TRANSFORMS)}, got '{kind}'")
+        self.transform, self.alpha, self.weights = TRANSFORMS[kind], alpha, list(weights)
+        self.mode = mask_mode(len(content_mask), len(style_mask), len(styles))
+        enc = encoder.with_layers(levels)
+        with torch.inference_mode():
+            self.style_feats = [enc(s) for s in styles]
+        size = tuple(content.shape[-2:])
+        self.content_codes: Tensor | None = None
+        self.style_codes: list[Tensor | None] = [None] * len(styles)
+        if self.mode == "labels":
+            self.content_codes = colour_codes(_load_mask(content_mask[0], size, "content mask"))
+            masks = list(style_mask) * (len(styles) if len(style_mask) == 1 else 1)
+            self.style_codes = [colour_codes(_load_mask(m, tuple(s.shape[-2:]), "style mask"))
+                                for m, s in zip(masks, styles, strict=True)]
+        elif self.mode == "per-style":
+            self.content_codes = binary_codes([_load_mask(m, size, "content mask") for m in content_mask])
+
+    def regions(self, level: str, size: tuple[int, int]) -> list[Region]:
+        """The regions at one level: content positions and their style targets (flattened (C, M'))."""
+        feats = [f[level][0].flatten(1) for f in self.style_feats]
+        if self.content_codes is None:
+            return [(torch.ones(size[0] * size[1], dtype=torch.bool), list(zip(feats, self.weights, strict=True)))]
+        codes = resize_codes(self.content_codes, size).flatten()
+        if self.mode == "per-style":
+            return per_style_regions(codes, feats)
+        style_codes = [None if c is None else resize_codes(c, tuple(f[level].shape[-2:])).flatten()
+                       for c, f in zip(self.style_codes, self.style_feats, strict=True)]
+        return label_regions(codes, list(zip(feats, style_codes, strict=True)), self.weights)
+
+    def __call__(self, level: str, content: Tensor) -> Tensor:
+        n, c, h, w = content.shape
+        fc = content[0].flatten(1).float()
+        target = transfer_regions(fc, self.regions(level, (h, w)), self.transform)
+        mixed = self.alpha * target + (1 - self.alpha) * fc
+        return mixed.reshape(n, c, h, w).to(content.dtype)
+
+
+def run_levels(content: Tensor, styles: Sequence[Tensor], o: Any, unpool: bool, stage: str,
+               callback: Callback | None, cancel: CancelToken | None) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+    """Multi-level transfer for WCT and PhotoWCT from their options ``o`` (levels, order, decoders, alpha,
+    style_blend, masks, size, style_size) -> (sized content, stylised image before colour mode, decoder metas)."""
+    by_level = dict(zip(o.levels, o.decoders, strict=True)) if o.decoders else {}
+    levels = ordered_levels(o.levels, o.order)
+    decoders, metas = load_decoders(levels, [by_level[lv] for lv in levels] if by_level else [], unpool)
+    encoder = load_encoder(metas[0].get("encoder", "auto"), levels)
+    for meta in metas:
+        check_encoder(encoder, meta)
+    image = sized(content, o.size)
+    styles = [sized(s, o.style_size) for s in styles]
+    change = FeatureTransfer(encoder, levels, image, styles, blend_weights(o.style_blend, len(styles)), o.alpha,
+                             "wct", o.content_mask, o.style_mask)
+
+    def on_level(level: str) -> None:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        if callback:
+            callback(Stage(name=f"{stage} {level}", size=tuple(image.shape[-2:])))
+
+    return image, cascade(encoder, decoders, image, change, on_level), metas

@@ -1,0 +1,64 @@
+"""Universal style transfer by whitening and colouring (WCT, Li et al. 2017), multi-level.
+
+At each level (coarse to fine by default: relu4_1 -> relu1_1) the current image is encoded, its
+features are whitened with their own covariance and coloured with the style's covariance and
+mean (``ops.stats.whiten_colour``: float64, eigenvalue floor), mixed with the content features by
+``alpha``, and decoded; the next level starts from that image. Decoders only invert the encoder,
+so any style works. Several styles blend by weight; masks match regions (``features.transfer``).
+
+Differs from the paper: the default levels stop at relu4_1 (the paper starts at relu5_1). A VGG-16
+relu5_1 decoder alone is ~20 MB in fp16 and needs far more training than a CPU allows; pass
+``levels`` with relu5_1 and your own decoder (``impasto train decoder --level relu5_1``) to use it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from impasto.events import Callback, CancelToken, Done
+from impasto.features.transfer import finish, run_levels, validate_common, validate_levels
+from impasto.options import option
+from impasto.result import Result
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every default of multi-level WCT."""
+
+    levels: tuple[str, ...] = option(("relu4_1", "relu3_1", "relu2_1", "relu1_1"), "Encoder levels to transfer at (any of relu1_1..relu5_1); run in --order.")
+    order: str = option("coarse-to-fine", "coarse-to-fine (deepest level first, the paper's choice) or fine-to-coarse.")
+    decoders: tuple[str, ...] = option((), "One decoder per level, in the order of --levels (shipped names or files); empty: the shipped ones.")
+    alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.")
+    style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).")
+    color: str = option("style", "style (the style's colours) or luminance (keep the content's colours).")
+    content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i).")
+    style_mask: tuple[str, ...] = option((), "Style label map(s), one for all styles or one per style: a content region takes the style region of its colour.")
+    size: int | None = option(512, "Long side of the output (None: the content's size).")
+    style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).")
+    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.")
+
+
+def validate(o: Options, n_styles: int) -> None:
+    validate_common(o, n_styles)
+    validate_levels(o)
+
+
+def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
+        callback: Callback | None = None, cancel: CancelToken | None = None, **_: Any) -> Result:
+    """Stylise ``content`` with one or several style images by multi-level WCT."""
+    options = options or Options()
+    styles = [] if style is None else [style] if isinstance(style, Tensor) else list(style)
+    validate(options, len(styles))
+    started = time.perf_counter()
+    image, out, metas = run_levels(content, styles, options, False, "wct", callback, cancel)
+    out = finish(out, image, options.color)
+    seconds = time.perf_counter() - started
+    if callback:
+        callback(Done(seconds=seconds, steps=len(metas)))
+    return Result(image=out, weights="+".join(m.get("name", m["path"]) for m in metas),
+                  weights_sha256=metas[0]["sha256"], steps=len(metas), seconds=seconds)
