@@ -119,3 +119,36 @@ def test_feedforward_model_is_not_a_decoder(tmp_path):
     path = save_model(tmp_path / "ff.safetensors", net.state_dict(), {"architecture": ff.architecture(net)})
     with pytest.raises(WeightsError, match="not a decoder"):
         load_decoder(str(path))
+
+
+def test_relu1_1_decoder_starts_from_the_least_squares_inverse(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    for i in range(3):
+        base = torch.rand(1, 3, 6, 6, generator=g)
+        save_image(torch.nn.functional.interpolate(base, size=(40, 40), mode="bicubic").clamp(0, 1), tmp_path / "i" / f"{i}.png")
+    opts = DecoderOptions(level="relu1_1", content_dirs=(str(tmp_path / "i"),), steps=1, batch_size=2, crop=32,
+                          encoder="tiny", precision="fp32", learning_rate=1e-6)
+    result = train_decoder(opts, tmp_path / "d1.safetensors")
+    decoder, _ = load_decoder(str(result.model_path))
+    assert decoder.feature_scale.shape == (4,) and float(decoder.feature_scale.min()) > 0  # standardisation saved
+    enc = load_encoder("tiny", ["relu1_1"])
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 6, generator=g), size=(36, 36), mode="bicubic").clamp(0, 1)
+    torch.manual_seed(0)
+    untrained = Decoder("relu1_1", "vgg16", False, enc.channels).eval()
+    untrained.feature_mean.copy_(decoder.feature_mean)
+    untrained.feature_scale.copy_(decoder.feature_scale)
+    # one step at a negligible lr: the solve did the work (the tiny encoder's 4 channels bound the optimum)
+    assert psnr(reconstruct(enc, decoder, image), image) > psnr(reconstruct(enc, untrained, image), image) + 8.0
+
+
+def test_warm_start_copies_the_shallower_decoder_into_the_last_stages():
+    enc = load_encoder("tiny", ["relu3_1"])
+    torch.manual_seed(0)
+    shallow, deep = Decoder("relu2_1", "vgg16", False, enc.channels), Decoder("relu3_1", "vgg16", False, enc.channels)
+    deep.warm_start(shallow)
+    torch.testing.assert_close(deep.stages[1][0][1].weight, shallow.stages[0][0][1].weight)
+    torch.testing.assert_close(deep.head[1].weight, shallow.head[1].weight)
+    with pytest.raises(InvalidOptionError, match="cannot warm-start"):
+        deep.warm_start(Decoder("relu2_1", "vgg16", True, enc.channels))
+    with pytest.raises(InvalidOptionError, match="shallower decoder"):
+        shallow.warm_start(deep)

