@@ -1,9 +1,10 @@
-"""Make a trained feed-forward model shippable: fp16 weights, credits per style, into src/impasto/models/.
+"""Make a trained model shippable: fp16 weights plus credits, into src/impasto/models/.
 
     python scripts/ship_model.py trained.safetensors NAME --source "..." --licence "..." [--note "..."]
 
-The training recipe already sits in the model's metadata (written by 'impasto train feedforward');
-this adds the style image's source and licence lines (from ../shared/data/SOURCES.md) and a note.
+The training recipe already sits in the model's metadata (written by 'impasto train ...'). For a
+feed-forward style network this adds the style image's source and licence lines (from
+../shared/data/SOURCES.md); for a decoder (no style) they describe its training images.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ def main() -> None:
     parser.add_argument("--note", default="", help="anything a user should know (held-out images, quality)")
     args = parser.parse_args()
     state, meta = load_model(args.model)
-    for style in meta["styles"]:
-        style.update(source=args.source, licence=args.licence)
+    if meta.get("styles"):
+        for style in meta["styles"]:
+            style.update(source=args.source, licence=args.licence)
+    else:
+        meta["training_data"] = {"source": args.source, "licence": args.licence}
     meta.update(name=args.name, note=args.note)
     out = save_model(shipped_dir() / f"{args.name}.safetensors", state, meta, fp16=True)
     print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB)")

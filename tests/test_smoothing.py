@@ -71,3 +71,18 @@ def test_guided_filter_keeps_edges_of_the_guide_and_smooths_elsewhere():
     out = smooth_fast(noisy, content, radius=4, eps=1e-3)
     assert float(out[..., :, 4:12].std()) < 0.5 * float(noisy[..., :, 4:12].std())
     assert float(out[..., :, 17].mean() - out[..., :, 14].mean()) > 0.8  # the edge stays sharp
+
+
+def test_exact_solver_converges_on_a_1024_px_photo():
+    from conftest import data_dir
+
+    from impasto.io.image import load_image
+    from impasto.ops.color import match_color
+    from impasto.ops.geometry import resize, size_for_long_side
+
+    content = load_image(data_dir() / "photo" / "meadow_content.jpg")
+    content = resize(content, size_for_long_side(*content.shape[-2:], 1024))
+    stylized = match_color(content, load_image(data_dir() / "photo" / "meadow_style.jpg")).clamp(0, 1)
+    out, info = smooth_exact(stylized, content, a=0.999)
+    assert out.shape == content.shape
+    assert info.relative_residual <= 1e-4 and info.iterations <= 60  # AMG keeps CG short (plain CG: thousands)

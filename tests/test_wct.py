@@ -226,7 +226,7 @@ def test_photowct_end_to_end(tiny_decoders, smooth):
     result = photoreal.run(content, style, _opts(photoreal, tiny_decoders, True, smooth=smooth))
     assert result.image.shape == content.shape
     if smooth == "exact":
-        assert result.final_losses["relative_residual"] < 1e-5
+        assert result.final_losses["relative_residual"] <= 1e-4
         raw = photoreal.run(content, style, _opts(photoreal, tiny_decoders, True, smooth="none")).image
 
         def roughness(x):

@@ -4,8 +4,10 @@ Exact: ``R = (1 - a) (I - a D^-1/2 W D^-1/2)^-1 Y`` per channel, with ``W`` the 
 8-neighbour affinity ``W_ij = exp(-||I_i - I_j||^2 / sigma^2)`` and ``D`` its degrees. Never
 inverted densely: substituting ``R = D^1/2 Z`` gives the symmetric, diagonally dominant M-matrix
 system ``(D - a W) Z = (1 - a) D^1/2 Y``, solved by conjugate gradients preconditioned with
-smoothed-aggregation algebraic multigrid (pyamg), which needs a few dozen iterations where plain
-CG needs thousands (the condition number grows like 2 / (1 - a)).
+algebraic multigrid (pyamg): classical Ruge-Stueben AMG for the Gaussian affinity (an M-matrix;
+about 10 CG iterations, a 0.4 s set-up at 512 px), smoothed aggregation for the matting affinity
+(whose positive off-diagonal entries classical AMG does not suit). Plain Jacobi-preconditioned
+CG needs ~270 iterations at a = 0.999; the condition number grows like 2 / (1 - a).
 
 Differs from the paper: the result is divided by the smoothing of a constant image. The plain
 closed form scales its output by sqrt(D_i) as ``a -> 1`` (darker borders, where pixels have fewer
@@ -119,18 +121,27 @@ class SolveInfo:
     relative_residual: float  # max over channels of ||A z - b|| / ||b||
 
 
-def smooth_exact(stylized: Tensor, content: Tensor, a: float = 0.999, sigma: float = 0.1, tol: float = 1e-6,
+def amg_preconditioner(system, kind: str = "gaussian"):
+    """An AMG V-cycle for the smoothing system as a scipy LinearOperator (see the module notes)."""
+    import pyamg
+
+    if kind == "gaussian":
+        solver = pyamg.ruge_stuben_solver(system, max_coarse=500)
+    else:
+        solver = pyamg.smoothed_aggregation_solver(system, symmetry="symmetric", max_coarse=500)
+    return solver.aspreconditioner(cycle="V")
+
+
+def smooth_exact(stylized: Tensor, content: Tensor, a: float = 0.999, sigma: float = 0.1, tol: float = 2e-5,
                  max_iterations: int = 500, kind: str = "gaussian") -> tuple[Tensor, SolveInfo]:
     """Closed-form smoothing of ``stylized`` with the content's affinity (``kind``); returns (image, solver info)."""
-    import pyamg
     from scipy.sparse.linalg import cg
 
     h, w = content.shape[-2:]
     system, rhs, d_sqrt = smoothing_system(content, stylized, a, sigma, kind)
     if a == 0.0:
         return stylized.clone(), SolveInfo(0, 0.0)
-    solver = pyamg.smoothed_aggregation_solver(system, symmetry="symmetric", max_coarse=500)
-    preconditioner = solver.aspreconditioner(cycle="V")
+    preconditioner = amg_preconditioner(system, kind)
     out = np.empty_like(rhs)
     iterations, residual = 0, 0.0
     for c in range(4):

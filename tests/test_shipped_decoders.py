@@ -1,0 +1,79 @@
+"""The decoders shipped with impasto: small, fp16, credited, reconstructing held-out photos, and working
+in AdaIN, WCT and PhotoWCT on real images (VGG-16)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from impasto.features.decoder import LEVELS, load_decoder, shipped_decoder
+from impasto.io.image import load_image
+from impasto.io.models import load_model, model_tensor_dtype, shipped_of_kind
+from impasto.ops.geometry import resize, size_for_long_side
+from impasto.training.decoder import psnr, reconstruct
+
+DECODERS = shipped_of_kind("vgg-decoder")
+HELD_OUT = ("content/kodim23.jpg", "content/skimage_chelsea.jpg", "photo/lake_content.jpg")  # never trained on
+# Measured on the held-out photos at 256 px (see the issue 4 note); thresholds a little below.
+MIN_PSNR_DB = {"relu1_1": 30.0, "relu2_1": 24.0, "relu3_1": 20.0, "relu4_1": 17.0}
+SHIPPED_LEVELS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+
+
+def _kinds():
+    return [(level, unpool) for level in SHIPPED_LEVELS for unpool in ((False,) if level == "relu1_1" else (False, True))]
+
+
+def test_decoders_ship_for_every_default_level_small_and_fp16():
+    total = 0
+    for level, unpool in _kinds():
+        path = DECODERS[shipped_decoder(level, unpool)]
+        assert model_tensor_dtype(path) == torch.float16
+        _, meta = load_model(path)
+        assert meta["training_data"]["source"] and meta["training_data"]["licence"]
+        assert meta["encoder"] == "vgg16"
+        total += path.stat().st_size
+    assert total < 25e6
+
+
+@pytest.mark.parametrize(("level", "unpool"), _kinds())
+def test_shipped_decoder_reconstructs_held_out_photos(level, unpool, vgg16_cache):
+    from conftest import data_dir
+
+    from impasto.features.vgg import load_encoder
+
+    decoder, _ = load_decoder(shipped_decoder(level, unpool))
+    encoder = load_encoder("vgg16", [level])
+    for name in HELD_OUT:
+        image = load_image(data_dir() / name)
+        image = resize(image, size_for_long_side(*image.shape[-2:], 256))
+        assert psnr(reconstruct(encoder, decoder, image), image) > MIN_PSNR_DB[level], name
+
+
+def test_unpool_decoder_returns_odd_input_sizes(vgg16_cache):
+    from impasto.features.vgg import load_encoder
+
+    decoder, _ = load_decoder(shipped_decoder("relu4_1", True))
+    image = torch.rand(1, 3, 61, 83)
+    assert reconstruct(load_encoder("vgg16", ["relu4_1"]), decoder, image).shape == image.shape
+    assert LEVELS.index(decoder.level) == 3
+
+
+@pytest.mark.parametrize("method", ["adain", "wct", "photowct"])
+def test_methods_with_shipped_decoders_stylise_a_held_out_photo(method, vgg16_cache):
+    from conftest import data_dir
+
+    from impasto import api
+
+    content = data_dir() / "content" / "skimage_chelsea.jpg"
+    style = data_dir() / "style" / "vangogh_starry_night.jpg"
+    opts = {"size": 192, "style_size": 192}
+    if method == "photowct":
+        opts["smooth"] = "fast"
+    out = api.stylize(content, style, method=method, options=opts).image
+    small = resize(load_image(content), tuple(out.shape[-2:]))
+    assert out.shape == (1, 3, 128, 192)
+    assert float((out - small).abs().mean()) > 0.04  # visibly changed
+    y_out, y_in = out.mean(1).flatten(), small.mean(1).flatten()
+    assert float(torch.corrcoef(torch.stack([y_out, y_in]))[0, 1]) > 0.3  # the cat is still there
+    weak = api.stylize(content, style, method=method, options={**opts, "alpha": 0.0}).image
+    assert float((weak - small).abs().mean()) < float((out - small).abs().mean())
