@@ -152,3 +152,11 @@ def test_warm_start_copies_the_shallower_decoder_into_the_last_stages():
         deep.warm_start(Decoder("relu2_1", "vgg16", True, enc.channels))
     with pytest.raises(InvalidOptionError, match="shallower decoder"):
         shallow.warm_start(deep)
+
+
+def test_an_unpooling_decoder_warm_starts_from_a_relu1_1_decoder():
+    enc = load_encoder("tiny", ["relu2_1"])
+    first = Decoder("relu1_1", "vgg16", False, enc.channels)  # no upsampling: serves both kinds
+    deep = Decoder("relu2_1", "vgg16", True, enc.channels)
+    deep.warm_start(first)
+    torch.testing.assert_close(deep.head[1].weight, first.head[1].weight)

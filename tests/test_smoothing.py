@@ -23,8 +23,8 @@ def test_exact_matches_dense_closed_form():
     y = stylized[0].permute(1, 2, 0).reshape(-1, 3).double().numpy()
     solve = np.linalg.inv(np.eye(len(d)) - a * s) * (1 - a)  # fine at 120 pixels
     dense = (solve @ y) / (solve @ np.ones((len(d), 1)))  # normalised by the smoothed constant image
-    out, info = smooth_exact(stylized, content, a=a)
-    assert info.relative_residual < 1e-6
+    out, info = smooth_exact(stylized, content, a=a, tol=1e-9)  # float64 CG converges past the float32 preconditioner
+    assert info.relative_residual < 1e-8
     np.testing.assert_allclose(out[0].permute(1, 2, 0).reshape(-1, 3).numpy(), np.clip(dense, 0, 1), atol=1e-5)
 
 

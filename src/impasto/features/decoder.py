@@ -85,10 +85,11 @@ class Decoder(nn.Module):
 
     def warm_start(self, shallower: Decoder) -> None:
         """Copy a shallower decoder (same arch, channels and upsampling) into this one's last stages and head."""
-        if (shallower.arch, shallower.channels, shallower.unpool) != (self.arch, self.channels, self.unpool):
+        same_upsampling = shallower.unpool == self.unpool or not shallower.stages  # relu1_1 has none
+        if (shallower.arch, shallower.channels) != (self.arch, self.channels) or not same_upsampling:
             raise InvalidOptionError(
                 f"cannot warm-start a {self.arch} {'unpool' if self.unpool else 'nearest'} decoder from a "
-                f"{shallower.arch} {'unpool' if shallower.unpool else 'nearest'} one with other channel widths")
+                f"{shallower.arch} {'unpool' if shallower.unpool else 'nearest'} one (upsampling, network or channel widths differ)")
         skip = len(self.stages) - len(shallower.stages)
         if skip < 0:
             raise InvalidOptionError(f"warm start needs a shallower decoder than {self.level}, got {shallower.level}")
