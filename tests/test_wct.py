@@ -254,11 +254,14 @@ def test_methods_through_the_api_and_cli(tiny_decoders, tmp_path, capsys):
     out = api.stylize(content, style, method="wct", options={"levels": ["relu2_1"], "decoders": [tiny_decoders["relu2_1", False]],
                                                              "content_mask": [str(mask)], "size": None})
     assert out.recipe["method"] == "wct" and out.image.shape == (1, 3, 24, 32)
-    args = ["stylize", str(content), str(style), "--method", "photowct", "--levels", "relu2_1", "--levels", "relu1_1",
-            "--decoders", tiny_decoders["relu2_1", True], "--decoders", tiny_decoders["relu1_1", True],
-            "--smooth", "fast", "-o", str(tmp_path / "o.png"), "-q"]
+    args = ["stylize", str(content), str(style), "--method", "photowct", "--levels", "relu2_1,relu1_1",
+            "--decoders", f"{tiny_decoders['relu2_1', True]},{tiny_decoders['relu1_1', True]}",
+            "--smooth", "fast", "--content-mask", str(mask), "--content-mask", str(mask), str(style),
+            "-o", str(tmp_path / "o.png"), "-q"]
     assert main(args) == 0
-    assert api.load_recipe(tmp_path / "o.png")["options"]["smooth"] == "fast"
+    options = api.load_recipe(tmp_path / "o.png")["options"]
+    assert options["smooth"] == "fast" and options["levels"] == ["relu2_1", "relu1_1"]
+    assert options["content_mask"] == [str(mask), str(mask)]  # one mask per style, two styles
     assert main(["stylize", str(content), str(style), "--method", "wct", "--smooth", "fast", "-o", str(tmp_path / "x.png")]) != 0
     assert "--smooth does not apply to --method wct" in capsys.readouterr().err.replace("\n", " ")
 

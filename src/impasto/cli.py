@@ -86,7 +86,8 @@ def _shown(default: Any) -> str:
 
 
 # Tuple fields given as repeatable flags with singular names (``--style A --style B``).
-_REPEATABLE = {"styles": "--style", "content_dirs": "--content-dir", "layer_sources": "--layer-sources"}
+_REPEATABLE = {"styles": "--style", "content_dirs": "--content-dir", "layer_sources": "--layer-sources",
+               "content_mask": "--content-mask", "style_mask": "--style-mask"}
 
 
 def _param_for(name: str, annotation: Any, helptext: str, defaults: dict[str, Any]) -> click.Option:
