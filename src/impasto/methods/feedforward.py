@@ -64,7 +64,8 @@ class ConditionalInstanceNorm(nn.Module):
                 self._record.append((mean.detach(), var.detach()))
         gamma = (mix @ self.weight).view(x.shape[0], -1, 1, 1)
         beta = (mix @ self.bias).view(x.shape[0], -1, 1, 1)
-        return (x - mean) * torch.rsqrt(var + self.eps) * gamma + beta
+        scale = gamma * torch.rsqrt(var + self.eps)  # folded: one pass over x instead of three
+        return torch.addcmul(beta - mean * scale, x, scale)
 
 
 class _Conv(nn.Module):
@@ -299,9 +300,12 @@ def stylize_tensor(net: TransformerNet | OnnxTransformer, image: Tensor, mix: Te
         return net(image, mix).float()
     dtype = next(net.parameters()).dtype
     mix = mix.to(dtype)
+    if dtype == torch.bfloat16:  # oneDNN's bf16 convs are fastest channels-last (measured 1.5x at 1024 px)
+        net = net.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         if max(h, w) <= tile_size:
-            return net(image.to(dtype), mix).float()
+            return net(image.to(dtype), mix).float().contiguous()
         probe = image if max(h, w) <= stats_size else resize(image, size_for_long_side(h, w, stats_size))
         with net.recording_stats() as records:
             net(probe.to(dtype), mix)
@@ -317,7 +321,7 @@ def stylize_tensor(net: TransformerNet | OnnxTransformer, image: Tensor, mix: Te
                         cancel.raise_if_cancelled()
                     th = h - y if y == ys[-1] else min(tile_size, h - y)
                     tw = w - x if x == xs[-1] else min(tile_size, w - x)
-                    tile = net(image[..., y:y + th, x:x + tw].to(dtype), mix).float()
+                    tile = net(image[..., y:y + th, x:x + tw].to(dtype), mix).float().contiguous()
                     wy = _ramp(th, min(tile_overlap, th), y == 0, y + th == h)
                     wx = _ramp(tw, min(tile_overlap, tw), x == 0, x + tw == w)
                     wt = (wy.view(-1, 1) * wx.view(1, -1)).view(1, 1, th, tw)
