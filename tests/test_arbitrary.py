@@ -160,3 +160,41 @@ def test_an_unpooling_decoder_warm_starts_from_a_relu1_1_decoder():
     deep = Decoder("relu2_1", "vgg16", True, enc.channels)
     deep.warm_start(first)
     torch.testing.assert_close(deep.head[1].weight, first.head[1].weight)
+
+
+def test_warm_start_folds_the_shallower_standardisation_exactly():
+    enc = load_encoder("tiny", ["relu2_1"])
+    torch.manual_seed(3)
+    shallow = Decoder("relu2_1", "vgg16", False, enc.channels).eval()
+    shallow.feature_mean.uniform_(0.5, 2.0)
+    shallow.feature_scale.uniform_(0.5, 2.0)
+    deep = Decoder("relu3_1", "vgg16", False, enc.channels).eval()
+    scale = deep.warm_start(shallow)
+    image = torch.rand(1, 3, 20, 28)
+    f2 = enc(image)["relu2_1"]
+    with torch.no_grad():
+        x = deep.stages[1][0](f2 * scale[:, None, None])  # what the new top stage is trained to feed in
+        x = torch.nn.functional.interpolate(x, size=(20, 28), mode="nearest")
+        for conv in deep.stages[1][1:]:
+            x = conv(x)
+        torch.testing.assert_close(deep.head(x), shallow(f2, (20, 28)), atol=1e-5, rtol=1e-4)
+
+
+def test_warm_started_training_pretrains_the_new_stage(tiny_decoder, tmp_path):
+    from impasto.training.decoder import train_bridge
+
+    opts, result, root = tiny_decoder
+    deep_opts = DecoderOptions(**{**opts.__dict__, "level": "relu3_1", "steps": 2, "bridge_steps": 40,
+                                  "init_from": str(result.model_path)})
+    out = train_decoder(deep_opts, tmp_path / "deep.safetensors")
+    decoder, _ = load_decoder(str(out.model_path))
+    assert decoder.level == "relu3_1"
+    shallow, _ = load_decoder(str(result.model_path))
+    fresh = Decoder("relu3_1", "vgg16", False, shallow.channels)
+    fresh.feature_scale.fill_(0.1)
+    scale = fresh.warm_start(shallow)
+    from impasto.io.dataset import list_images, load_images
+
+    images, _ = load_images(list_images(opts.content_dirs), opts.max_image_side, opts.crop)
+    losses = train_bridge(fresh, load_encoder("tiny", ["relu3_1"]), "relu2_1", scale, images, deep_opts)
+    assert len(losses) == 40 and sum(losses[-5:]) < 0.7 * sum(losses[:5])

@@ -63,39 +63,55 @@ class Decoder(nn.Module):
         return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3), nn.ReLU())
 
     def forward(self, x: Tensor, size: tuple[int, int], indices: Indices | None = None) -> Tensor:
+        x = self.top(x, size, indices, stages=len(self.stages))
+        return self.head(x)
+
+    def top(self, x: Tensor, size: tuple[int, int], indices: Indices | None = None, stages: int = 1) -> Tensor:
+        """Standardise the input and run the first ``stages`` stages (all of them: ``forward`` minus the head)."""
         sizes = [tuple(size)]
         for _ in range(len(self.stages)):
             sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
         block = len(self.stages)  # the pooling that produced this level: pool{block}
         x = (x - self.feature_mean[:, None, None]) * self.feature_scale[:, None, None]
-        for stage in self.stages:
+        for stage in list(self.stages)[:stages]:
             x = stage[0](x)
-            target = sizes[block - 1]
             if self.unpool:
                 if indices is None or f"pool{block}" not in indices:
                     raise InvalidOptionError("an unpooling decoder needs the encoder's pooling indices")
                 idx, pre = indices[f"pool{block}"]
                 x = F.max_unpool2d(x, idx, 2, output_size=pre)
             else:
-                x = F.interpolate(x, size=target, mode="nearest")
+                x = F.interpolate(x, size=sizes[block - 1], mode="nearest")
             for conv in stage[1:]:
                 x = conv(x)
             block -= 1
-        return self.head(x)
+        return x
 
-    def warm_start(self, shallower: Decoder) -> None:
-        """Copy a shallower decoder (same arch, channels and upsampling) into this one's last stages and head."""
+    def warm_start(self, shallower: Decoder) -> Tensor:
+        """Copy a shallower decoder (same arch, channels and upsampling) into this one's last stages and head.
+
+        The shallower decoder standardised its input ``(f - mean) * scale``; here that input comes
+        from this decoder's top stage (after a ReLU, so >= 0), so the mean is folded into the first
+        copied conv's bias (exact: reflection padding keeps a constant map constant) and the top
+        stage is expected to produce ``f * scale``. Returns that per-channel ``scale`` (the target
+        for ``top`` when pre-training the new stage).
+        """
         same_upsampling = shallower.unpool == self.unpool or not shallower.stages  # relu1_1 has none
         if (shallower.arch, shallower.channels) != (self.arch, self.channels) or not same_upsampling:
             raise InvalidOptionError(
                 f"cannot warm-start a {self.arch} {'unpool' if self.unpool else 'nearest'} decoder from a "
                 f"{shallower.arch} {'unpool' if shallower.unpool else 'nearest'} one (upsampling, network or channel widths differ)")
         skip = len(self.stages) - len(shallower.stages)
-        if skip < 0:
+        if skip < 1:
             raise InvalidOptionError(f"warm start needs a shallower decoder than {self.level}, got {shallower.level}")
         for mine, theirs in zip(list(self.stages)[skip:], shallower.stages, strict=True):
             mine.load_state_dict(theirs.state_dict())
         self.head.load_state_dict(shallower.head.state_dict())
+        first = self.stages[skip][0][1] if skip < len(self.stages) else self.head[1]
+        with torch.no_grad():
+            shift = shallower.feature_mean * shallower.feature_scale
+            first.bias -= first.weight.sum(dim=(2, 3)) @ shift
+        return shallower.feature_scale.clone()
 
 
 def decoder_architecture(decoder: Decoder) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class DecoderOptions:
     learning_rate: float = option(3e-3, "Adam learning rate at the start.")
     final_lr_fraction: float = option(0.1, "The learning rate falls along a cosine to this fraction of the start by the last step.")
     init_from: str | None = option(None, "Warm start: a shallower decoder (file or shipped name, same upsampling) whose layers seed this one's last stages; training then mostly learns the new top stage.")
+    bridge_steps: int = option(200, "With --init-from: steps that first train the new top stage alone to output the shallower level's features.")
     pixel_weight: float = option(1.0, "Weight of the pixel reconstruction loss.")
     feature_weight: float = option(0.1, "Weight of the feature reconstruction loss (its gradient is large and noisy: higher values cost pixel accuracy).")
     encoder: str = option("auto", "Encoder weights: auto, vgg16, vgg19 or tiny (tests).")
@@ -101,6 +102,29 @@ def least_squares_head(decoder: Decoder, features: Tensor, images: Tensor) -> No
     conv.bias.copy_(solution[-1])
 
 
+def train_bridge(decoder: Decoder, encoder: Any, lower: str, scale: Tensor, images: list[Tensor],
+                 options: DecoderOptions) -> list[float]:
+    """Pre-train a warm-started decoder's new top stage alone: encoder features at ``options.level``
+    -> the ``lower`` level's features times ``scale`` (what the copied stages expect; see
+    ``Decoder.warm_start``). Cheap (no image decoding, no encoder backward); returns the losses."""
+    enc = encoder.with_layers([options.level, lower])
+    params = list(decoder.stages[0].parameters())
+    opt = torch.optim.Adam(params, lr=options.learning_rate)
+    losses = []
+    for step in range(options.bridge_steps):
+        gen = torch.Generator().manual_seed(options.seed * 1_000_003 + 500_000 + step)
+        batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
+        with torch.no_grad():
+            feats, idx = enc.forward_with_indices(batch) if decoder.unpool else (enc(batch), None)
+            target = feats[lower] * scale[:, None, None]
+        loss = (decoder.top(feats[options.level], tuple(batch.shape[-2:]), idx) - target).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    return losses
+
+
 def reconstruct(encoder: Any, decoder: Decoder, image: Tensor) -> Tensor:
     """Encode then decode an image (1, 3, H, W) -> (1, 3, H, W) clamped to [0, 1]."""
     with torch.inference_mode():
@@ -134,11 +158,6 @@ def train_decoder(
     encoder = load_encoder(options.encoder, [options.level])
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     decoder = Decoder(options.level, encoder.arch, options.unpool, encoder.channels)
-    if options.init_from:
-        shallower, init_meta = load_decoder(options.init_from)
-        if init_meta.get("encoder_sha256") != encoder.weights_sha256:
-            raise InvalidOptionError(f"--init-from {options.init_from} was trained for other encoder weights ({init_meta.get('encoder')})")
-        decoder.warm_start(shallower)
     with torch.no_grad():  # input standardisation from sample crops (buffers: saved with the decoder)
         sample = random_crops(images, 16, options.crop, torch.Generator().manual_seed(options.seed), (options.scale_min, 1.0))
         feats = encoder(sample)[options.level]
@@ -146,6 +165,12 @@ def train_decoder(
         decoder.feature_scale.copy_((feats.std((0, 2, 3)) + 1e-3 * feats.std()).reciprocal())
         if not decoder.stages and not options.init_from:
             least_squares_head(decoder, feats, sample)
+    if options.init_from:
+        shallower, init_meta = load_decoder(options.init_from)
+        if init_meta.get("encoder_sha256") != encoder.weights_sha256:
+            raise InvalidOptionError(f"--init-from {options.init_from} was trained for other encoder weights ({init_meta.get('encoder')})")
+        bridge_scale = decoder.warm_start(shallower)
+        train_bridge(decoder, encoder, shallower.level, bridge_scale, images, options)
     opt = torch.optim.Adam(decoder.parameters(), lr=options.learning_rate)
     fp = hashlib.sha256(json.dumps({"options": dataclasses.asdict(options), "images": len(images)}, sort_keys=True).encode()).hexdigest()
 
