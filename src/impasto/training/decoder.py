@@ -121,7 +121,7 @@ def train_bridge(decoder: Decoder, encoder: Any, lower: str, scale: Tensor, imag
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
