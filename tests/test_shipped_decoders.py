@@ -77,3 +77,12 @@ def test_methods_with_shipped_decoders_stylise_a_held_out_photo(method, vgg16_ca
     assert float(torch.corrcoef(torch.stack([y_out, y_in]))[0, 1]) > 0.3  # the cat is still there
     weak = api.stylize(content, style, method=method, options={**opts, "alpha": 0.0}).image
     assert float((weak - small).abs().mean()) < float((out - small).abs().mean())
+
+
+def test_models_list_shows_styles_and_decoders(capsys):
+    from impasto.cli import main
+
+    assert main(["models", "list"]) == 0
+    text = capsys.readouterr().out
+    for expected in ("starry_night", "great_wave", "relu4_1", "max-unpool", "photowct"):
+        assert expected in text

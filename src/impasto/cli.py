@@ -419,7 +419,10 @@ def models_list() -> None:
         training = meta.get("training", {})
         arch = meta.get("architecture", {})
         if arch.get("name") == "vgg-decoder":
-            kind, what, licence = "decoder (adain, wct, photowct)", arch.get("level", "?"), "weights trained by impasto"
+            unpool = bool(arch.get("unpool")) and arch.get("level") != "relu1_1"
+            kind = "decoder, max-unpool (photowct)" if unpool else "decoder (adain, wct, photowct)" if arch.get("level") == "relu1_1" else "decoder (adain, wct)"
+            what = arch.get("level", "?")
+            licence = meta.get("training_data", {}).get("licence", "weights trained by impasto")
         else:
             kind = "feedforward"
             what = ", ".join(s["name"] for s in meta.get("styles", []))

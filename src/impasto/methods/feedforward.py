@@ -56,6 +56,8 @@ class ConditionalInstanceNorm(nn.Module):
         self._frozen: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor, mix: Tensor) -> Tensor:
+        if self._frozen is None and self._record is None and x.shape[0] == 1:  # the fused kernel (~10% faster)
+            return F.instance_norm(x, weight=(mix @ self.weight).flatten(), bias=(mix @ self.bias).flatten(), eps=self.eps)
         if self._frozen is not None:
             mean, var = self._frozen
         else:
