@@ -44,7 +44,7 @@ class Options:
     style_mask: tuple[str, ...] = option((), "Style label map(s), one for all styles or one per style: a content region takes the style region of its colour.")
     smooth: str = option("exact", "exact (closed-form solve), fast (guided filter) or none.")
     smooth_strength: float = option(0.999, "exact: a in [0, 1); closer to 1 follows the content's edges more and the stylised colours less locally.")
-    affinity: str = option("gaussian", "exact: gaussian (8-neighbour, sigma below) or matting (Levin et al. 3x3 windows).")
+    affinity: str = option("matting", "exact: matting (Levin et al. 3x3 windows: keeps the photo's texture) or gaussian (8-neighbour, sigma below; faster, flattens texture).")
     sigma: float = option(0.1, "exact, gaussian affinity: colour distance scale (RGB in [0, 1]).")
     fast_radius: int = option(8, "fast: guided-filter window radius in pixels.")
     fast_eps: float = option(1e-3, "fast: guided-filter regularisation (larger: smoother).")
