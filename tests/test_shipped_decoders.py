@@ -14,9 +14,11 @@ from impasto.training.decoder import psnr, reconstruct
 
 DECODERS = shipped_of_kind("vgg-decoder")
 HELD_OUT = ("content/kodim23.jpg", "content/skimage_chelsea.jpg", "photo/lake_content.jpg")  # never trained on
-# Measured on the held-out photos at 256 px (see the issue 4 note); thresholds a little below.
-MIN_PSNR_DB = {"relu1_1": 30.0, "relu2_1": 24.0, "relu3_1": 20.0, "relu4_1": 17.0}
-SHIPPED_LEVELS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+# Measured on the held-out photos at 256 px (kodim23, chelsea, lake): relu1_1 36.1/39.5/34.8 dB,
+# relu2_1 26.6/34.3/22.0 (unpool 30.3/35.5/29.1), relu3_1 20.7/23.9/17.2 (unpool 25.3/29.6/25.0).
+MIN_PSNR_DB = {("relu1_1", False): 33.0, ("relu2_1", False): 20.0, ("relu2_1", True): 27.0,
+               ("relu3_1", False): 16.0, ("relu3_1", True): 23.0}
+SHIPPED_LEVELS = ("relu1_1", "relu2_1", "relu3_1")
 
 
 def _kinds():
@@ -33,6 +35,7 @@ def test_decoders_ship_for_every_default_level_small_and_fp16():
         assert meta["encoder"] == "vgg16"
         total += path.stat().st_size
     assert total < 25e6
+    assert "relu4_1" not in {load_model(p)[1]["architecture"]["level"] for p in DECODERS.values()}  # see wct.py
 
 
 @pytest.mark.parametrize(("level", "unpool"), _kinds())
@@ -46,16 +49,16 @@ def test_shipped_decoder_reconstructs_held_out_photos(level, unpool, vgg16_cache
     for name in HELD_OUT:
         image = load_image(data_dir() / name)
         image = resize(image, size_for_long_side(*image.shape[-2:], 256))
-        assert psnr(reconstruct(encoder, decoder, image), image) > MIN_PSNR_DB[level], name
+        assert psnr(reconstruct(encoder, decoder, image), image) > MIN_PSNR_DB[level, unpool], name
 
 
 def test_unpool_decoder_returns_odd_input_sizes(vgg16_cache):
     from impasto.features.vgg import load_encoder
 
-    decoder, _ = load_decoder(shipped_decoder("relu4_1", True))
+    decoder, _ = load_decoder(shipped_decoder("relu3_1", True))
     image = torch.rand(1, 3, 61, 83)
-    assert reconstruct(load_encoder("vgg16", ["relu4_1"]), decoder, image).shape == image.shape
-    assert LEVELS.index(decoder.level) == 3
+    assert reconstruct(load_encoder("vgg16", ["relu3_1"]), decoder, image).shape == image.shape
+    assert LEVELS.index(decoder.level) == 2
 
 
 @pytest.mark.parametrize("method", ["adain", "wct", "photowct"])
@@ -79,10 +82,12 @@ def test_methods_with_shipped_decoders_stylise_a_held_out_photo(method, vgg16_ca
     assert float((weak - small).abs().mean()) < float((out - small).abs().mean())
 
 
-def test_models_list_shows_styles_and_decoders(capsys):
-    from impasto.cli import main
+def test_models_list_shows_styles_and_decoders(capsys, monkeypatch):
+    from impasto import cli
 
+    monkeypatch.setattr(cli.out, "width", 300)  # no column truncation in the captured table
+    main = cli.main
     assert main(["models", "list"]) == 0
     text = capsys.readouterr().out
-    for expected in ("starry_night", "great_wave", "relu4_1", "max-unpool", "photowct"):
+    for expected in ("starry_night", "great_wave", "relu3_1", "max-unpool", "photowct"):
         assert expected in text

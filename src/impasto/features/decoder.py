@@ -153,10 +153,15 @@ def shipped_decoder(level: str, unpool: bool) -> str:
 
 
 def check_encoder(encoder: VGGEncoder, meta: dict[str, Any]) -> None:
-    """Refuse a decoder trained on other encoder weights than ``encoder``'s."""
-    if encoder.weights_sha256 != meta.get("encoder_sha256", encoder.weights_sha256):
-        raise WeightsError(f"decoder {meta['path']} was trained for other {meta.get('encoder')} weights "
-                           f"than the encoder in use ({encoder.weights_name})")
+    """Refuse a decoder trained on other encoder weights than ``encoder``'s (compared by the source
+    file's pinned hash when the decoder records it, else by the weight file's)."""
+    if "encoder_source_sha256" in meta:
+        mine, theirs = encoder.source_sha256, meta["encoder_source_sha256"]
+    else:
+        mine, theirs = encoder.weights_sha256, meta.get("encoder_sha256", encoder.weights_sha256)
+    if mine != theirs:
+        raise WeightsError(f"decoder {meta['path']} was trained for other {meta.get('encoder')} weights ({theirs[:12]}) "
+                           f"than the encoder in use ({encoder.weights_name}, {mine[:12]})")
 
 
 def ordered_levels(levels: Sequence[str], order: str) -> list[str]:

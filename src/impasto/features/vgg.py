@@ -46,6 +46,9 @@ class VGGEncoder(nn.Module):
         pooling: "max" (VGG's own) or "avg" (Gatys et al.'s choice for smoother results).
         normalization: "caffe" (BGR, 0-255, mean-subtracted) or "torch" (ImageNet mean/std).
         weights_sha256: hash of the weight file, recorded in output recipes.
+        source_sha256: hash of the file the weights were imported from (the registry's pinned
+            hash); unlike the cache file's, it is the same on every machine, so trained decoders
+            record it to name the encoder they invert.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class VGGEncoder(nn.Module):
         normalization: str = "caffe",
         weights_name: str = "custom",
         weights_sha256: str = "",
+        source_sha256: str = "",
     ) -> None:
         super().__init__()
         if arch not in weights_io.VGG_BLOCKS:
@@ -81,6 +85,7 @@ class VGGEncoder(nn.Module):
         self.normalization = normalization
         self.weights_name = weights_name
         self.weights_sha256 = weights_sha256
+        self.source_sha256 = source_sha256 or weights_sha256
         self._plan = all_names[: deepest + 1]
         self._state = state  # shared, not copied: lets with_layers() reach deeper layers later
         self.convs = nn.ModuleDict()
@@ -157,7 +162,7 @@ class VGGEncoder(nn.Module):
         """A new encoder over the same weights returning other layers."""
         return VGGEncoder(
             self.arch, self._state, layers, pooling=self.pooling, normalization=self.normalization,
-            weights_name=self.weights_name, weights_sha256=self.weights_sha256,
+            weights_name=self.weights_name, weights_sha256=self.weights_sha256, source_sha256=self.source_sha256,
         )
 
 
@@ -202,4 +207,5 @@ def load_encoder(
     return VGGEncoder(
         loaded.source.arch, loaded.state, layers, pooling=pooling,
         normalization=loaded.source.normalization, weights_name=name, weights_sha256=loaded.sha256,
+        source_sha256=loaded.source.sha256,
     )

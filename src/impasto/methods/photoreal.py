@@ -34,7 +34,7 @@ SMOOTHING = ("exact", "fast", "none")
 class Options:
     """Every default of PhotoWCT with smoothing."""
 
-    levels: tuple[str, ...] = option(("relu4_1", "relu3_1", "relu2_1", "relu1_1"), "Encoder levels to transfer at (any of relu1_1..relu5_1); run in --order.")
+    levels: tuple[str, ...] = option(("relu3_1", "relu2_1", "relu1_1"), "Encoder levels to transfer at (any of relu1_1..relu5_1); run in --order.")
     order: str = option("coarse-to-fine", "coarse-to-fine (deepest level first, the paper's choice) or fine-to-coarse.")
     decoders: tuple[str, ...] = option((), "One decoder per level, in the order of --levels (shipped names or files); empty: the shipped ones.")
     alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.")

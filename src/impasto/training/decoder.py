@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from impasto.errors import InvalidOptionError
+from impasto.errors import InvalidOptionError, WeightsError
 from impasto.events import Callback, CancelToken, Done
-from impasto.features.decoder import LEVELS, Decoder, decoder_architecture, load_decoder
+from impasto.features.decoder import LEVELS, Decoder, check_encoder, decoder_architecture, load_decoder
 from impasto.features.vgg import load_encoder
 from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.models import save_model
@@ -167,8 +167,10 @@ def train_decoder(
             least_squares_head(decoder, feats, sample)
     if options.init_from:
         shallower, init_meta = load_decoder(options.init_from)
-        if init_meta.get("encoder_sha256") != encoder.weights_sha256:
-            raise InvalidOptionError(f"--init-from {options.init_from} was trained for other encoder weights ({init_meta.get('encoder')})")
+        try:
+            check_encoder(encoder, init_meta)
+        except WeightsError as exc:
+            raise InvalidOptionError(f"--init-from: {exc}") from None
         bridge_scale = decoder.warm_start(shallower)
         train_bridge(decoder, encoder, shallower.level, bridge_scale, images, options)
     opt = torch.optim.Adam(decoder.parameters(), lr=options.learning_rate)
@@ -201,6 +203,7 @@ def train_decoder(
         "architecture": decoder_architecture(decoder),
         "encoder": encoder.weights_name,
         "encoder_sha256": encoder.weights_sha256,
+        "encoder_source_sha256": encoder.source_sha256,
         "training": {"options": dataclasses.asdict(options), "steps_done": options.steps, "images": len(images),
                      "skipped": skipped, "final_losses": {k: v[-1] for k, v in history.items() if v}},
         "versions": {"torch": torch.__version__},
