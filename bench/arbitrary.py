@@ -31,7 +31,7 @@ from impasto.ops.geometry import resize, size_for_long_side
 from impasto.ops.stats import adain
 
 DATA = Path(os.environ.get("IMPASTO_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-LEVELS = ("relu4_1", "relu3_1", "relu2_1", "relu1_1")
+LEVELS = ("relu3_1", "relu2_1", "relu1_1")  # the shipped decoders (wct.Options().levels)
 
 
 def reference_wct(fc: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,7 @@ def main() -> None:
     content_full = load_image(DATA / "content" / "kodim23.jpg")
     style = load_image(DATA / "style" / "vangogh_starry_night.jpg")
     style = resize(style, size_for_long_side(*style.shape[-2:], 512))
-    adain_dec = [load_decoder(shipped_decoder("relu4_1", False))[0]]
+    adain_dec = [load_decoder(shipped_decoder(arbitrary.DEFAULT_LEVEL, False))[0]]
     wct_decs = [load_decoder(shipped_decoder(level, False))[0] for level in LEVELS]
     encoders = {level: load_encoder("vgg16", [level]) for level in LEVELS}
     print(f"{'method':8} {'size':>9} {'reference s':>12} {'impasto s':>10} {'impasto/ref':>12} {'mean |diff|':>12}")

@@ -65,23 +65,31 @@ def _eig_floor(cov: Tensor, rel_floor: float, abs_floor: float) -> tuple[Tensor,
 
 def whiten_colour(content: Tensor, style: Tensor, alpha: float = 1.0, rel_floor: float = 1e-5,
                   abs_floor: float = 1e-8) -> Tensor:
-    """Whitening and colouring transform (Li et al. 2017) of (C, M) feature matrices, float64 inside.
+    """Whitening and colouring transform (Li et al. 2017) of (C, M) feature matrices.
 
     ``content`` (C, M) and ``style`` (C, M'): the result has the style's mean and covariance in the
     directions the content varies in, blended with the content by ``alpha``. Eigenvalues below
     ``max(rel_floor * largest, abs_floor)`` are dropped (not inverted), so flat, one-colour or
     rank-deficient inputs give finite results; a constant content becomes the style mean.
+
+    Means and both eigendecompositions are float64; the whitening and colouring are composed into
+    one C x C matrix (float64) and applied with a single matmul in the input's dtype, which at
+    1024 px is 4x fewer passes over the features than applying them one after the other.
     """
     dtype = content.dtype
-    fc, fs = content.double(), style.double()
-    mc, ms = fc.mean(dim=1, keepdim=True), fs.mean(dim=1, keepdim=True)
-    fc0, fs0 = fc - mc, fs - ms
-    cov_c = fc0 @ fc0.T / max(1, fc.shape[1] - 1)
-    cov_s = fs0 @ fs0.T / max(1, fs.shape[1] - 1)
+    mc = content.mean(dim=1, keepdim=True, dtype=torch.float64)
+    ms = style.mean(dim=1, keepdim=True, dtype=torch.float64)
+    fc0 = content - mc.to(dtype)
+    fs0 = style - ms.to(dtype)
+    cov_c = (fc0 @ fc0.T).double() / max(1, content.shape[1] - 1)  # centred first: float32 sums suffice
+    cov_s = (fs0 @ fs0.T).double() / max(1, style.shape[1] - 1)
     vals_c, vecs_c, keep_c = _eig_floor(cov_c, rel_floor, abs_floor)
     inv_sqrt = torch.where(keep_c, vals_c.clamp_min(abs_floor).rsqrt(), torch.zeros_like(vals_c))
-    whitened = vecs_c @ (inv_sqrt[:, None] * (vecs_c.T @ fc0))
     vals_s, vecs_s, keep_s = _eig_floor(cov_s, rel_floor, abs_floor)
     root = torch.where(keep_s, vals_s.clamp_min(0).sqrt(), torch.zeros_like(vals_s))
-    coloured = vecs_s @ (root[:, None] * (vecs_s.T @ whitened)) + ms
-    return (alpha * coloured + (1 - alpha) * fc).to(dtype)
+    whiten = vecs_c @ (inv_sqrt[:, None] * vecs_c.T)
+    colour = vecs_s @ (root[:, None] * vecs_s.T)
+    transform = alpha * (colour @ whiten) + (1 - alpha) * torch.eye(content.shape[0], dtype=torch.float64)
+    # alpha * (T fc0 + ms) + (1 - alpha) * (fc0 + mc) = (alpha T + (1 - alpha) I) fc0 + shift
+    shift = alpha * ms + (1 - alpha) * mc
+    return (transform.to(dtype) @ fc0 + shift.to(dtype)).to(dtype)
