@@ -31,7 +31,7 @@ from impasto.ops.geometry import resize, size_for_long_side
 from impasto.ops.stats import adain
 
 DATA = Path(os.environ.get("IMPASTO_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-LEVELS = ("relu3_1", "relu2_1", "relu1_1")  # the shipped decoders (wct.Options().levels)
+LEVELS = wct.Options().levels  # the shipped decoders
 
 
 def reference_wct(fc: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:

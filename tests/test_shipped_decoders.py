@@ -15,14 +15,15 @@ from impasto.training.decoder import psnr, reconstruct
 DECODERS = shipped_of_kind("vgg-decoder")
 HELD_OUT = ("content/kodim23.jpg", "content/skimage_chelsea.jpg", "photo/lake_content.jpg")  # never trained on
 # Measured on the held-out photos at 256 px (kodim23, chelsea, lake): relu1_1 36.1/39.5/34.8 dB,
-# relu2_1 26.6/34.3/22.0 (unpool 30.3/35.5/29.1), relu3_1 20.7/23.9/17.2 (unpool 25.3/29.6/25.0).
+# relu2_1 26.6/34.3/22.0 (unpool 30.3/35.5/29.1), relu3_1 20.7/23.9/17.2 (unpool 25.3/29.6/25.0),
+# relu4_1 19.5/21.4/17.3 (nearest only: no max-unpooling relu4_1 decoder ships yet).
 MIN_PSNR_DB = {("relu1_1", False): 33.0, ("relu2_1", False): 20.0, ("relu2_1", True): 27.0,
-               ("relu3_1", False): 16.0, ("relu3_1", True): 23.0}
-SHIPPED_LEVELS = ("relu1_1", "relu2_1", "relu3_1")
+               ("relu3_1", False): 16.0, ("relu3_1", True): 23.0, ("relu4_1", False): 16.0}
 
 
 def _kinds():
-    return [(level, unpool) for level in SHIPPED_LEVELS for unpool in ((False,) if level == "relu1_1" else (False, True))]
+    return [(level, unpool) for level, unpool in MIN_PSNR_DB]
+
 
 
 def test_decoders_ship_for_every_default_level_small_and_fp16():
@@ -35,7 +36,6 @@ def test_decoders_ship_for_every_default_level_small_and_fp16():
         assert meta["encoder"] == "vgg16"
         total += path.stat().st_size
     assert total < 25e6
-    assert "relu4_1" not in {load_model(p)[1]["architecture"]["level"] for p in DECODERS.values()}  # see wct.py
 
 
 @pytest.mark.parametrize(("level", "unpool"), _kinds())

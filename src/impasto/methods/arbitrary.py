@@ -5,10 +5,6 @@ style's per-channel mean and std (AdaIN), blend with the content features by ``a
 decode to an image. The decoder only learns to invert the encoder (see
 ``impasto.training.decoder``), so any style works without training. Several styles blend by
 weight; masks restrict each content region to its matching style region (``features.transfer``).
-
-Differs from the paper: the shipped decoder inverts relu3_1, not relu4_1 (the relu4_1 decoder we
-could train on CPU collapsed to two tones at 14-17 dB PSNR). A relu4_1 decoder you train works
-through ``decoder``; relu3_1 transfers colour and fine texture but fewer large-scale strokes.
 """
 
 from __future__ import annotations
@@ -28,14 +24,14 @@ from impasto.options import option
 from impasto.result import Result
 
 
-DEFAULT_LEVEL = "relu3_1"  # of the shipped decoder (see the module notes)
+DEFAULT_LEVEL = "relu4_1"  # of the shipped decoder, as in the paper
 
 
 @dataclass(frozen=True)
 class Options:
     """Every default of AdaIN transfer."""
 
-    decoder: str = option("auto", "Decoder (shipped name or file from 'impasto train decoder', any level); auto: the shipped relu3_1 decoder.")
+    decoder: str = option("auto", "Decoder (shipped name or file from 'impasto train decoder', any level); auto: the shipped relu4_1 decoder.")
     alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.")
     style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).")
     color: str = option("style", "style (the style's colours) or luminance (keep the content's colours).")

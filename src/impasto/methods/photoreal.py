@@ -9,6 +9,10 @@ neighbouring content pixels get similar colours (``ops.smoothing``):
   never a dense inverse), with the Gaussian 8-neighbour affinity or the matting affinity;
 - ``fast``: a guided filter of the stylised image guided by the content (O(N));
 - ``none``: PhotoWCT alone.
+
+Differs from the paper: the default levels are relu3_1 -> relu1_1 (FastPhotoStyle starts at
+relu4_1): no max-unpooling relu4_1 decoder ships yet. Train one (``impasto train decoder --level
+relu4_1 --unpool --init-from vgg16_relu3_1_unpool_decoder``) and pass it with ``levels``/``decoders``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,15 @@
 """Universal style transfer by whitening and colouring (WCT, Li et al. 2017), multi-level.
 
-At each level (coarse to fine by default: relu3_1 -> relu1_1) the current image is encoded, its
+At each level (coarse to fine by default: relu4_1 -> relu1_1) the current image is encoded, its
 features are whitened with their own covariance and coloured with the style's covariance and
 mean (``ops.stats.whiten_colour``: float64, eigenvalue floor), mixed with the content features by
 ``alpha``, and decoded; the next level starts from that image. Decoders only invert the encoder,
 so any style works. Several styles blend by weight; masks match regions (``features.transfer``).
 
-Differs from the paper: the default levels stop at relu3_1 (the paper starts at relu5_1). The
-decoders ship trained on CPU; deeper ones need far more training than that allowed (our relu4_1
-decoder collapsed to two tones at 14-17 dB after 700 steps), and a VGG-16 relu5_1 decoder alone
-is ~20 MB in fp16. Pass ``levels`` with relu4_1/relu5_1 and decoders you trained
-(``impasto train decoder --level relu4_1 --init-from ...``) to use them.
+Differs from the paper: the default levels start at relu4_1, not relu5_1. A VGG-16 relu5_1
+decoder alone is ~20 MB in fp16 and needs far more training than a CPU allows; pass ``levels``
+with relu5_1 and a decoder you trained (``impasto train decoder --level relu5_1 --init-from
+vgg16_relu4_1_decoder``) to use it.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from impasto.result import Result
 class Options:
     """Every default of multi-level WCT."""
 
-    levels: tuple[str, ...] = option(("relu3_1", "relu2_1", "relu1_1"), "Encoder levels to transfer at (any of relu1_1..relu5_1); run in --order.")
+    levels: tuple[str, ...] = option(("relu4_1", "relu3_1", "relu2_1", "relu1_1"), "Encoder levels to transfer at (any of relu1_1..relu5_1); run in --order.")
     order: str = option("coarse-to-fine", "coarse-to-fine (deepest level first, the paper's choice) or fine-to-coarse.")
     decoders: tuple[str, ...] = option((), "One decoder per level, in the order of --levels (shipped names or files); empty: the shipped ones.")
     alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.")
