@@ -89,6 +89,11 @@ def mask_mode(n_content: int, n_style: int, n_styles: int) -> str:
     return "per-style"
 
 
+def style_list(style: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
+    """A method's ``style`` argument (None, one image or several) as a list."""
+    return [] if style is None else [style] if isinstance(style, Tensor) else list(style)
+
+
 def sized(image: Tensor, long_side: int | None) -> Tensor:
     return image if long_side is None else resize(image, size_for_long_side(*image.shape[-2:], long_side))
 

@@ -122,6 +122,18 @@ class VGGEncoder(nn.Module):
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         """``image``: (N, 3, H, W) RGB in [0, 1] -> {layer: activation} for the requested layers."""
+        return self._run(image, None)
+
+    def forward_with_indices(self, image: Tensor) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, tuple[int, int]]]]:
+        """Like ``forward``, plus each max-pool's argmax indices and input size ({"pool1": (idx, (H, W))}),
+        for decoders that upsample by max-unpooling (PhotoWCT). Needs pooling="max"."""
+        if self.pooling != "max":
+            raise InvalidOptionError("pooling indices need an encoder with max pooling")
+        indices: dict[str, tuple[Tensor, tuple[int, int]]] = {}
+        return self._run(image, indices), indices
+
+    def _run(self, image: Tensor, indices: dict[str, tuple[Tensor, tuple[int, int]]] | None) -> dict[str, Tensor]:
+        """The forward pass; fills ``indices`` with the max-pool argmaxes when it is given."""
         if image.dim() != 4 or image.shape[1] != 3:
             raise InvalidOptionError(f"encoder input must be (N, 3, H, W), got {tuple(image.shape)}")
         x = self.normalize(image)
@@ -131,32 +143,15 @@ class VGGEncoder(nn.Module):
                 x = self.convs[name](x)
             elif name.startswith("relu"):
                 x = F.relu(x)
+            elif indices is not None:
+                size = (x.shape[-2], x.shape[-1])
+                x, idx = F.max_pool2d(x, 2, return_indices=True)
+                indices[name] = (idx, size)
             else:
                 x = F.max_pool2d(x, 2) if self.pooling == "max" else F.avg_pool2d(x, 2)
             if name in self.layers:
                 out[name] = x
         return out
-
-    def forward_with_indices(self, image: Tensor) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, tuple[int, int]]]]:
-        """Like ``forward``, plus each max-pool's argmax indices and input size ({"pool1": (idx, (H, W))}),
-        for decoders that upsample by max-unpooling (PhotoWCT). Needs pooling="max"."""
-        if self.pooling != "max":
-            raise InvalidOptionError("pooling indices need an encoder with max pooling")
-        x = self.normalize(image)
-        out: dict[str, Tensor] = {}
-        indices: dict[str, tuple[Tensor, tuple[int, int]]] = {}
-        for name in self._plan:
-            if name.startswith("conv"):
-                x = self.convs[name](x)
-            elif name.startswith("relu"):
-                x = F.relu(x)
-            else:
-                size = (x.shape[-2], x.shape[-1])
-                x, idx = F.max_pool2d(x, 2, return_indices=True)
-                indices[name] = (idx, size)
-            if name in self.layers:
-                out[name] = x
-        return out, indices
 
     def with_layers(self, layers: Iterable[str]) -> "VGGEncoder":
         """A new encoder over the same weights returning other layers."""

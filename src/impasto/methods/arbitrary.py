@@ -18,7 +18,7 @@ from torch import Tensor
 
 from impasto.events import Callback, CancelToken, Done, Stage
 from impasto.features.decoder import Decoder, cascade, check_encoder, load_decoder, shipped_decoder
-from impasto.features.transfer import FeatureTransfer, blend_weights, finish, sized, validate_common
+from impasto.features.transfer import FeatureTransfer, blend_weights, finish, sized, style_list, validate_common
 from impasto.features.vgg import VGGEncoder, load_encoder
 from impasto.options import option
 from impasto.result import Result
@@ -58,7 +58,7 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
         callback: Callback | None = None, cancel: CancelToken | None = None, **_: Any) -> Result:
     """Stylise ``content`` with one or several style images in one pass."""
     options = options or Options()
-    styles = [] if style is None else [style] if isinstance(style, Tensor) else list(style)
+    styles = style_list(style)
     validate(options, len(styles))
     started = time.perf_counter()
     decoder, meta = load_decoder(shipped_decoder(DEFAULT_LEVEL, False) if options.decoder == "auto" else options.decoder)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Done, Stage
-from impasto.features.transfer import finish, run_levels, validate_common, validate_levels
+from impasto.features.transfer import finish, run_levels, style_list, validate_common, validate_levels
 from impasto.ops.smoothing import AFFINITIES, smooth_exact, smooth_fast
 from impasto.options import option
 from impasto.result import Result
@@ -84,7 +84,7 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
         callback: Callback | None = None, cancel: CancelToken | None = None, **_: Any) -> Result:
     """Photorealistic stylisation of ``content`` with one or several style photos."""
     options = options or Options()
-    styles = [] if style is None else [style] if isinstance(style, Tensor) else list(style)
+    styles = style_list(style)
     validate(options, len(styles))
     started = time.perf_counter()
     image, out, metas = run_levels(content, styles, options, True, "photowct", callback, cancel)

@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from impasto.events import Callback, CancelToken, Done
-from impasto.features.transfer import finish, run_levels, validate_common, validate_levels
+from impasto.features.transfer import finish, run_levels, style_list, validate_common, validate_levels
 from impasto.options import option
 from impasto.result import Result
 
@@ -53,7 +53,7 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
         callback: Callback | None = None, cancel: CancelToken | None = None, **_: Any) -> Result:
     """Stylise ``content`` with one or several style images by multi-level WCT."""
     options = options or Options()
-    styles = [] if style is None else [style] if isinstance(style, Tensor) else list(style)
+    styles = style_list(style)
     validate(options, len(styles))
     started = time.perf_counter()
     image, out, metas = run_levels(content, styles, options, False, "wct", callback, cancel)
