@@ -69,11 +69,15 @@ def transfer_regions(content: Tensor, regions: Sequence[Region], transform: Feat
     Each region's result is the weight-normalised blend of the transform towards each of its targets.
     Regions with no positions (a label lost when the map was shrunk to the feature size) are skipped.
     """
+    def blend(part: Tensor, targets: list[tuple[Tensor, float]]) -> Tensor:
+        total = sum(w for _, w in targets)
+        return sum((w / total) * transform(part, feats) for feats, w in targets)
+
+    if len(regions) == 1 and bool(regions[0][0].all()) and sum(w for _, w in regions[0][1]) > 0:
+        return blend(content, regions[0][1])  # no masks: no gather/scatter copies of the features
     out = content.clone()
     for where, targets in regions:
-        total = sum(w for _, w in targets)
-        if not bool(where.any()) or total <= 0:
+        if not bool(where.any()) or sum(w for _, w in targets) <= 0:
             continue
-        part = content[:, where]
-        out[:, where] = sum((w / total) * transform(part, feats) for feats, w in targets)
+        out[:, where] = blend(content[:, where], targets)
     return out
