@@ -192,9 +192,19 @@ def test_onnx_export_matches_pytorch(tmp_path):
     onnx_path = ff.export_onnx(str(path), str(tmp_path / "m.onnx"))
     content = _smooth(45, 61, 8)  # not a multiple of 4: padding happens outside the graph
     for kw in ({"style": "style1"}, {"style_weights": (0.3, 0.7)}):
-        a = ff.run(content, None, ff.Options(model=str(path), **kw)).image
+        a = ff.run(content, None, ff.Options(model=str(path), precision="fp32", **kw)).image
         b = ff.run(content, None, ff.Options(model=onnx_path, **kw)).image
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_inference_stays_close_to_fp32(tmp_path):
+    """bf16 (the default where the CPU has it) changes pixels by rounding only, not visibly."""
+    path = _random_model(tmp_path, n_styles=1)
+    content = _smooth(64, 80, 9)
+    a = ff.run(content, None, ff.Options(model=str(path), precision="fp32")).image
+    b = ff.run(content, None, ff.Options(model=str(path), precision="bf16")).image
+    assert not torch.equal(a, b)  # bf16 really ran
+    assert float((a - b).abs().mean()) < 2 / 255 and float((a - b).abs().max()) < 24 / 255
 
 
 def test_bad_model_files_give_clear_errors(tmp_path):

@@ -54,7 +54,8 @@ class TrainOptions:
     scale_min: float = option(0.5, "Smallest random crop, as a fraction of the photo's short side (augmentation).")
     style_size: int = option(320, "Long side the style image is scaled to for its Gram targets (sets brush-stroke size).")
     learning_rate: float = option(1e-3, "Adam learning rate.")
-    width: int = option(32, "Channels of the first layer (32 in the paper).")
+    width: int = option(32, "Channels of the first layer (32 in the paper); the slim shipped styles use 12.")
+    residual_blocks: int = option(5, "Residual blocks at quarter resolution (5 in the paper).")
     content_layers: tuple[str, ...] = option(("relu2_2",), "Feature-reconstruction layers.")
     style_layers: tuple[str, ...] = option(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), "Gram style layers.")
     content_weight: float = option(1.0, "Weight of the content loss.")
@@ -73,7 +74,8 @@ def validate(o: TrainOptions) -> None:
         raise InvalidOptionError("give at least one --content-dir with training photos")
     if o.style_names is not None and len(o.style_names) != len(o.styles):
         raise InvalidOptionError(f"{len(o.style_names)} style names given for {len(o.styles)} styles")
-    for name, low in (("steps", 1), ("batch_size", 1), ("crop", 32), ("width", 4), ("style_size", 32)):
+    for name, low in (("steps", 1), ("batch_size", 1), ("crop", 32), ("width", 4), ("style_size", 32),
+                      ("residual_blocks", 0)):
         if getattr(o, name) < low:
             raise InvalidOptionError(f"{name} must be >= {low}, got {getattr(o, name)}")
     if not 0 < o.scale_min <= 1:
@@ -145,7 +147,7 @@ def train(
             targets[layer] = torch.cat([gram_matrix(f[layer].float()) for f in per_style])  # (S, C, C)
         style_norm = {k: float(t.pow(2).mean()) + 1e-8 for k, t in targets.items()}
 
-    net = TransformerNet(n_styles=len(style_images), width=options.width)
+    net = TransformerNet(n_styles=len(style_images), width=options.width, n_residual=options.residual_blocks)
     opt = torch.optim.Adam(net.parameters(), lr=options.learning_rate)
     c_weights = 1.0 / len(options.content_layers)
     s_weights = 1.0 / len(options.style_layers)
