@@ -24,6 +24,23 @@ def test_decoder_returns_input_size_for_odd_sizes(level, unpool):
     assert dec(feats[level], (37, 53), idx if unpool else None).shape == x.shape
 
 
+def test_top_convs_trims_the_deepest_stage_and_survives_save_load(tmp_path):
+    from impasto.features.decoder import decoder_architecture
+    from impasto.io.models import save_model
+
+    enc = load_encoder("tiny", ["relu5_1"])
+    full, slim = Decoder("relu5_1", "vgg16", False, enc.channels), Decoder("relu5_1", "vgg16", False, enc.channels, top_convs=1)
+    assert [len(s) for s in full.stages] == [3, 3, 2, 2] and [len(s) for s in slim.stages] == [1, 3, 2, 2]
+    x = torch.rand(1, 3, 35, 50)
+    assert slim(enc(x)["relu5_1"], (35, 50)).shape == x.shape
+    path = save_model(tmp_path / "d.safetensors", slim.state_dict(), {"architecture": decoder_architecture(slim), "encoder": "tiny"})
+    loaded, meta = load_decoder(str(path))
+    assert meta["architecture"]["top_convs"] == 1 and [len(s) for s in loaded.stages] == [1, 3, 2, 2]
+    slim.warm_start(Decoder("relu4_1", "vgg16", False, enc.channels))  # the shallower decoder still fits its tail
+    with pytest.raises(InvalidOptionError, match="top_convs"):
+        Decoder("relu5_1", "vgg16", False, enc.channels, top_convs=4)
+
+
 def test_unpool_decoder_needs_indices():
     enc = load_encoder("tiny", ["relu3_1"])
     dec = Decoder("relu3_1", "vgg16", True, enc.channels)

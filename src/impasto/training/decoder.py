@@ -45,6 +45,7 @@ class DecoderOptions:
     scale_min: float = option(0.4, "Smallest random crop, as a fraction of the image's short side.")
     learning_rate: float = option(1e-3, "Adam learning rate at the start (3e-3 trains relu1_1-relu3_1 faster; relu4_1 collapsed at 3e-3).")
     final_lr_fraction: float = option(0.1, "The learning rate falls along a cosine to this fraction of the start by the last step.")
+    top_convs: int | None = option(None, "Convs in the deepest stage (default: as many as the encoder block it mirrors; 1 keeps a relu5_1 decoder small).")
     init_from: str | None = option(None, "Warm start: a shallower decoder (file or shipped name, same upsampling) whose layers seed this one's last stages; training then mostly learns the new top stage.")
     bridge_steps: int = option(200, "With --init-from: steps that first train the new top stage alone to output the shallower level's features.")
     pixel_weight: float = option(1.0, "Weight of the pixel reconstruction loss.")
@@ -157,7 +158,7 @@ def train_decoder(
         raise InvalidOptionError(f"no decodable images under {', '.join(options.content_dirs)}")
     encoder = load_encoder(options.encoder, [options.level])
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    decoder = Decoder(options.level, encoder.arch, options.unpool, encoder.channels)
+    decoder = Decoder(options.level, encoder.arch, options.unpool, encoder.channels, options.top_convs)
     with torch.no_grad():  # input standardisation from sample crops (buffers: saved with the decoder)
         sample = random_crops(images, 16, options.crop, torch.Generator().manual_seed(options.seed), (options.scale_min, 1.0))
         feats = encoder(sample)[options.level]
