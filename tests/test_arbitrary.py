@@ -203,7 +203,12 @@ def test_warm_started_training_pretrains_the_new_stage(tiny_decoder, tmp_path):
     opts, result, root = tiny_decoder
     deep_opts = DecoderOptions(**{**opts.__dict__, "level": "relu3_1", "steps": 2, "bridge_steps": 40,
                                   "init_from": str(result.model_path)})
-    out = train_decoder(deep_opts, tmp_path / "deep.safetensors")
+    events = []
+    out = train_decoder(deep_opts, tmp_path / "deep.safetensors", callback=events.append)
+    from impasto.events import Progress, Stage
+
+    assert [e.name for e in events if isinstance(e, Stage)] == ["bridge", "train"]  # the bridge shows progress too
+    assert [e.total for e in events if isinstance(e, Progress)] == [40] * 40 + [2] * 2
     decoder, _ = load_decoder(str(out.model_path))
     assert decoder.level == "relu3_1"
     shallow, _ = load_decoder(str(result.model_path))

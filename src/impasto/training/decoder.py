@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError, WeightsError
-from impasto.events import Callback, CancelToken, Done
+from impasto.events import Callback, CancelToken, Done, Progress, Stage
 from impasto.features.decoder import LEVELS, Decoder, check_encoder, decoder_architecture, load_decoder
 from impasto.features.vgg import load_encoder
 from impasto.io.dataset import list_images, load_images, random_crops
@@ -104,7 +104,8 @@ def least_squares_head(decoder: Decoder, features: Tensor, images: Tensor) -> No
 
 
 def train_bridge(decoder: Decoder, encoder: Any, lower: str, scale: Tensor, images: list[Tensor],
-                 options: DecoderOptions) -> list[float]:
+                 options: DecoderOptions, callback: Callback | None = None,
+                 cancel: CancelToken | None = None) -> list[float]:
     """Pre-train a warm-started decoder's new top stage alone: encoder features at ``options.level``
     -> the ``lower`` level's features times ``scale`` (what the copied stages expect; see
     ``Decoder.warm_start``). Cheap (no image decoding, no encoder backward); returns the losses."""
@@ -112,7 +113,11 @@ def train_bridge(decoder: Decoder, encoder: Any, lower: str, scale: Tensor, imag
     params = list(decoder.stages[0].parameters())
     opt = torch.optim.Adam(params, lr=options.learning_rate)
     losses = []
+    if callback:
+        callback(Stage(name="bridge", size=(options.crop, options.crop)))
     for step in range(options.bridge_steps):
+        if cancel is not None:
+            cancel.raise_if_cancelled()  # nothing to checkpoint yet: the bridge is cheap to redo
         gen = torch.Generator().manual_seed(options.seed * 1_000_003 + 500_000 + step)
         batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
         with torch.no_grad():
@@ -123,6 +128,8 @@ def train_bridge(decoder: Decoder, encoder: Any, lower: str, scale: Tensor, imag
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        if callback:
+            callback(Progress(step=step + 1, total=options.bridge_steps, losses={"bridge": losses[-1]}))
     return losses
 
 
@@ -173,7 +180,8 @@ def train_decoder(
         except WeightsError as exc:
             raise InvalidOptionError(f"--init-from: {exc}") from None
         bridge_scale = decoder.warm_start(shallower)
-        train_bridge(decoder, encoder, shallower.level, bridge_scale, images, options)
+        if not resume:  # a resumed run takes the whole decoder from its checkpoint
+            train_bridge(decoder, encoder, shallower.level, bridge_scale, images, options, callback, cancel)
     opt = torch.optim.Adam(decoder.parameters(), lr=options.learning_rate)
     fp = hashlib.sha256(json.dumps({"options": dataclasses.asdict(options), "images": len(images)}, sort_keys=True).encode()).hexdigest()
 
