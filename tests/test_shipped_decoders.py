@@ -16,9 +16,11 @@ DECODERS = shipped_of_kind("vgg-decoder")
 HELD_OUT = ("content/kodim23.jpg", "content/skimage_chelsea.jpg", "photo/lake_content.jpg")  # never trained on
 # Measured on the held-out photos at 256 px (kodim23, chelsea, lake): relu1_1 36.1/39.5/34.8 dB,
 # relu2_1 26.6/34.3/22.0 (unpool 30.3/35.5/29.1), relu3_1 20.7/23.9/17.2 (unpool 25.3/29.6/25.0),
-# relu4_1 19.5/21.4/17.3 (nearest only: no max-unpooling relu4_1 decoder ships yet).
+# relu4_1 19.5/21.4/17.3, relu5_1 15.1/17.7/14.2 (nearest only: no max-unpooling relu4_1 or
+# relu5_1 decoder ships yet).
 MIN_PSNR_DB = {("relu1_1", False): 33.0, ("relu2_1", False): 20.0, ("relu2_1", True): 27.0,
-               ("relu3_1", False): 16.0, ("relu3_1", True): 23.0, ("relu4_1", False): 16.0}
+               ("relu3_1", False): 16.0, ("relu3_1", True): 23.0, ("relu4_1", False): 16.0,
+               ("relu5_1", False): 13.0}
 
 
 def _kinds():
@@ -26,7 +28,7 @@ def _kinds():
 
 
 
-def test_decoders_ship_for_every_default_level_small_and_fp16():
+def test_decoders_ship_for_every_level_small_and_fp16():
     total = 0
     for level, unpool in _kinds():
         path = DECODERS[shipped_decoder(level, unpool)]
@@ -89,5 +91,25 @@ def test_models_list_shows_styles_and_decoders(capsys, monkeypatch):
     main = cli.main
     assert main(["models", "list"]) == 0
     text = capsys.readouterr().out
-    for expected in ("starry_night", "great_wave", "relu3_1", "max-unpool", "photowct"):
+    for expected in ("starry_night", "great_wave", "relu3_1", "relu5_1", "max-unpool", "photowct"):
         assert expected in text
+
+
+def test_wct_from_relu5_1_with_the_shipped_decoders(vgg16_cache):
+    """The five-level cascade of the paper runs on the shipped decoders (a user's own deeper decoder
+    mixes with them too: decoders are matched by the encoder's source file, not the imported copy)."""
+    from conftest import data_dir
+
+    from impasto import api
+
+    content = data_dir() / "content" / "kodim23.jpg"
+    style = data_dir() / "style" / "vangogh_starry_night.jpg"
+    levels = ("relu5_1", "relu4_1", "relu3_1", "relu2_1", "relu1_1")
+    opts = {"size": 192, "style_size": 192, "alpha": 0.6}
+    five = api.stylize(content, style, method="wct", options={**opts, "levels": levels})
+    four = api.stylize(content, style, method="wct", options={**opts, "levels": levels[1:]}).image
+    assert five.recipe["weights"]["name"].startswith("vgg16_relu5_1_decoder+") and five.recipe["steps"] == 5
+    small = resize(load_image(content), tuple(five.image.shape[-2:]))
+    assert float((five.image - four).abs().mean()) > 0.02  # the relu5_1 level does something
+    y_out, y_in = five.image.mean(1).flatten(), small.mean(1).flatten()
+    assert float(torch.corrcoef(torch.stack([y_out, y_in]))[0, 1]) > 0.3  # the parrots are still there

@@ -199,7 +199,9 @@ def load_decoders(levels: Sequence[str], names: Sequence[str], unpool: bool) -> 
             raise InvalidOptionError(f"decoder {meta['path']} is not a {kind} decoder")
         decoders.append(decoder)
         metas.append(meta)
-    encoders = {m.get("encoder_sha256") for m in metas}
+    # The encoder's source file (pinned) identifies its weights; the imported file's own hash can
+    # differ between machines that imported the same source, so it is only the fallback.
+    encoders = {m.get("encoder_source_sha256", m.get("encoder_sha256")) for m in metas}
     if len(encoders) > 1:
         raise InvalidOptionError("the decoders were trained for different encoder weights; use one set")
     return decoders, metas
