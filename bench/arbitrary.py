@@ -1,6 +1,6 @@
 """AdaIN and multi-level WCT at 512 and 1024 px: impasto vs a plain reference written here, in one run.
 
-    python bench/arbitrary.py [--sizes 512 1024] [--repeats 3]
+    python bench/arbitrary.py [--sizes 512 1024] [--repeats 3] [--levels relu5_1,relu4_1,relu3_1,relu2_1,relu1_1]
 
 Reference: the same shipped decoders and VGG-16 encoder, run the way the research code does it:
 fp32, eager, the style re-encoded at every level (encoders built once, outside the timing), and
@@ -31,7 +31,7 @@ from impasto.ops.geometry import resize, size_for_long_side
 from impasto.ops.stats import adain
 
 DATA = Path(os.environ.get("IMPASTO_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-LEVELS = wct.Options().levels  # the shipped decoders
+DEFAULT_LEVELS = wct.Options().levels
 
 
 def reference_wct(fc: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
@@ -80,15 +80,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--levels", default=",".join(DEFAULT_LEVELS),
+                        help="WCT levels, deepest first (shipped decoders); default: wct.Options().levels")
     args = parser.parse_args()
+    levels = tuple(args.levels.split(","))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")
     content_full = load_image(DATA / "content" / "kodim23.jpg")
     style = load_image(DATA / "style" / "vangogh_starry_night.jpg")
     style = resize(style, size_for_long_side(*style.shape[-2:], 512))
     adain_dec = [load_decoder(shipped_decoder(arbitrary.DEFAULT_LEVEL, False))[0]]
-    wct_decs = [load_decoder(shipped_decoder(level, False))[0] for level in LEVELS]
-    encoders = {level: load_encoder("vgg16", [level]) for level in LEVELS}
+    wct_decs = [load_decoder(shipped_decoder(level, False))[0] for level in levels]
+    encoders = {level: load_encoder("vgg16", [level]) for level in {*levels, arbitrary.DEFAULT_LEVEL}}
     print(f"{'method':8} {'size':>9} {'reference s':>12} {'impasto s':>10} {'impasto/ref':>12} {'mean |diff|':>12}")
     for size in args.sizes:
         content = resize(content_full, size_for_long_side(*content_full.shape[-2:], size))
@@ -97,13 +100,13 @@ def main() -> None:
             "adain": (lambda: reference(encoders, adain_dec, content, style, "adain"),
                       lambda: arbitrary.run(content, style, arbitrary.Options(size=None, style_size=None)).image),
             "wct": (lambda: reference(encoders, wct_decs, content, style, "wct"),
-                    lambda: wct.run(content, style, wct.Options(size=None, style_size=None)).image),
+                    lambda: wct.run(content, style, wct.Options(levels=levels, size=None, style_size=None)).image),
         }
         for name, (ref_fn, imp_fn) in cases.items():
             ref_s, ref_img = timed(ref_fn, args.repeats)
             imp_s, imp_img = timed(imp_fn, args.repeats)
             diff = float((ref_img - imp_img).abs().mean())
-            print(f"{name:8} {label:>9} {ref_s:12.2f} {imp_s:10.2f} {imp_s / ref_s:12.2f} {diff:12.4f}")
+            print(f"{name if name == 'adain' else f'wct x{len(levels)}':8} {label:>9} {ref_s:12.2f} {imp_s:10.2f} {imp_s / ref_s:12.2f} {diff:12.4f}")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
