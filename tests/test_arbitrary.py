@@ -220,3 +220,19 @@ def test_warm_started_training_pretrains_the_new_stage(tiny_decoder, tmp_path):
     images, _ = load_images(list_images(opts.content_dirs), opts.max_image_side, opts.crop)
     losses = train_bridge(fresh, load_encoder("tiny", ["relu3_1"]), "relu2_1", scale, images, deep_opts)
     assert len(losses) == 40 and sum(losses[-5:]) < 0.7 * sum(losses[:5])
+
+
+def test_init_from_a_decoder_of_the_same_level_fine_tunes_it(tiny_decoder, tmp_path):
+    opts, result, _ = tiny_decoder
+    tune = DecoderOptions(**{**opts.__dict__, "steps": 3, "learning_rate": 1e-4, "init_from": str(result.model_path)})
+    out = train_decoder(tune, tmp_path / "tuned.safetensors")
+    start, _ = load_decoder(str(result.model_path))
+    tuned, _ = load_decoder(str(out.model_path))
+    for (name, a), b in zip(start.state_dict().items(), tuned.state_dict().values(), strict=True):
+        if name.startswith("feature_"):
+            torch.testing.assert_close(a, b)  # the standardisation it was trained with, not a new sample's
+        else:
+            assert 0 < float((a - b).abs().max()) < 3 * 3e-4, name  # three small Adam steps from it, no reset
+    assert out.history["total"][0] < result.history["total"][0] / 2  # starts where the first run ended
+    with pytest.raises(InvalidOptionError, match="another shape"):
+        train_decoder(DecoderOptions(**{**tune.__dict__, "top_convs": 1}), tmp_path / "x.safetensors")

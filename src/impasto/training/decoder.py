@@ -46,7 +46,7 @@ class DecoderOptions:
     learning_rate: float = option(1e-3, "Adam learning rate at the start (3e-3 trains relu1_1-relu3_1 faster; relu4_1 collapsed at 3e-3).")
     final_lr_fraction: float = option(0.1, "The learning rate falls along a cosine to this fraction of the start by the last step.")
     top_convs: int | None = option(None, "Convs in the deepest stage (default: as many as the encoder block it mirrors; 1 keeps a relu5_1 decoder small).")
-    init_from: str | None = option(None, "Warm start: a shallower decoder (file or shipped name, same upsampling) whose layers seed this one's last stages; training then mostly learns the new top stage.")
+    init_from: str | None = option(None, "Warm start: a shallower decoder (file or shipped name, same upsampling) whose layers seed this one's last stages (training then mostly learns the new top stage), or a decoder of the same level and shape to fine-tune (no bridge).")
     bridge_steps: int = option(200, "With --init-from: steps that first train the new top stage alone to output the shallower level's features.")
     pixel_weight: float = option(1.0, "Weight of the pixel reconstruction loss.")
     feature_weight: float = option(0.1, "Weight of the feature reconstruction loss (its gradient is large and noisy: higher values cost pixel accuracy).")
@@ -179,9 +179,17 @@ def train_decoder(
             check_encoder(encoder, init_meta)
         except WeightsError as exc:
             raise InvalidOptionError(f"--init-from: {exc}") from None
-        bridge_scale = decoder.warm_start(shallower)
-        if not resume:  # a resumed run takes the whole decoder from its checkpoint
-            train_bridge(decoder, encoder, shallower.level, bridge_scale, images, options, callback, cancel)
+        if shallower.level == options.level:  # fine-tune: start from all of it, its standardisation included
+            if decoder_architecture(shallower) != decoder_architecture(decoder):
+                raise InvalidOptionError(
+                    f"--init-from {options.init_from} is a {options.level} decoder of another shape "
+                    f"({decoder_architecture(shallower)}) than the one asked for ({decoder_architecture(decoder)}); "
+                    "match --unpool and --top-convs to it")
+            decoder.load_state_dict(shallower.state_dict())
+        else:
+            bridge_scale = decoder.warm_start(shallower)
+            if not resume:  # a resumed run takes the whole decoder from its checkpoint
+                train_bridge(decoder, encoder, shallower.level, bridge_scale, images, options, callback, cancel)
     opt = torch.optim.Adam(decoder.parameters(), lr=options.learning_rate)
     fp = hashlib.sha256(json.dumps({"options": dataclasses.asdict(options), "images": len(images)}, sort_keys=True).encode()).hexdigest()
 
