@@ -32,6 +32,7 @@ from impasto.ops.stats import adain
 
 DATA = Path(os.environ.get("IMPASTO_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 DEFAULT_LEVELS = wct.Options().levels
+UNPOOL_LEVELS = wct.Options().unpool_levels
 
 
 def reference_wct(fc: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
@@ -56,13 +57,17 @@ def reference(encoders: dict, decoders: list, content: torch.Tensor, style: torc
     with torch.inference_mode():
         for decoder in decoders:
             enc = encoders[decoder.level]  # one encoder per level, built once (not timed)
-            fc, fs = enc(image)[decoder.level], enc(style)[decoder.level]
+            if decoder.unpool:  # the shipped relu5_1 decoder unpools with the decoded image's indices
+                feats, indices = enc.forward_with_indices(image)
+            else:
+                feats, indices = enc(image), None
+            fc, fs = feats[decoder.level], enc(style)[decoder.level]
             if kind == "adain":
                 out = adain(fc, fs)
             else:
                 n, c, h, w = fc.shape
                 out = reference_wct(fc[0].flatten(1), fs[0].flatten(1)).reshape(n, c, h, w)
-            image = decoder(out, tuple(content.shape[-2:])).clamp(0, 1)
+            image = decoder(out, tuple(content.shape[-2:]), indices).clamp(0, 1)
     return image
 
 
@@ -90,7 +95,7 @@ def main() -> None:
     style = load_image(DATA / "style" / "vangogh_starry_night.jpg")
     style = resize(style, size_for_long_side(*style.shape[-2:], 512))
     adain_dec = [load_decoder(shipped_decoder(arbitrary.DEFAULT_LEVEL, False))[0]]
-    wct_decs = [load_decoder(shipped_decoder(level, False))[0] for level in levels]
+    wct_decs = [load_decoder(shipped_decoder(level, level in UNPOOL_LEVELS))[0] for level in levels]
     encoders = {level: load_encoder("vgg16", [level]) for level in {*levels, arbitrary.DEFAULT_LEVEL}}
     print(f"{'method':8} {'size':>9} {'reference s':>12} {'impasto s':>10} {'impasto/ref':>12} {'mean |diff|':>12}")
     for size in args.sizes:

@@ -207,3 +207,25 @@ def test_stylize_video_frame_folder_and_gif(tmp_path, capsys):
     mp4.write_bytes(b"\x00" * 10)
     assert main(["stylize-video", str(mp4), "-o", str(out), "--model", str(model), "-q"]) == 2
     assert "ffmpeg" in _one_error_line(capsys)
+
+
+def test_train_decoder_takes_unpool_as_a_flag_and_style_dirs(tmp_path, capsys):
+    """The README's decoder command: --unpool is a flag (--no-unpool its opposite), --style-dir repeats."""
+    from impasto.features.decoder import load_decoder
+
+    g = torch.Generator().manual_seed(4)
+    for i in range(2):
+        save_image(torch.rand(1, 3, 40, 40, generator=g), tmp_path / "photos" / f"{i}.png")
+        save_image(torch.rand(1, 3, 36, 36, generator=g), tmp_path / "styles" / f"{i}.png")
+    base = ["train", "decoder", "--level", "relu2_1", "--content-dir", str(tmp_path / "photos"), "--steps", "2",
+            "--batch-size", "2", "--crop", "32", "--encoder", "tiny", "--precision", "fp32", "-q"]
+    assert main([*base, "--unpool", "--style-dir", str(tmp_path / "styles"), "-o", str(tmp_path / "u.safetensors")]) == 0
+    captured = capsys.readouterr()
+    assert "styled" in captured.out + captured.err  # the stylised half of each batch has its own loss
+    assert load_decoder(str(tmp_path / "u.safetensors"))[0].unpool
+    assert main([*base, "--no-unpool", "-o", str(tmp_path / "n.safetensors")]) == 0
+    assert not load_decoder(str(tmp_path / "n.safetensors"))[0].unpool
+    capsys.readouterr()
+    assert main(["train", "decoder", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--unpool / --no-unpool" in text and "--style-dir" in text and "--style-transform" in text

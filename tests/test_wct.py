@@ -212,6 +212,21 @@ def test_wct_decoder_errors(tiny_decoders):
         photoreal.run(content, content, _opts(photoreal, tiny_decoders, False))
 
 
+def test_wct_mixes_a_max_unpooling_level_with_nearest_ones(tiny_decoders):
+    """unpool_levels picks the decoder kind per level: the deepest level may unpool with the indices
+    of the image it decodes (what the shipped relu5_1 decoder does) while the others upsample."""
+    content, style = _smooth_image(30, 45, 25), _smooth_image(33, 33, 26)
+    mixed_files = (tiny_decoders["relu3_1", True], tiny_decoders["relu2_1", False], tiny_decoders["relu1_1", False])
+    mixed = wct.run(content, style, wct.Options(levels=LEVELS3, decoders=mixed_files, unpool_levels=("relu3_1",),
+                                                size=None, style_size=None)).image
+    plain = wct.run(content, style, _opts(wct, tiny_decoders, False)).image
+    assert mixed.shape == content.shape and not torch.allclose(mixed, plain)
+    with pytest.raises(InvalidOptionError, match="not a max-unpooling .* which relu3_1 takes here .*levels: relu3_1"):
+        wct.run(content, style, _opts(wct, tiny_decoders, False, unpool_levels=("relu3_1",)))
+    with pytest.raises(InvalidOptionError, match="unknown level 'relu3_2'.*relu3_1"):
+        wct.run(content, style, _opts(wct, tiny_decoders, False, unpool_levels=("relu3_2",)))
+
+
 def test_missing_shipped_decoder_says_how_to_train_one(monkeypatch):
     from impasto.features import decoder as decoder_mod
 

@@ -86,7 +86,7 @@ def _shown(default: Any) -> str:
 
 
 # Tuple fields given as repeatable flags with singular names (``--style A --style B``).
-_REPEATABLE = {"styles": "--style", "content_dirs": "--content-dir", "layer_sources": "--layer-sources",
+_REPEATABLE = {"styles": "--style", "content_dirs": "--content-dir", "style_dirs": "--style-dir", "layer_sources": "--layer-sources",
                "content_mask": "--content-mask", "style_mask": "--style-mask"}
 
 
@@ -110,6 +110,8 @@ def _param_for(name: str, annotation: Any, helptext: str, defaults: dict[str, An
                             help=f"{helptext} Repeatable, e.g. relu1_1-relu3_1=0 relu4_1-relu5_1=1.")
     if name in _REPEATABLE:
         return click.Option([name, flag], multiple=True, default=None, help=f"{helptext} Repeatable.")
+    if annotation is bool and not optional:  # a flag pair, as users write it: --unpool / --no-unpool
+        return click.Option([name, f"{flag}/--no-{flag[2:]}"], is_flag=True, default=None, help=helptext)
     if origin is tuple:
         ptype: click.ParamType = _CommaList(typing.get_args(annotation)[0])
     else:

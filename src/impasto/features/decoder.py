@@ -8,7 +8,7 @@ decoder serves every style. AdaIN uses one level; WCT and PhotoWCT chain several
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -111,13 +111,29 @@ class Decoder(nn.Module):
         if skip < 1:
             raise InvalidOptionError(f"warm start needs a shallower decoder than {self.level}, got {shallower.level}")
         for mine, theirs in zip(list(self.stages)[skip:], shallower.stages, strict=True):
-            mine.load_state_dict(theirs.state_dict())
+            # A trimmed stage (top_convs) fills the first convs of a full one; the convs it lacks
+            # start as identities, exact here: they follow a ReLU (inputs >= 0) and end in one.
+            for k, conv in enumerate(mine):
+                if k < len(theirs):
+                    conv.load_state_dict(theirs[k].state_dict())
+                else:
+                    _identity_conv(conv[1])
         self.head.load_state_dict(shallower.head.state_dict())
         first = self.stages[skip][0][1] if skip < len(self.stages) else self.head[1]
         with torch.no_grad():
             shift = shallower.feature_mean * shallower.feature_scale
             first.bias -= first.weight.sum(dim=(2, 3)) @ shift
         return shallower.feature_scale.clone()
+
+
+def _identity_conv(conv: nn.Conv2d) -> None:
+    """Set a square 3x3 conv to the identity map (centre tap I, no bias)."""
+    if conv.in_channels != conv.out_channels:
+        raise InvalidOptionError(f"cannot start a {conv.in_channels}->{conv.out_channels} conv as an identity")
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = torch.eye(conv.out_channels)
+        conv.bias.zero_()
 
 
 def decoder_architecture(decoder: Decoder) -> dict[str, Any]:
@@ -187,16 +203,19 @@ def ordered_levels(levels: Sequence[str], order: str) -> list[str]:
     return sorted(levels, key=LEVELS.index, reverse=order == "coarse-to-fine")
 
 
-def load_decoders(levels: Sequence[str], names: Sequence[str], unpool: bool) -> tuple[list[Decoder], list[dict[str, Any]]]:
-    """Decoders for ``levels`` (given names/files in the same order, or the shipped ones), checked for level."""
+def load_decoders(levels: Sequence[str], names: Sequence[str], unpool_levels: Collection[str]) -> tuple[list[Decoder], list[dict[str, Any]]]:
+    """Decoders for ``levels`` (given names/files in the same order, or the shipped ones), checked for level
+    and kind: max-unpooling at ``unpool_levels``, nearest upsampling elsewhere (relu1_1 serves both)."""
     decoders, metas = [], []
     for i, level in enumerate(levels):
+        unpool = level in unpool_levels
         decoder, meta = load_decoder(names[i] if names else shipped_decoder(level, unpool))
         if decoder.level != level:
             raise InvalidOptionError(f"decoder {meta['path']} inverts {decoder.level}, but it was given for {level}")
         if decoder.unpool != unpool and level != "relu1_1":
             kind = "max-unpooling (train with --unpool)" if unpool else "nearest-upsampling"
-            raise InvalidOptionError(f"decoder {meta['path']} is not a {kind} decoder")
+            raise InvalidOptionError(f"decoder {meta['path']} is not a {kind} decoder, which {level} takes here "
+                                     f"(max-unpooling levels: {', '.join(unpool_levels) or 'none'})")
         decoders.append(decoder)
         metas.append(meta)
     # The encoder's source file (pinned) identifies its weights; the imported file's own hash can

@@ -9,7 +9,7 @@ styles and mixes the result with the content by ``alpha``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -168,13 +168,13 @@ class FeatureTransfer:
         return mixed.reshape(n, c, h, w).to(content.dtype)
 
 
-def run_levels(content: Tensor, styles: Sequence[Tensor], o: Any, unpool: bool, stage: str,
+def run_levels(content: Tensor, styles: Sequence[Tensor], o: Any, unpool_levels: Collection[str], stage: str,
                callback: Callback | None, cancel: CancelToken | None) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
     """Multi-level transfer for WCT and PhotoWCT from their options ``o`` (levels, order, decoders, alpha,
     style_blend, masks, size, style_size) -> (sized content, stylised image before colour mode, decoder metas)."""
     by_level = dict(zip(o.levels, o.decoders, strict=True)) if o.decoders else {}
     levels = ordered_levels(o.levels, o.order)
-    decoders, metas = load_decoders(levels, [by_level[lv] for lv in levels] if by_level else [], unpool)
+    decoders, metas = load_decoders(levels, [by_level[lv] for lv in levels] if by_level else [], unpool_levels)
     encoder = load_encoder(metas[0].get("encoder", "auto"), levels)
     for meta in metas:
         check_encoder(encoder, meta)

@@ -89,7 +89,7 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
     styles = style_list(style)
     validate(options, len(styles))
     started = time.perf_counter()
-    image, out, metas = run_levels(content, styles, options, True, "photowct", callback, cancel)
+    image, out, metas = run_levels(content, styles, options, options.levels, "photowct", callback, cancel)
     if callback and options.smooth != "none":
         callback(Stage(name=f"smooth {options.smooth}", size=tuple(image.shape[-2:])))
     if cancel is not None:

@@ -22,7 +22,9 @@ from typing import Any
 
 from torch import Tensor
 
+from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Done
+from impasto.features.decoder import LEVELS
 from impasto.features.transfer import finish, run_levels, style_list, validate_common, validate_levels
 from impasto.options import option
 from impasto.result import Result
@@ -35,6 +37,7 @@ class Options:
     levels: tuple[str, ...] = option(("relu4_1", "relu3_1", "relu2_1", "relu1_1"), "Encoder levels to transfer at (any of relu1_1..relu5_1); run in --order.")
     order: str = option("coarse-to-fine", "coarse-to-fine (deepest level first, the paper's choice) or fine-to-coarse.")
     decoders: tuple[str, ...] = option((), "One decoder per level, in the order of --levels (shipped names or files); empty: the shipped ones.")
+    unpool_levels: tuple[str, ...] = option((), "Levels whose decoder upsamples by max-unpooling with the pooling indices of the image it decodes (keeps its layout); the others upsample by nearest.")
     alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.")
     style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).")
     color: str = option("style", "style (the style's colours) or luminance (keep the content's colours).")
@@ -48,6 +51,9 @@ class Options:
 def validate(o: Options, n_styles: int) -> None:
     validate_common(o, n_styles)
     validate_levels(o)
+    for level in o.unpool_levels:
+        if level not in LEVELS:
+            raise InvalidOptionError(f"unpool_levels: unknown level '{level}'; choose from {', '.join(LEVELS)}.{suggest(level, LEVELS)}")
 
 
 def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
@@ -57,7 +63,7 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
     styles = style_list(style)
     validate(options, len(styles))
     started = time.perf_counter()
-    image, out, metas = run_levels(content, styles, options, False, "wct", callback, cancel)
+    image, out, metas = run_levels(content, styles, options, options.unpool_levels, "wct", callback, cancel)
     out = finish(out, image, options.color)
     seconds = time.perf_counter() - started
     if callback:

@@ -2,7 +2,14 @@
 
 Loss (Li et al. 2017): pixel reconstruction ``||D(E(x)) - x||^2`` plus feature reconstruction
 ``||E(D(E(x))) - E(x)||^2`` at the decoder's level (divided by the target's mean square).
-Decoders never see a style, so they generalise to any style; photos and paintings both help.
+Such decoders never see a style, so they generalise to any style; photos and paintings both help.
+
+With style images (``style_dirs``) part of every batch is stylised the way the one-pass methods
+feed the decoder: the content crop's features take a style image's statistics (WCT or AdaIN, a
+random strength per sample), and the decoder learns to render those features too, judged by
+feature reconstruction ``||E(D(t)) - t||^2`` alone. That is the content term of the AdaIN
+decoder's loss (Huang & Belongie 2017); their style term is left out, so the decoder still only
+inverts the encoder. Li et al. 2017 train on reconstruction alone (the default).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import Tensor
 from impasto.errors import InvalidOptionError, WeightsError
 from impasto.events import Callback, CancelToken, Done, Progress, Stage
 from impasto.features.decoder import LEVELS, Decoder, check_encoder, decoder_architecture, load_decoder
+from impasto.features.transfer import TRANSFORMS
 from impasto.features.vgg import load_encoder
 from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.models import save_model
@@ -39,6 +47,10 @@ class DecoderOptions:
     level: str = option("relu4_1", "Encoder layer the decoder inverts (relu4_1 for AdaIN; WCT uses relu1_1..relu5_1).")
     unpool: bool = option(False, "Upsample by max-unpooling with the encoder's indices (PhotoWCT) instead of nearest.")
     content_dirs: tuple[str, ...] = option((), "Folders of training images (photos and paintings), searched recursively.")
+    style_dirs: tuple[str, ...] = option((), "Folders of style images: part of each batch is then stylised with them (--style-transform) and the decoder learns to render stylised features too (feature loss only).")
+    style_transform: str = option("wct", "How batches are stylised with --style-dir: wct or adain (match the method the decoder serves).")
+    style_fraction: float = option(0.5, "With --style-dir: the share of each batch that is stylised (at least one image).")
+    style_weight: float = option(0.1, "With --style-dir: weight of the stylised images' feature loss.")
     steps: int = option(1500, "Optimiser steps.")
     batch_size: int = option(4, "Images per step.")
     crop: int = option(192, "Training crop size in pixels.")
@@ -68,6 +80,10 @@ def validate(o: DecoderOptions) -> None:
         raise InvalidOptionError(f"final_lr_fraction must be in (0, 1], got {o.final_lr_fraction}")
     if o.precision not in ("auto", "fp32", "bf16"):
         raise InvalidOptionError(f"precision must be auto, fp32 or bf16, got '{o.precision}'")
+    if o.style_transform not in TRANSFORMS:
+        raise InvalidOptionError(f"style_transform must be one of {', '.join(TRANSFORMS)}, got '{o.style_transform}'")
+    if not 0.0 < o.style_fraction <= 1.0:
+        raise InvalidOptionError(f"style_fraction must be in (0, 1], got {o.style_fraction}")
 
 
 @dataclass
@@ -133,6 +149,27 @@ def train_bridge(decoder: Decoder, encoder: Any, lower: str, scale: Tensor, imag
     return losses
 
 
+def stylise_batch(target: Tensor, n_plain: int, style_feats: list[Tensor], transform: str,
+                  gen: torch.Generator) -> tuple[Tensor, list[tuple[int, float]]]:
+    """A copy of a feature batch (N, C, h, w) whose samples from ``n_plain`` on take a random style's
+    statistics (``TRANSFORMS[transform]``; style features (C, M')) at a random strength alpha in
+    [0, 1], as ``FeatureTransfer`` mixes them. Returns the batch and each stylised sample's
+    (style index, alpha)."""
+    out, drawn = target.clone(), []
+    for i in range(n_plain, target.shape[0]):
+        k = int(torch.randint(len(style_feats), (1,), generator=gen))
+        alpha = float(torch.rand(1, generator=gen))
+        fc = target[i].flatten(1).float()
+        out[i] = (alpha * TRANSFORMS[transform](fc, style_feats[k]) + (1 - alpha) * fc).reshape(target[i].shape)
+        drawn.append((k, alpha))
+    return out, drawn
+
+
+def relative_feature_loss(features: Tensor, target: Tensor) -> Tensor:
+    """Feature reconstruction loss divided by the target's mean square (comparable across levels)."""
+    return content_loss(features, target) / (target.pow(2).mean() + 1e-8)
+
+
 def reconstruct(encoder: Any, decoder: Decoder, image: Tensor) -> Tensor:
     """Encode then decode an image (1, 3, H, W) -> (1, 3, H, W) clamped to [0, 1]."""
     with torch.inference_mode():
@@ -164,6 +201,16 @@ def train_decoder(
     if not images:
         raise InvalidOptionError(f"no decodable images under {', '.join(options.content_dirs)}")
     encoder = load_encoder(options.encoder, [options.level])
+    style_feats: list[Tensor] = []
+    if options.style_dirs:  # each style's features once, at the size the methods see styles (max_image_side)
+        style_images, style_skipped = load_images(list_images(options.style_dirs), options.max_image_side, 32)
+        if not style_images:
+            raise InvalidOptionError(f"no decodable images under {', '.join(options.style_dirs)}")
+        skipped += style_skipped
+        with torch.no_grad():
+            style_feats = [encoder(s)[options.level][0].flatten(1).float() for s in style_images]
+    n_styled = min(options.batch_size, max(1, round(options.batch_size * options.style_fraction))) if style_feats else 0
+    n_plain = options.batch_size - n_styled
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     decoder = Decoder(options.level, encoder.arch, options.unpool, encoder.channels, options.top_convs)
     with torch.no_grad():  # input standardisation from sample crops (buffers: saved with the decoder)
@@ -191,7 +238,8 @@ def train_decoder(
             if not resume:  # a resumed run takes the whole decoder from its checkpoint
                 train_bridge(decoder, encoder, shallower.level, bridge_scale, images, options, callback, cancel)
     opt = torch.optim.Adam(decoder.parameters(), lr=options.learning_rate)
-    fp = hashlib.sha256(json.dumps({"options": dataclasses.asdict(options), "images": len(images)}, sort_keys=True).encode()).hexdigest()
+    fp = hashlib.sha256(json.dumps({"options": dataclasses.asdict(options), "images": len(images), "styles": len(style_feats)},
+                                sort_keys=True).encode()).hexdigest()
 
     def step_fn(step: int) -> dict[str, Tensor]:
         cosine = 0.5 * (1 + math.cos(math.pi * step / max(1, options.steps - 1)))  # a function of the step: resumable
@@ -205,12 +253,21 @@ def train_decoder(
             else:
                 feats, idx = encoder(batch), None
             target = feats[options.level]
+            if n_styled:
+                target = stylise_batch(target, n_plain, style_feats, options.style_transform, gen)[0]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             out = decoder(target, tuple(batch.shape[-2:]), idx).float()
             again = encoder(out)[options.level].float()
-        pixel = (out - batch).pow(2).mean()
-        feature = content_loss(again, target) / (target.pow(2).mean() + 1e-8)
-        return {"total": options.pixel_weight * pixel + options.feature_weight * feature, "pixel": pixel, "feature": feature}
+        parts: dict[str, Tensor] = {}
+        total = torch.zeros(())
+        if n_plain:
+            parts["pixel"] = (out[:n_plain] - batch[:n_plain]).pow(2).mean()
+            parts["feature"] = relative_feature_loss(again[:n_plain], target[:n_plain])
+            total = options.pixel_weight * parts["pixel"] + options.feature_weight * parts["feature"]
+        if n_styled:
+            parts["styled"] = relative_feature_loss(again[n_plain:], target[n_plain:])
+            total = total + options.style_weight * parts["styled"]
+        return {"total": total, **parts}
 
     history = run_steps(model=decoder, optimizer=opt, step_fn=step_fn, steps=options.steps, fingerprint=fp,
                         title=output.stem, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
