@@ -16,11 +16,11 @@ DECODERS = shipped_of_kind("vgg-decoder")
 HELD_OUT = ("content/kodim23.jpg", "content/skimage_chelsea.jpg", "photo/lake_content.jpg")  # never trained on
 # Measured on the held-out photos at 256 px (kodim23, chelsea, lake): relu1_1 36.1/39.5/34.8 dB,
 # relu2_1 26.6/34.3/22.0 (unpool 30.3/35.5/29.1), relu3_1 20.7/23.9/17.2 (unpool 25.3/29.6/25.0),
-# relu4_1 19.5/21.4/17.3 (unpool 22.7/25.5/23.1), relu5_1 15.1/17.7/14.2 (nearest only: no
-# max-unpooling relu5_1 decoder ships).
+# relu4_1 19.5/21.4/17.3 (unpool 22.7/25.5/23.1), relu5_1 unpool 20.1/22.6/20.7 (no nearest
+# relu5_1 decoder ships: the one that did reached 15.1/17.7/14.2 and lost WCT's subjects).
 MIN_PSNR_DB = {("relu1_1", False): 33.0, ("relu2_1", False): 20.0, ("relu2_1", True): 27.0,
                ("relu3_1", False): 16.0, ("relu3_1", True): 23.0, ("relu4_1", False): 16.0,
-               ("relu4_1", True): 20.0, ("relu5_1", False): 13.0}
+               ("relu4_1", True): 20.0, ("relu5_1", True): 18.0}
 
 
 def _kinds():
@@ -79,7 +79,9 @@ def test_methods_with_shipped_decoders_stylise_a_held_out_photo(method, vgg16_ca
     assert out.shape == (1, 3, 128, 192)
     assert float((out - small).abs().mean()) > 0.04  # visibly changed
     y_out, y_in = out.mean(1).flatten(), small.mean(1).flatten()
-    assert float(torch.corrcoef(torch.stack([y_out, y_in]))[0, 1]) > 0.3  # the cat is still there
+    # the cat is still there (measured 0.29 for five-level WCT at 192 px, 0.35 for four; the nearest
+    # relu5_1 decoder that used to ship gave 0.09 at 512 px)
+    assert float(torch.corrcoef(torch.stack([y_out, y_in]))[0, 1]) > (0.25 if method == "wct" else 0.3)
     weak = api.stylize(content, style, method=method, options={**opts, "alpha": 0.0}).image
     assert float((weak - small).abs().mean()) < float((out - small).abs().mean())
 
@@ -96,32 +98,46 @@ def test_models_list_shows_styles_and_decoders(capsys, monkeypatch):
 
 
 
-DEEP = [  # method, content, style, the paper's levels, extra options, min change vs the default levels, min luminance corr
+def _edge_corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Correlation of two images' luminance gradient magnitudes (2x2-pooled): do edges sit in the same places?"""
+    def grad(x):
+        y = torch.nn.functional.avg_pool2d(x.mean(1, keepdim=True), 2)
+        return ((y[..., :-1, 1:] - y[..., :-1, :-1]) ** 2 + (y[..., 1:, :-1] - y[..., :-1, :-1]) ** 2).sqrt().flatten()
+
+    return float(torch.corrcoef(torch.stack([grad(a), grad(b)]))[0, 1])
+
+
+# method, content, style, the paper's levels, whether they are the default, min change vs one level
+# less, min luminance corr, min edge corr. Measured at 192 px: five-level WCT 0.55 / 0.22 (the
+# nearest relu5_1 decoder that shipped before: 0.29 / 0.07, the parrots gone); PhotoWCT - / 0.88.
+DEEP = [
     ("wct", "content/kodim23.jpg", "style/vangogh_starry_night.jpg",
-     ("relu5_1", "relu4_1", "relu3_1", "relu2_1", "relu1_1"), {"alpha": 0.6}, 0.05, 0.3),
+     ("relu5_1", "relu4_1", "relu3_1", "relu2_1", "relu1_1"), True, 0.05, 0.4, 0.15),
     ("photowct", "photo/lake_content.jpg", "photo/lake_style.jpg",
-     ("relu4_1", "relu3_1", "relu2_1", "relu1_1"), {"smooth": "fast"}, 0.03, 0.5),
+     ("relu4_1", "relu3_1", "relu2_1", "relu1_1"), False, 0.03, 0.5, 0.6),
 ]
 
 
-@pytest.mark.parametrize(("method", "content", "style", "levels", "extra", "min_change", "min_corr"), DEEP, ids=["wct", "photowct"])
-def test_the_papers_deepest_levels_run_on_the_shipped_decoders(method, content, style, levels, extra, min_change,
-                                                               min_corr, vgg16_cache):
-    """Five-level WCT and four-level PhotoWCT (opt-in) run on the shipped decoders, change the result
-    and keep the subject. A user's own deeper decoder mixes with the shipped ones too: decoders are
-    matched by the encoder's source file, not the imported copy's hash."""
+@pytest.mark.parametrize(("method", "content", "style", "levels", "default", "min_change", "min_corr", "min_edges"), DEEP,
+                         ids=["wct", "photowct"])
+def test_the_papers_deepest_levels_run_on_the_shipped_decoders(method, content, style, levels, default, min_change,
+                                                               min_corr, min_edges, vgg16_cache):
+    """Five-level WCT (the default, its relu5_1 decoder unpooling) and four-level PhotoWCT (opt-in)
+    run on the shipped decoders, change the result and keep the subject. A user's own deeper
+    decoder mixes with the shipped ones too: decoders are matched by the encoder's source file,
+    not the imported copy's hash."""
     from conftest import data_dir
 
     from impasto import api
 
     content, style = data_dir() / content, data_dir() / style
-    opts = {"size": 192, "style_size": 192, **extra}
-    deep = api.stylize(content, style, method=method, options={**opts, "levels": levels})
-    default = api.stylize(content, style, method=method, options={**opts, "levels": levels[1:]}).image
-    kind = "_unpool" if method == "photowct" else ""
-    assert deep.recipe["weights"]["name"].startswith(f"vgg16_{levels[0]}{kind}_decoder+")
-    assert deep.recipe["steps"] == len(levels)
-    assert float((deep.image - default).abs().mean()) > min_change  # the deepest level does something
+    opts = {"size": 192, "style_size": 192, **({"smooth": "fast"} if method == "photowct" else {})}
+    deep = api.stylize(content, style, method=method, options=opts if default else {**opts, "levels": levels})
+    shallower = api.stylize(content, style, method=method, options={**opts, "levels": levels[1:]}).image
+    assert deep.recipe["weights"]["name"].startswith(f"vgg16_{levels[0]}_unpool_decoder+")
+    assert deep.recipe["steps"] == len(levels) and tuple(deep.recipe["options"]["levels"]) == levels
+    assert float((deep.image - shallower).abs().mean()) > min_change  # the deepest level does something
     small = resize(load_image(content), tuple(deep.image.shape[-2:]))
     y_out, y_in = deep.image.mean(1).flatten(), small.mean(1).flatten()
     assert float(torch.corrcoef(torch.stack([y_out, y_in]))[0, 1]) > min_corr  # the subject is still there
+    assert _edge_corr(deep.image, small) > min_edges  # and its outlines

@@ -414,6 +414,7 @@ def models_group() -> None:
 def models_list() -> None:
     """Show the shipped models with their styles, training and licence lines."""
     from impasto.io.models import load_model, shipped_models
+    from impasto.methods import wct
 
     table = Table("name", "kind", "styles / level", "trained", "size", "licence")
     for name, path in shipped_models().items():
@@ -422,8 +423,11 @@ def models_list() -> None:
         arch = meta.get("architecture", {})
         if arch.get("name") == "vgg-decoder":
             unpool = bool(arch.get("unpool")) and arch.get("level") != "relu1_1"
-            kind = "decoder, max-unpool (photowct)" if unpool else "decoder (adain, wct, photowct)" if arch.get("level") == "relu1_1" else "decoder (adain, wct)"
-            what = arch.get("level", "?")
+            level = what = arch.get("level", "?")
+            if unpool:
+                kind = "decoder, max-unpool (photowct, wct)" if level in wct.Options().unpool_levels else "decoder, max-unpool (photowct)"
+            else:
+                kind = "decoder (adain, wct, photowct)" if level == "relu1_1" else "decoder (adain, wct)"
             licence = meta.get("training_data", {}).get("licence", "weights trained by impasto")
         else:
             kind = "feedforward"

@@ -1,16 +1,20 @@
 """Universal style transfer by whitening and colouring (WCT, Li et al. 2017), multi-level.
 
-At each level (coarse to fine by default: relu4_1 -> relu1_1) the current image is encoded, its
-features are whitened with their own covariance and coloured with the style's covariance and
-mean (``ops.stats.whiten_colour``: float64, eigenvalue floor), mixed with the content features by
-``alpha``, and decoded; the next level starts from that image. Decoders only invert the encoder,
-so any style works. Several styles blend by weight; masks match regions (``features.transfer``).
+At each level (coarse to fine by default: relu5_1 -> relu1_1, the paper's order) the current
+image is encoded, its features are whitened with their own covariance and coloured with the
+style's covariance and mean (``ops.stats.whiten_colour``: float64, eigenvalue floor), mixed with
+the content features by ``alpha``, and decoded; the next level starts from that image. Decoders
+only invert the encoder, so any style works. Several styles blend by weight; masks match regions
+(``features.transfer``).
 
-Differs from the paper: the default levels start at relu4_1, not relu5_1. A VGG-16 relu5_1
-decoder ships (``vgg16_relu5_1_decoder``: one conv in its deepest stage, 10.6 MB in fp16, trained
-on a CPU), but it reconstructs held-out photos at only 14-18 dB, and a cascade that starts from it
-loses much of the content's structure at alpha 1 (the parrots of kodim23 stay recognisable at
-alpha 0.6). Pass ``levels`` with relu5_1 for the paper's five levels.
+Differs from the paper: the relu5_1 decoder upsamples by max-unpooling with the pooling indices of
+the image it decodes (``unpool_levels``), as PhotoWCT's decoders do (Li et al. 2018); the other
+levels upsample by nearest, as in the paper. Inverting relu5_1 is the hard step (Li et al.'s own
+code suggests starting at relu4_1 to keep more content). Our CPU-trained nearest relu5_1 decoder
+reconstructed held-out photos at 14-18 dB, and a cascade started from it lost the subject: the
+parrots of kodim23 and the face of chelsea were gone at alpha 1. The unpooling one reconstructs
+them at 20-23 dB and keeps both subjects at alpha 1. Pass ``unpool_levels=()`` with a nearest
+relu5_1 decoder of your own for the paper's decoder, or ``levels`` from relu4_1 to skip relu5_1.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from impasto.result import Result
 class Options:
     """Every default of multi-level WCT."""
 
-    levels: tuple[str, ...] = option(("relu4_1", "relu3_1", "relu2_1", "relu1_1"), "Encoder levels to transfer at (any of relu1_1..relu5_1); run in --order.")
+    levels: tuple[str, ...] = option(("relu5_1", "relu4_1", "relu3_1", "relu2_1", "relu1_1"), "Encoder levels to transfer at (any of relu1_1..relu5_1); run in --order.")
     order: str = option("coarse-to-fine", "coarse-to-fine (deepest level first, the paper's choice) or fine-to-coarse.")
     decoders: tuple[str, ...] = option((), "One decoder per level, in the order of --levels (shipped names or files); empty: the shipped ones.")
-    unpool_levels: tuple[str, ...] = option((), "Levels whose decoder upsamples by max-unpooling with the pooling indices of the image it decodes (keeps its layout); the others upsample by nearest.")
+    unpool_levels: tuple[str, ...] = option(("relu5_1",), "Levels whose decoder upsamples by max-unpooling with the pooling indices of the image it decodes (keeps its layout); the others upsample by nearest.")
     alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.")
     style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).")
     color: str = option("style", "style (the style's colours) or luminance (keep the content's colours).")
