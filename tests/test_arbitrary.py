@@ -282,14 +282,16 @@ def test_stylise_batch_styles_only_the_samples_after_the_plain_ones():
 def test_style_images_teach_the_decoder_to_render_stylised_features(tiny_decoder, tmp_path, transform):
     """With --style-dir half of each batch is stylised (feature loss only): on its images and styles
     the decoder then renders stylised features better than one trained on reconstruction alone
-    (measured: 0.46-0.72 of its loss on every pair)."""
+    (measured over four seeds: 0.40-0.64 of its loss; with 40 steps of batch 2 it was too noisy)."""
     from impasto.io.image import load_image
 
-    opts, plain, root = tiny_decoder
+    opts, _, root = tiny_decoder
+    opts = DecoderOptions(**{**opts.__dict__, "steps": 150, "batch_size": 4})
     g = torch.Generator().manual_seed(9)
     for i in range(3):
         stripes = torch.rand(1, 3, 1, 48, generator=g).expand(1, 3, 48, 48) * torch.rand(1, 3, 1, 1, generator=g)
         save_image(stripes.clamp(0, 1), tmp_path / "styles" / f"{i}.png")
+    plain = train_decoder(opts, tmp_path / "plain.safetensors")
     styled_opts = DecoderOptions(**{**opts.__dict__, "style_dirs": (str(tmp_path / "styles"),), "style_transform": transform,
                                     "style_weight": 1.0})
     styled = train_decoder(styled_opts, tmp_path / "styled.safetensors")

@@ -266,3 +266,34 @@ def test_auto_picks_cached_vgg16(vgg16_cache: Path, monkeypatch: pytest.MonkeyPa
     enc = load_encoder("auto", ["relu1_1"])
     assert enc.weights_name == "vgg16" and enc.normalization == "caffe"
     assert len(enc.weights_sha256) == 64
+
+
+def test_with_layers_shares_the_convs_and_keeps_bf16():
+    """Another layer set over the same weights reuses this encoder's conv modules, so an encoder
+    moved to bf16 stays bf16 at every level (the one-pass cascade asks for one level at a time)."""
+    from impasto.features.precision import to_bf16
+
+    enc = load_encoder("tiny", ["relu3_1"])
+    shallow = enc.with_layers(["relu2_1"])
+    assert shallow.convs["conv1_1"] is enc.convs["conv1_1"]
+    fast = to_bf16(load_encoder("tiny", ["relu2_1"])).with_layers(["relu4_1"])  # deeper: new convs converted too
+    assert {p.dtype for p in fast.parameters()} == {torch.bfloat16}
+    assert fast.convs["conv4_1"].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 32, 32)
+    ref = enc.with_layers(["relu4_1"])(x)["relu4_1"]
+    out = fast(x.to(torch.bfloat16))["relu4_1"].float()
+    assert float((out - ref).abs().mean()) < 0.02 * float(ref.abs().mean())
+
+
+def test_precision_choices_and_errors(monkeypatch):
+    from impasto.features import precision
+
+    assert precision.use_bf16("fp32") is False
+    monkeypatch.setattr(precision, "bf16_supported", lambda: False)
+    assert precision.use_bf16("auto") is False
+    with pytest.raises(InvalidOptionError, match="needs a CPU with bf16 support; use --precision fp32"):
+        precision.use_bf16("bf16")
+    monkeypatch.setattr(precision, "bf16_supported", lambda: True)
+    assert precision.use_bf16("auto") is True and precision.use_bf16("bf16") is True
+    with pytest.raises(InvalidOptionError, match="Did you mean 'bf16'"):
+        precision.use_bf16("bf61")

@@ -227,6 +227,20 @@ def test_wct_mixes_a_max_unpooling_level_with_nearest_ones(tiny_decoders):
         wct.run(content, style, _opts(wct, tiny_decoders, False, unpool_levels=("relu3_2",)))
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16")
+def test_bf16_cascade_stays_close_to_fp32(tiny_decoders):
+    """precision bf16 runs encoder and decoders in bf16 channels-last at every level: the result
+    moves a little from fp32 (statistics stay float32/64), and a bad choice is refused. (PhotoWCT
+    is checked on real photos in test_shipped_decoders: random tiny weights tie in max-pooling.)"""
+    content, style = _smooth_image(40, 56, 27), _smooth_image(36, 36, 28)
+    full = wct.run(content, style, _opts(wct, tiny_decoders, False, precision="fp32")).image
+    fast = wct.run(content, style, _opts(wct, tiny_decoders, False, precision="bf16")).image
+    assert fast.dtype == torch.float32 and fast.shape == full.shape
+    assert 0 < float((fast - full).abs().mean()) < 0.02  # measured 0.005
+    with pytest.raises(InvalidOptionError, match="precision must be one of auto, fp32, bf16"):
+        wct.run(content, style, _opts(wct, tiny_decoders, False, precision="fp16"))
+
+
 def test_missing_shipped_decoder_says_how_to_train_one(monkeypatch):
     from impasto.features import decoder as decoder_mod
 

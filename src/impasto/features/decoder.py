@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from impasto.errors import InvalidOptionError, WeightsError, suggest
+from impasto.features.precision import input_for
 from impasto.features.vgg import VGGEncoder
 from impasto.io.models import load_model, read_meta, resolve_model, shipped_of_kind
 from impasto.io.weights import VGG_BLOCKS, VGG_CHANNELS, sha256_file
@@ -66,7 +67,7 @@ class Decoder(nn.Module):
 
     @staticmethod
     def _conv(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3), nn.ReLU())
+        return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3), nn.ReLU(inplace=True))  # on the conv's fresh output
 
     def forward(self, x: Tensor, size: tuple[int, int], indices: Indices | None = None) -> Tensor:
         x = self.top(x, size, indices, stages=len(self.stages))
@@ -234,8 +235,10 @@ def cascade(encoder: VGGEncoder, decoders: Sequence[Decoder], image: Tensor, tra
     """Multi-level transfer (Li et al. 2017): for each decoder in order, encode the current image at
     its level, transform the features, decode; the next level starts from the decoded image.
 
-    ``image`` (1, 3, H, W) in [0, 1]; returns (1, 3, H, W) clamped to [0, 1]. Unpooling decoders get
-    the pooling indices of the image they decode (PhotoWCT).
+    ``image`` (1, 3, H, W) in [0, 1]; returns (1, 3, H, W) float32 clamped to [0, 1]. Unpooling
+    decoders get the pooling indices of the image they decode (PhotoWCT). Networks moved to bf16
+    (``features.precision.to_bf16``) get bf16 channels-last inputs; ``transform`` sees the
+    encoder's features as they come and returns features in the same dtype.
     """
     size = tuple(image.shape[-2:])
     with torch.inference_mode():
@@ -243,9 +246,11 @@ def cascade(encoder: VGGEncoder, decoders: Sequence[Decoder], image: Tensor, tra
             if on_level:
                 on_level(decoder.level)
             enc = encoder.with_layers([decoder.level])
+            x = input_for(encoder, image)
             if decoder.unpool:
-                feats, indices = enc.forward_with_indices(image)
+                feats, indices = enc.forward_with_indices(x)
             else:
-                feats, indices = enc(image), None
-            image = decoder(transform(decoder.level, feats[decoder.level]), size, indices).clamp(0, 1)
+                feats, indices = enc(x), None
+            changed = input_for(decoder, transform(decoder.level, feats[decoder.level]))
+            image = decoder(changed, size, indices).float().clamp(0, 1)
     return image

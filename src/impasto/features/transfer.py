@@ -18,6 +18,7 @@ from torch import Tensor
 from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Stage
 from impasto.features.decoder import cascade, check_encoder, load_decoders, ordered_levels
+from impasto.features.precision import input_for, to_bf16, use_bf16
 from impasto.features.vgg import VGGEncoder, load_encoder
 from impasto.io.image import load_image
 from impasto.ops import color as color_ops
@@ -61,6 +62,7 @@ def validate_common(o: Any, n_styles: int) -> None:
     if o.style_blend is not None and (len(o.style_blend) != n_styles or min(o.style_blend) < 0 or sum(o.style_blend) <= 0):
         raise InvalidOptionError(f"style_blend needs {n_styles} non-negative weights, got {list(o.style_blend)}")
     mask_mode(len(o.content_mask), len(o.style_mask), n_styles)
+    use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
 
 
 def validate_levels(o: Any) -> None:
@@ -135,8 +137,8 @@ class FeatureTransfer:
         self.transform, self.alpha, self.weights = TRANSFORMS[kind], alpha, list(weights)
         self.mode = mask_mode(len(content_mask), len(style_mask), len(styles))
         enc = encoder.with_layers(levels)
-        with torch.inference_mode():
-            self.style_feats = [enc(s) for s in styles]
+        with torch.inference_mode():  # float32 statistics whatever precision the encoder runs in
+            self.style_feats = [{k: v.float() for k, v in enc(input_for(encoder, s)).items()} for s in styles]
         size = tuple(content.shape[-2:])
         self.content_codes: Tensor | None = None
         self.style_codes: list[Tensor | None] = [None] * len(styles)
@@ -164,20 +166,23 @@ class FeatureTransfer:
         n, c, h, w = content.shape
         fc = content[0].flatten(1).float()
         target = transfer_regions(fc, self.regions(level, (h, w)), self.transform)
-        mixed = self.alpha * target + (1 - self.alpha) * fc
+        mixed = target if self.alpha == 1 else self.alpha * target + (1 - self.alpha) * fc  # two passes saved at 1
         return mixed.reshape(n, c, h, w).to(content.dtype)
 
 
 def run_levels(content: Tensor, styles: Sequence[Tensor], o: Any, unpool_levels: Collection[str], stage: str,
                callback: Callback | None, cancel: CancelToken | None) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
     """Multi-level transfer for WCT and PhotoWCT from their options ``o`` (levels, order, decoders, alpha,
-    style_blend, masks, size, style_size) -> (sized content, stylised image before colour mode, decoder metas)."""
+    style_blend, masks, size, style_size, precision) -> (sized content, stylised image before colour mode, decoder metas)."""
     by_level = dict(zip(o.levels, o.decoders, strict=True)) if o.decoders else {}
     levels = ordered_levels(o.levels, o.order)
     decoders, metas = load_decoders(levels, [by_level[lv] for lv in levels] if by_level else [], unpool_levels)
     encoder = load_encoder(metas[0].get("encoder", "auto"), levels)
     for meta in metas:
         check_encoder(encoder, meta)
+    if use_bf16(o.precision):
+        encoder = to_bf16(encoder)
+        decoders = [to_bf16(d) for d in decoders]
     image = sized(content, o.size)
     styles = [sized(s, o.style_size) for s in styles]
     change = FeatureTransfer(encoder, levels, image, styles, blend_weights(o.style_blend, len(styles)), o.alpha,

@@ -7,13 +7,14 @@ The encoder owns its input normalisation, so callers always pass RGB in [0, 1]
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from impasto.errors import InvalidOptionError, suggest
+from impasto.features.precision import to_bf16
 from impasto.io import weights as weights_io
 
 POOLING = ("max", "avg")
@@ -62,6 +63,7 @@ class VGGEncoder(nn.Module):
         weights_name: str = "custom",
         weights_sha256: str = "",
         source_sha256: str = "",
+        shared_convs: Mapping[str, nn.Conv2d] | None = None,
     ) -> None:
         super().__init__()
         if arch not in weights_io.VGG_BLOCKS:
@@ -91,8 +93,11 @@ class VGGEncoder(nn.Module):
         self.convs = nn.ModuleDict()
         for name in self._plan:
             if name.startswith("conv"):
+                if shared_convs is not None and name in shared_convs:
+                    self.convs[name] = shared_convs[name]
+                    continue
                 w, b = state[f"{name}.weight"], state[f"{name}.bias"]
-                conv = nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1)
+                conv = nn.utils.skip_init(nn.Conv2d, w.shape[1], w.shape[0], 3, padding=1)  # no random init to overwrite
                 with torch.no_grad():
                     conv.weight.copy_(w)
                     conv.bias.copy_(b)
@@ -154,11 +159,17 @@ class VGGEncoder(nn.Module):
         return out
 
     def with_layers(self, layers: Iterable[str]) -> "VGGEncoder":
-        """A new encoder over the same weights returning other layers."""
-        return VGGEncoder(
+        """A new encoder over the same weights returning other layers, in this one's precision.
+
+        It shares this encoder's conv modules where their plans overlap (no copy), so an encoder
+        moved to bf16 (``features.precision.to_bf16``) stays in bf16 at every level.
+        """
+        encoder = VGGEncoder(
             self.arch, self._state, layers, pooling=self.pooling, normalization=self.normalization,
             weights_name=self.weights_name, weights_sha256=self.weights_sha256, source_sha256=self.source_sha256,
+            shared_convs=self.convs,
         )
+        return to_bf16(encoder) if self._scale.dtype == torch.bfloat16 else encoder
 
 
 def tiny_state(arch: str = "vgg16", width: int = 4, seed: int = 0) -> dict[str, Tensor]:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from impasto.events import Callback, CancelToken, Done, Stage
 from impasto.features.decoder import Decoder, cascade, check_encoder, load_decoder, shipped_decoder
+from impasto.features.precision import to_bf16, use_bf16
 from impasto.features.transfer import FeatureTransfer, blend_weights, finish, sized, style_list, validate_common
 from impasto.features.vgg import VGGEncoder, load_encoder
 from impasto.options import option
@@ -37,6 +38,7 @@ class Options:
     color: str = option("style", "style (the style's colours) or luminance (keep the content's colours).")
     content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i).")
     style_mask: tuple[str, ...] = option((), "Style label map(s), one for all styles or one per style: a content region takes the style region of its colour.")
+    precision: str = option("auto", "auto (bf16 channels-last where the CPU supports it, several times faster), fp32 or bf16.")
     size: int | None = option(512, "Long side of the output (None: the content's size).")
     style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).")
     seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.")
@@ -64,6 +66,8 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
     decoder, meta = load_decoder(shipped_decoder(DEFAULT_LEVEL, False) if options.decoder == "auto" else options.decoder)
     encoder = load_encoder(meta.get("encoder", "auto"), [decoder.level])
     check_encoder(encoder, meta)
+    if use_bf16(options.precision):
+        encoder, decoder = to_bf16(encoder), to_bf16(decoder)
     image = sized(content, options.size)
     styles = [sized(s, options.style_size) for s in styles]
     if callback:

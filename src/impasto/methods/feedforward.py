@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from impasto.errors import InvalidOptionError, WeightsError, suggest
 from impasto.events import Callback, CancelToken, Done, Progress, Stage
+from impasto.features.precision import use_bf16
 from impasto.io.models import load_model, resolve_model, shipped_of_kind
 from impasto.io.onnx import OnnxNetwork, export
 from impasto.io.weights import sha256_file
@@ -35,7 +36,6 @@ from impasto.options import option
 from impasto.result import Result
 
 COLOR_MODES = ("style", "luminance")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # ----------------------------------------------------------------------------- network
@@ -245,8 +245,7 @@ def validate(options: Options) -> None:
         raise InvalidOptionError("no model given and none ships with this impasto; train one with 'impasto train feedforward'")
     if options.color not in COLOR_MODES:
         raise InvalidOptionError(f"color must be one of {', '.join(COLOR_MODES)}, got '{options.color}'.{suggest(options.color, COLOR_MODES)}")
-    if options.precision not in PRECISIONS:
-        raise InvalidOptionError(f"precision must be one of {', '.join(PRECISIONS)}, got '{options.precision}'")
+    use_bf16(options.precision)  # raises for an unknown precision, or bf16 on a CPU without it
     if not 0.0 <= options.strength <= 1.0:
         raise InvalidOptionError(f"strength must be in [0, 1], got {options.strength}")
     if options.tile_size < 64 or not 0 <= options.tile_overlap < options.tile_size // 2:
@@ -351,8 +350,7 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
     validate(options)
     started = time.perf_counter()
     net, meta = load_network(options.model)
-    bf16 = options.precision == "bf16" or (options.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if bf16 and isinstance(net, TransformerNet):
+    if use_bf16(options.precision) and isinstance(net, TransformerNet):
         net = net.to(torch.bfloat16)
     mix = style_mix(meta, options.style, options.style_weights)
     image = content

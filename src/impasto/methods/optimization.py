@@ -26,6 +26,7 @@ from torch import Tensor
 
 from impasto.errors import CheckpointError, InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Done, Progress, Stage
+from impasto.features.precision import bf16_input, to_bf16, use_bf16
 from impasto.features.vgg import POOLING, VGGEncoder, load_encoder
 from impasto.io.checkpoint import load_checkpoint, save_checkpoint
 from impasto.io.image import load_image
@@ -41,7 +42,6 @@ from impasto.ops.stats import gram_matrix, mean_cov, mean_std
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style")  # or a path to an image file
 COLOR_MODES = ("style", "luminance", "match", "color_only")
-PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 
 
@@ -89,7 +89,7 @@ def validate(options: Options, n_styles: int) -> None:
     """Raise InvalidOptionError for any inconsistent option (before any heavy work)."""
     _choice(options.optimizer, OPTIMIZERS, "optimizer")
     _choice(options.color, COLOR_MODES, "color")
-    _choice(options.precision, PRECISIONS, "precision")
+    use_bf16(options.precision)  # raises for an unknown precision, or bf16 on a CPU without it
     _choice(options.style_loss, STYLE_LOSSES, "style_loss")
     _choice(options.pooling, POOLING, "pooling")
     if options.init not in INITS and not Path(options.init).is_file():
@@ -152,17 +152,6 @@ def scale_plan(options: Options, height: int, width: int) -> list[tuple[tuple[in
         shares = [2.0 ** (len(sizes) - 1 - k) for k in range(len(sizes))]
         steps = [max(1, round(options.iterations * s / sum(shares))) for s in shares]
     return [(size_for_long_side(height, width, s), n) for s, n in zip(sizes, steps, strict=True)]
-
-
-def _use_bf16(precision: str) -> bool:
-    if precision == "fp32":
-        return False
-    supported = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    if precision == "bf16":
-        if not supported:
-            raise InvalidOptionError("precision bf16 needs a CPU with bf16 support; use --precision fp32")
-        return True
-    return supported
 
 
 class _Objective:
@@ -267,15 +256,10 @@ def run(
     layers = list(dict.fromkeys([*options.content_layers, *options.style_layers]))
     encoder = encoder.with_layers(layers) if encoder is not None else load_encoder(options.encoder, layers, pooling=options.pooling)
     weights_name, weights_sha = encoder.weights_name, encoder.weights_sha256
-    bf16 = _use_bf16(options.precision)
+    bf16 = use_bf16(options.precision)
     if bf16:
-        encoder = encoder.to(torch.bfloat16).to(memory_format=torch.channels_last)
-
-        def prepare(x: Tensor) -> Tensor:
-            return x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    else:
-        def prepare(x: Tensor) -> Tensor:
-            return x
+        encoder = to_bf16(encoder)
+    prepare = bf16_input if bf16 else (lambda x: x)
 
     # Colour control acts on the inputs once, before any scale.
     target_content, target_styles = content, styles

@@ -47,6 +47,7 @@ class Options:
     color: str = option("style", "style (the style's colours) or luminance (keep the content's colours).")
     content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i).")
     style_mask: tuple[str, ...] = option((), "Style label map(s), one for all styles or one per style: a content region takes the style region of its colour.")
+    precision: str = option("auto", "auto (bf16 channels-last where the CPU supports it, several times faster), fp32 or bf16.")
     size: int | None = option(512, "Long side of the output (None: the content's size).")
     style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).")
     seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.")

@@ -30,6 +30,7 @@ from torch import Tensor
 from impasto.errors import InvalidOptionError, WeightsError
 from impasto.events import Callback, CancelToken, Done, Progress, Stage
 from impasto.features.decoder import LEVELS, Decoder, check_encoder, decoder_architecture, load_decoder
+from impasto.features.precision import use_bf16
 from impasto.features.transfer import TRANSFORMS
 from impasto.features.vgg import load_encoder
 from impasto.io.dataset import list_images, load_images, random_crops
@@ -78,8 +79,7 @@ def validate(o: DecoderOptions) -> None:
             raise InvalidOptionError(f"{name} must be >= {low}, got {getattr(o, name)}")
     if not 0.0 < o.final_lr_fraction <= 1.0:
         raise InvalidOptionError(f"final_lr_fraction must be in (0, 1], got {o.final_lr_fraction}")
-    if o.precision not in ("auto", "fp32", "bf16"):
-        raise InvalidOptionError(f"precision must be auto, fp32 or bf16, got '{o.precision}'")
+    use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
     if o.style_transform not in TRANSFORMS:
         raise InvalidOptionError(f"style_transform must be one of {', '.join(TRANSFORMS)}, got '{o.style_transform}'")
     if not 0.0 < o.style_fraction <= 1.0:
@@ -211,7 +211,7 @@ def train_decoder(
             style_feats = [encoder(s)[options.level][0].flatten(1).float() for s in style_images]
     n_styled = min(options.batch_size, max(1, round(options.batch_size * options.style_fraction))) if style_feats else 0
     n_plain = options.batch_size - n_styled
-    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    bf16 = use_bf16(options.precision)
     decoder = Decoder(options.level, encoder.arch, options.unpool, encoder.channels, options.top_convs)
     with torch.no_grad():  # input standardisation from sample crops (buffers: saved with the decoder)
         sample = random_crops(images, 16, options.crop, torch.Generator().manual_seed(options.seed), (options.scale_min, 1.0))
@@ -255,7 +255,7 @@ def train_decoder(
             target = feats[options.level]
             if n_styled:
                 target = stylise_batch(target, n_plain, style_feats, options.style_transform, gen)[0]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = decoder(target, tuple(batch.shape[-2:]), idx).float()
             again = encoder(out)[options.level].float()
         parts: dict[str, Tensor] = {}

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from impasto.errors import InvalidOptionError
 from impasto.events import Callback, CancelToken, Done
+from impasto.features.precision import bf16_input, to_bf16, use_bf16
 from impasto.features.vgg import load_encoder
 from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.image import load_image
@@ -80,8 +81,7 @@ def validate(o: TrainOptions) -> None:
             raise InvalidOptionError(f"{name} must be >= {low}, got {getattr(o, name)}")
     if not 0 < o.scale_min <= 1:
         raise InvalidOptionError(f"scale_min must be in (0, 1], got {o.scale_min}")
-    if o.precision not in ("auto", "fp32", "bf16"):
-        raise InvalidOptionError(f"precision must be auto, fp32 or bf16, got '{o.precision}'")
+    use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
 
 
 def _fingerprint(o: TrainOptions, style_hashes: list[str], n_images: int) -> str:
@@ -132,12 +132,10 @@ def train(
 
     layers = list(dict.fromkeys([*options.content_layers, *options.style_layers]))
     encoder = load_encoder(options.encoder, layers)
-    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if use_bf16:
-        encoder = encoder.to(torch.bfloat16).to(memory_format=torch.channels_last)
-
-    def prepare(x: Tensor) -> Tensor:
-        return x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last) if use_bf16 else x
+    bf16 = use_bf16(options.precision)
+    if bf16:
+        encoder = to_bf16(encoder)
+    prepare = bf16_input if bf16 else (lambda x: x)
 
     with torch.no_grad():
         targets: dict[str, Tensor] = {}
@@ -157,7 +155,7 @@ def train(
         batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
         which = torch.randint(len(style_images), (options.batch_size,), generator=gen)
         mix = F.one_hot(which, len(style_images)).float()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):  # fp32 master weights, bf16 math
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # fp32 master weights, bf16 math
             out = net(batch, mix).float()
         feats = encoder(prepare(out))
         with torch.no_grad():
