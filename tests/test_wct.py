@@ -221,6 +221,8 @@ def test_wct_mixes_a_max_unpooling_level_with_nearest_ones(tiny_decoders):
                                                 size=None, style_size=None)).image
     plain = wct.run(content, style, _opts(wct, tiny_decoders, False)).image
     assert mixed.shape == content.shape and not torch.allclose(mixed, plain)
+    none = wct.run(content, style, _opts(wct, tiny_decoders, False, unpool_levels=None)).image  # CLI: --unpool-levels none
+    torch.testing.assert_close(none, plain)
     with pytest.raises(InvalidOptionError, match="not a max-unpooling .* which relu3_1 takes here .*levels: relu3_1"):
         wct.run(content, style, _opts(wct, tiny_decoders, False, unpool_levels=("relu3_1",)))
     with pytest.raises(InvalidOptionError, match="unknown level 'relu3_2'.*relu3_1"):
