@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from impasto.features.decoder import load_decoder, shipped_decoder
-from impasto.features.precision import bf16_supported
+from impasto.features.precision import PRECISIONS, bf16_supported
 from impasto.features.vgg import load_encoder
 from impasto.io.image import load_image
 from impasto.methods import arbitrary, wct
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--levels", default=",".join(DEFAULT_LEVELS),
                         help="WCT levels, deepest first (shipped decoders); default: wct.Options().levels")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="impasto's precision")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="impasto's precision")
     args = parser.parse_args()
     levels = tuple(args.levels.split(","))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "

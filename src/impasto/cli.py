@@ -62,15 +62,15 @@ class _NoneOr(click.ParamType):
 class _CommaList(click.ParamType):
     """Comma-separated values, e.g. 'relu1_1,relu2_1' or '0.7,0.3'."""
 
-    def __init__(self, item: type) -> None:
-        self.item = item
+    def __init__(self, item: type, optional: bool = False) -> None:
+        self.item, self.optional = item, optional
         self.name = f"{item.__name__},..."
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
         if value is None or isinstance(value, tuple):
             return value
-        if isinstance(value, str) and value.lower() == "none":
-            return None
+        if isinstance(value, str) and value.lower() == "none":  # the field's own "nothing"
+            return None if self.optional else ()
         try:
             return tuple(self.item(v.strip()) for v in str(value).split(",") if v.strip())
         except ValueError:
@@ -113,7 +113,7 @@ def _param_for(name: str, annotation: Any, helptext: str, defaults: dict[str, An
     if annotation is bool and not optional:  # a flag pair, as users write it: --unpool / --no-unpool
         return click.Option([name, f"{flag}/--no-{flag[2:]}"], is_flag=True, default=None, help=helptext)
     if origin is tuple:
-        ptype: click.ParamType = _CommaList(typing.get_args(annotation)[0])
+        ptype: click.ParamType = _CommaList(typing.get_args(annotation)[0], optional)
     else:
         ptype = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}[annotation]
         if optional:

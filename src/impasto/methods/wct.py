@@ -56,7 +56,7 @@ class Options:
 def validate(o: Options, n_styles: int) -> None:
     validate_common(o, n_styles)
     validate_levels(o)
-    for level in o.unpool_levels or ():  # the CLI gives None for 'none'
+    for level in o.unpool_levels:
         if level not in LEVELS:
             raise InvalidOptionError(f"unpool_levels: unknown level '{level}'; choose from {', '.join(LEVELS)}.{suggest(level, LEVELS)}")
 
@@ -68,7 +68,7 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
     styles = style_list(style)
     validate(options, len(styles))
     started = time.perf_counter()
-    image, out, metas = run_levels(content, styles, options, options.unpool_levels or (), "wct", callback, cancel)
+    image, out, metas = run_levels(content, styles, options, options.unpool_levels, "wct", callback, cancel)
     out = finish(out, image, options.color)
     seconds = time.perf_counter() - started
     if callback:
