@@ -8,7 +8,7 @@ from pathlib import Path
 import impasto
 
 ROOT = Path(impasto.__file__).parent
-BASE = {"errors": 0, "events": 0, "options": 0, "result": 0, "ops": 0}
+BASE = {"errors": 0, "events": 0, "options": 0, "validation": 0, "result": 0, "ops": 0}
 LAYERS = {**BASE, "io": 1, "features": 2, "losses": 3, "methods": 4, "training": 4.5, "api": 5, "demo": 5, "cli": 6}
 
 

@@ -182,8 +182,8 @@ def test_each_style_loss_optimises(content, styles, style_loss):
         ({"layer_sources": (("relu1_1", 5),)}, "style index must be in 0..1"),
         ({"style_layer_weights": (1.0,)}, "1 style layer weights given for 5"),
         ({"init": "/no/such/file.png"}, "init must be one of"),
-        ({"scale_factor": 1.0}, "scale_factor must be > 1"),
-        ({"tv_weight": -1.0}, "tv_weight must be >= 0"),
+        ({"scale_factor": 1.0}, r"scale_factor\) must be in \[1.1, 8\]"),
+        ({"tv_weight": -1.0}, r"--tv-weight \(tv_weight\) must be in \[0, "),
     ],
 )
 def test_invalid_options_are_typed_errors(content, styles, changes, message):

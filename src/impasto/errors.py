@@ -23,6 +23,17 @@ class ImageTooLargeError(InvalidImageError):
     """The image has more pixels than the configured cap (decompression-bomb guard)."""
 
 
+class ImageSizeError(InvalidImageError):
+    """An image is too small (or too thin) for a method; ``which`` says which input ('content image'...).
+
+    The library raises it on tensors; the API layer adds the file's path when it knows it.
+    """
+
+    def __init__(self, message: str, which: str = "") -> None:
+        super().__init__(message)
+        self.which = which
+
+
 class InvalidOptionError(ImpastoError, ValueError):
     """An option has a bad value or an unknown name."""
 
@@ -47,6 +58,12 @@ class CheckpointError(ImpastoError, ValueError):
     """A checkpoint cannot be resumed (missing, corrupt, or from different options)."""
 
     exit_code = 5
+
+
+class SolverError(ImpastoError, RuntimeError):
+    """A numerical solver gave no usable answer (not finite, or its residual too large) even after its fallbacks."""
+
+    exit_code = 6
 
 
 class CancelledError(ImpastoError, RuntimeError):

@@ -16,9 +16,56 @@ from impasto.errors import InvalidOptionError, suggest
 T = TypeVar("T")
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - 'help' reads best at call sites
-    """A dataclass field with a default and a help text (shown by ``--help``)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric option (for a tuple option: of each item).
+
+    ``low``/``high`` are inclusive unless ``low_open``/``high_open``; None is unbounded. Every
+    number must also be finite (NaN and infinities are never allowed).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def text(self) -> str:
+        """'in [0, 1)', '> 0', '>= 16' ... for error messages."""
+        lo = None if self.low is None else f"{self.low:g}"
+        hi = None if self.high is None else f"{self.high:g}"
+        if lo is not None and hi is not None:
+            return f"in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
+        if lo is not None:
+            return f"{'>' if self.low_open else '>='} {lo}"
+        if hi is not None:
+            return f"{'<' if self.high_open else '<='} {hi}"
+        return "finite"
+
+
+# Ranges shared by several Options classes (one place, so every method checks the same way).
+MAX_SIDE = 16384  # a hard cap on any requested side; the memory estimate usually refuses far earlier
+MIN_SIDE = 16  # VGG's four poolings need 16 px for relu5_1
+SIDE = Range(MIN_SIDE, MAX_SIDE)
+SEED = Range(0, 2**32 - 1)
+WEIGHT = Range(0, 1e12)  # loss weights and blend weights: >= 0, finite
+UNIT = Range(0, 1)
+POSITIVE = Range(0, None, low_open=True)
+
+
+def option(default: Any, help: str, range: Range | None = None) -> Any:  # noqa: A002 - 'help' reads best at call sites
+    """A dataclass field with a default, a help text (shown by ``--help``) and, for numbers, its allowed range."""
+    return dataclasses.field(default=default, metadata={"help": help, "range": range})
+
+
+def field_range(f: dataclasses.Field) -> Range | None:
+    return f.metadata.get("range")
 
 
 def field_help(f: dataclasses.Field) -> str:

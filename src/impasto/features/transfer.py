@@ -34,8 +34,12 @@ from impasto.ops.regions import (
     transfer_regions,
 )
 from impasto.ops.stats import adain, whiten_colour
+from impasto.validation import check_fields, check_image_side, check_memory
 
 COLOR_MODES = ("style", "luminance")
+# Measured peak growth per processed pixel (content + styles) in fp32, with a margin; PhotoWCT
+# includes the exact smoothing's sparse system.
+BYTES_PER_PIXEL = {"adain": 2200, "wct": 2200, "photowct": 3000}
 
 
 def adain_matrix(content: Tensor, style: Tensor) -> Tensor:
@@ -52,14 +56,13 @@ TRANSFORMS: dict[str, FeatureTransform] = {"adain": adain_matrix, "wct": wct_mat
 
 
 def validate_common(o: Any, n_styles: int) -> None:
-    """Checks of the options every one-pass method shares: alpha, color, style_blend, masks."""
+    """Checks of the options every one-pass method shares: every field's type and range, color, style_blend, masks."""
+    check_fields(o)
     if n_styles < 1:
         raise InvalidOptionError("at least one style image is needed")
-    if not 0.0 <= o.alpha <= 1.0:
-        raise InvalidOptionError(f"alpha must be in [0, 1], got {o.alpha}")
     if o.color not in COLOR_MODES:
         raise InvalidOptionError(f"color must be one of {', '.join(COLOR_MODES)}, got '{o.color}'.{suggest(o.color, COLOR_MODES)}")
-    if o.style_blend is not None and (len(o.style_blend) != n_styles or min(o.style_blend) < 0 or sum(o.style_blend) <= 0):
+    if o.style_blend is not None and (len(o.style_blend) != n_styles or sum(o.style_blend) <= 0):
         raise InvalidOptionError(f"style_blend needs {n_styles} non-negative weights, got {list(o.style_blend)}")
     mask_mode(len(o.content_mask), len(o.style_mask), n_styles)
     use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
@@ -98,6 +101,24 @@ def style_list(style: Tensor | Sequence[Tensor] | None) -> list[Tensor]:
 
 def sized(image: Tensor, long_side: int | None) -> Tensor:
     return image if long_side is None else resize(image, size_for_long_side(*image.shape[-2:], long_side))
+
+
+def _sized_hw(image: Tensor, long_side: int | None) -> tuple[int, int]:
+    h, w = image.shape[-2:]
+    return (h, w) if long_side is None else size_for_long_side(h, w, long_side)
+
+
+def check_sizes(content: Tensor, styles: Sequence[Tensor], o: Any, method: str, bytes_per_pixel: float) -> None:
+    """Before any weights load: every image, as sized by ``o.size`` / ``o.style_size``, is large enough
+    for the encoder, and the run fits in memory (else a message with the largest size that fits)."""
+    h, w = _sized_hw(content, o.size)
+    check_image_side(h, w, "content image", method)
+    pixels = [h * w]
+    for i, s in enumerate(styles):
+        sh, sw = _sized_hw(s, o.style_size)
+        check_image_side(sh, sw, f"style image {i + 1}", method, hint="crop the style image less thin, or raise --style-size")
+        pixels.append(sh * sw)
+    check_memory(f"--method {method}", "--size", o.size or max(h, w), pixels, bytes_per_pixel)
 
 
 def blend_weights(style_blend: Sequence[float] | None, n_styles: int) -> list[float]:
@@ -174,6 +195,7 @@ def run_levels(content: Tensor, styles: Sequence[Tensor], o: Any, unpool_levels:
                callback: Callback | None, cancel: CancelToken | None) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
     """Multi-level transfer for WCT and PhotoWCT from their options ``o`` (levels, order, decoders, alpha,
     style_blend, masks, size, style_size, precision) -> (sized content, stylised image before colour mode, decoder metas)."""
+    check_sizes(content, styles, o, stage, BYTES_PER_PIXEL[stage])
     by_level = dict(zip(o.levels, o.decoders, strict=True)) if o.decoders else {}
     levels = ordered_levels(o.levels, o.order)
     decoders, metas = load_decoders(levels, [by_level[lv] for lv in levels] if by_level else [], unpool_levels)

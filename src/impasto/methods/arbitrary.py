@@ -19,9 +19,9 @@ from torch import Tensor
 from impasto.events import Callback, CancelToken, Done, Stage
 from impasto.features.decoder import Decoder, cascade, check_encoder, load_decoder, shipped_decoder
 from impasto.features.precision import to_bf16, use_bf16
-from impasto.features.transfer import FeatureTransfer, blend_weights, finish, sized, style_list, validate_common
+from impasto.features.transfer import BYTES_PER_PIXEL, FeatureTransfer, blend_weights, check_sizes, finish, sized, style_list, validate_common
 from impasto.features.vgg import VGGEncoder, load_encoder
-from impasto.options import option
+from impasto.options import SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
 
@@ -33,15 +33,15 @@ class Options:
     """Every default of AdaIN transfer."""
 
     decoder: str = option("auto", "Decoder (shipped name or file from 'impasto train decoder', any level); auto: the shipped relu4_1 decoder.")
-    alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.")
-    style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).")
+    alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.", range=UNIT)
+    style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).", range=WEIGHT)
     color: str = option("style", "style (the style's colours) or luminance (keep the content's colours).")
     content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i).")
     style_mask: tuple[str, ...] = option((), "Style label map(s), one for all styles or one per style: a content region takes the style region of its colour.")
     precision: str = option("auto", "auto (bf16 channels-last where the CPU supports it, several times faster), fp32 or bf16.")
-    size: int | None = option(512, "Long side of the output (None: the content's size).")
-    style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).")
-    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.")
+    size: int | None = option(512, "Long side of the output (None: the content's size).", range=SIDE)
+    style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).", range=SIDE)
+    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
 
 
 def validate(o: Options, n_styles: int) -> None:
@@ -62,6 +62,7 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
     options = options or Options()
     styles = style_list(style)
     validate(options, len(styles))
+    check_sizes(content, styles, options, "adain", BYTES_PER_PIXEL["adain"])
     started = time.perf_counter()
     decoder, meta = load_decoder(shipped_decoder(DEFAULT_LEVEL, False) if options.decoder == "auto" else options.decoder)
     encoder = load_encoder(meta.get("encoder", "auto"), [decoder.level])

@@ -32,8 +32,9 @@ from impasto.io.onnx import OnnxNetwork, export
 from impasto.io.weights import sha256_file
 from impasto.ops import color as color_ops
 from impasto.ops.geometry import resize, size_for_long_side
-from impasto.options import option
+from impasto.options import MAX_SIDE, Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
+from impasto.validation import check_fields, check_image_side, check_memory
 
 COLOR_MODES = ("style", "luminance")
 
@@ -229,29 +230,43 @@ class Options:
 
     model: str = option("auto", "Shipped model name (see 'impasto models list'), a .safetensors file from 'impasto train feedforward', or auto (the first shipped model).")
     style: str | None = option(None, "For multi-style models: the style's name or index (default: the first).")
-    style_weights: tuple[float, ...] | None = option(None, "For multi-style models: interpolation weights, one per style (overrides style).")
-    strength: float = option(1.0, "Blend of stylised and original: 1 fully stylised, 0 the content unchanged.")
+    style_weights: tuple[float, ...] | None = option(None, "For multi-style models: interpolation weights, one per style (overrides style).", range=WEIGHT)
+    strength: float = option(1.0, "Blend of stylised and original: 1 fully stylised, 0 the content unchanged.", range=UNIT)
     color: str = option("style", "style (the network's colours) or luminance (keep the content's colours).")
-    size: int | None = option(None, "Long side of the output in pixels (None: the content's own size).")
-    tile_size: int = option(1024, "Images with a side above this run in overlapping tiles of this size (memory bound).")
-    tile_overlap: int = option(64, "Overlap between tiles in pixels, blended with linear ramps.")
-    stats_size: int = option(1024, "Long side at which instance-norm statistics are measured for tiled runs.")
+    size: int | None = option(None, "Long side of the output in pixels (None: the content's own size).", range=SIDE)
+    tile_size: int = option(1024, "Images with a side above this run in overlapping tiles of this size (memory bound).", range=Range(64, MAX_SIDE))
+    tile_overlap: int = option(64, "Overlap between tiles in pixels, blended with linear ramps.", range=Range(0, MAX_SIDE))
+    stats_size: int = option(1024, "Long side at which instance-norm statistics are measured for tiled runs.", range=SIDE)
     precision: str = option("auto", "auto (bf16 where the CPU supports it, about 2x faster), fp32 or bf16.")
-    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.")
+    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
+
+
+MIN_SIDE_FF = 16  # below this the network's reflection padding and two stride-2 convs break down
+BYTES_PER_PIXEL = 1300  # measured peak growth per pixel inside one tile (fp32, width 32), with margin
+FULL_IMAGE_BYTES = 100  # per pixel of the whole image: input, output, blend weights, in fp32
 
 
 def validate(options: Options) -> None:
+    check_fields(options)
     if options.model == "auto" and not shipped_of_kind("johnson-in"):
         raise InvalidOptionError("no model given and none ships with this impasto; train one with 'impasto train feedforward'")
     if options.color not in COLOR_MODES:
         raise InvalidOptionError(f"color must be one of {', '.join(COLOR_MODES)}, got '{options.color}'.{suggest(options.color, COLOR_MODES)}")
     use_bf16(options.precision)  # raises for an unknown precision, or bf16 on a CPU without it
-    if not 0.0 <= options.strength <= 1.0:
-        raise InvalidOptionError(f"strength must be in [0, 1], got {options.strength}")
-    if options.tile_size < 64 or not 0 <= options.tile_overlap < options.tile_size // 2:
-        raise InvalidOptionError("tile_size must be >= 64 and tile_overlap in [0, tile_size / 2)")
-    if options.size is not None and options.size < 16:
-        raise InvalidOptionError(f"size must be at least 16 pixels, got {options.size}")
+    if options.tile_overlap >= options.tile_size // 2:
+        raise InvalidOptionError(f"--tile-overlap must be less than half of --tile-size ({options.tile_size}), "
+                                 f"got {options.tile_overlap}")
+
+
+def check_sizes(content: Tensor, options: Options) -> None:
+    """The sized content is large enough for the network and the run fits in memory (before any work)."""
+    h, w = content.shape[-2:]
+    if options.size is not None:
+        h, w = size_for_long_side(h, w, options.size)
+    check_image_side(h, w, "content image", "feedforward", MIN_SIDE_FF)
+    tile = min(h * w, options.tile_size ** 2) + min(h * w, options.stats_size ** 2)
+    check_memory("--method feedforward", "--size", options.size or max(h, w),
+                 [h * w * FULL_IMAGE_BYTES / BYTES_PER_PIXEL, tile], BYTES_PER_PIXEL)
 
 
 def style_mix(meta: dict[str, Any], style: str | None, weights: Sequence[float] | None) -> Tensor:
@@ -348,6 +363,7 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
     (the style lives in the model); passing some is allowed so every method shares one call shape."""
     options = options or Options()
     validate(options)
+    check_sizes(content, options)
     started = time.perf_counter()
     net, meta = load_network(options.model)
     if use_bf16(options.precision) and isinstance(net, TransformerNet):

@@ -30,8 +30,9 @@ from impasto.features.precision import bf16_input, to_bf16, use_bf16
 from impasto.features.vgg import POOLING, VGGEncoder, load_encoder
 from impasto.io.checkpoint import load_checkpoint, save_checkpoint
 from impasto.io.image import load_image
-from impasto.options import option
+from impasto.options import MIN_SIDE, Range, SEED, SIDE, WEIGHT, option
 from impasto.result import Result
+from impasto.validation import check_fields, check_image_side, check_memory
 from impasto.losses.content import content_loss
 from impasto.losses.regularizers import tv_loss
 from impasto.losses.style import STYLE_LOSSES, gram_loss, mean_std_loss, w2_loss
@@ -49,32 +50,32 @@ DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 class Options:
     """Every default of the optimisation method. Field docs are shown by ``impasto stylize --help``."""
 
-    size: int | None = option(512, "Long side of the output in pixels (None: the content image's own size).")
-    iterations: int = option(300, "Total optimiser steps over all scales; each coarser scale gets twice the steps of the next finer one.")
-    scale_iterations: tuple[int, ...] | None = option(None, "Explicit steps per scale, coarse to fine (overrides iterations; its length sets the number of scales).")
-    min_size: int = option(256, "Smallest long side of the coarse-to-fine schedule (>= size: single scale).")
-    scale_factor: float = option(math.sqrt(2), "Ratio between consecutive scales.")
+    size: int | None = option(512, "Long side of the output in pixels (None: the content image's own size).", range=SIDE)
+    iterations: int = option(300, "Total optimiser steps over all scales; each coarser scale gets twice the steps of the next finer one.", range=Range(1, 100_000))
+    scale_iterations: tuple[int, ...] | None = option(None, "Explicit steps per scale, coarse to fine (overrides iterations; its length sets the number of scales).", range=Range(0, 100_000))
+    min_size: int = option(256, "Smallest long side of the coarse-to-fine schedule (>= size: single scale).", range=SIDE)
+    scale_factor: float = option(math.sqrt(2), "Ratio between consecutive scales.", range=Range(1.1, 8))
     optimizer: str = option("lbfgs", "lbfgs (classic) or adam.")
-    learning_rate: float | None = option(None, "Step size (default: 1.0 for lbfgs, 0.02 for adam).")
-    lbfgs_history: int = option(10, "L-BFGS memory (pairs kept); more costs time per step at large sizes.")
+    learning_rate: float | None = option(None, "Step size (default: 1.0 for lbfgs, 0.02 for adam).", range=Range(0, 1000, low_open=True))
+    lbfgs_history: int = option(10, "L-BFGS memory (pairs kept); more costs time per step at large sizes.", range=Range(1, 1000))
     init: str = option("content", "Start image: content, noise, style, or a path to an image file.")
     encoder: str = option("auto", "Pretrained features: auto (best available), vgg16 (offline), vgg19 (download), tiny (tests).")
     pooling: str = option("max", "Encoder pooling: max or avg.")
     content_layers: tuple[str, ...] = option(("relu4_2",), "Layers whose activations the result must keep from the content image.")
-    content_layer_weights: tuple[float, ...] | None = option(None, "One weight per content layer (default: equal, summing to 1).")
+    content_layer_weights: tuple[float, ...] | None = option(None, "One weight per content layer (default: equal, summing to 1).", range=WEIGHT)
     style_layers: tuple[str, ...] = option(("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), "Layers whose statistics the result must take from the style image(s).")
-    style_layer_weights: tuple[float, ...] | None = option(None, "One weight per style layer (default: equal, summing to 1).")
-    content_weight: float = option(1.0, "alpha: weight of the content loss.")
-    style_weight: float = option(30.0, "beta: weight of the style loss.")
-    ratio: float | None = option(None, "alpha/beta; when set, style_weight = content_weight / ratio.")
-    tv_weight: float = option(1e-1, "gamma: weight of the total-variation smoothness prior (on the image in [0, 1]).")
+    style_layer_weights: tuple[float, ...] | None = option(None, "One weight per style layer (default: equal, summing to 1).", range=WEIGHT)
+    content_weight: float = option(1.0, "alpha: weight of the content loss.", range=WEIGHT)
+    style_weight: float = option(30.0, "beta: weight of the style loss.", range=WEIGHT)
+    ratio: float | None = option(None, "alpha/beta; when set, style_weight = content_weight / ratio.", range=Range(0, 1e12, low_open=True))
+    tv_weight: float = option(1e-1, "gamma: weight of the total-variation smoothness prior (on the image in [0, 1]).", range=WEIGHT)
     style_loss: str = option("gram", "Style statistic: gram, mean_std or w2 (mean + covariance, Bures).")
-    style_blend: tuple[float, ...] | None = option(None, "Blend weights, one per style image (default: equal).")
+    style_blend: tuple[float, ...] | None = option(None, "Blend weights, one per style image (default: equal).", range=WEIGHT)
     layer_sources: tuple[tuple[str, int], ...] = option((), "Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend.")
-    style_scale: float = option(1.0, "Style image long side relative to the output's at every scale (bigger: larger brush strokes).")
+    style_scale: float = option(1.0, "Style image long side relative to the output's at every scale (bigger: larger brush strokes).", range=Range(0.05, 16))
     color: str = option("style", "Colour control: style (take the style's colours), luminance (keep the content's colours), match (recolour the style to the content first), color_only (content luminance + result colours).")
     precision: str = option("auto", "auto (bf16 where the CPU supports it), fp32 or bf16.")
-    seed: int = option(0, "Random seed (noise init); the same seed on the same machine gives the same image.")
+    seed: int = option(0, "Random seed (noise init); the same seed on the same machine gives the same image.", range=SEED)
 
     def resolved_style_weight(self) -> float:
         return self.content_weight / self.ratio if self.ratio else self.style_weight
@@ -87,6 +88,7 @@ def _choice(value: str, choices: Sequence[str], what: str) -> None:
 
 def validate(options: Options, n_styles: int) -> None:
     """Raise InvalidOptionError for any inconsistent option (before any heavy work)."""
+    check_fields(options)
     _choice(options.optimizer, OPTIMIZERS, "optimizer")
     _choice(options.color, COLOR_MODES, "color")
     use_bf16(options.precision)  # raises for an unknown precision, or bf16 on a CPU without it
@@ -94,23 +96,6 @@ def validate(options: Options, n_styles: int) -> None:
     _choice(options.pooling, POOLING, "pooling")
     if options.init not in INITS and not Path(options.init).is_file():
         raise InvalidOptionError(f"init must be one of {', '.join(INITS)} or an existing image file, got '{options.init}'")
-    if options.size is not None and options.size < 16:
-        raise InvalidOptionError(f"size must be at least 16 pixels, got {options.size}")
-    if options.lbfgs_history < 1:
-        raise InvalidOptionError(f"lbfgs_history must be >= 1, got {options.lbfgs_history}")
-    if options.iterations < 1:
-        raise InvalidOptionError(f"iterations must be >= 1, got {options.iterations}")
-    if options.scale_iterations is not None and (not options.scale_iterations or min(options.scale_iterations) < 0):
-        raise InvalidOptionError("scale_iterations must be a non-empty list of step counts >= 0")
-    if options.scale_factor <= 1:
-        raise InvalidOptionError(f"scale_factor must be > 1, got {options.scale_factor}")
-    if options.style_scale <= 0:
-        raise InvalidOptionError(f"style_scale must be > 0, got {options.style_scale}")
-    if options.ratio is not None and options.ratio <= 0:
-        raise InvalidOptionError(f"ratio (alpha/beta) must be > 0, got {options.ratio}")
-    for name in ("content_weight", "style_weight", "tv_weight"):
-        if getattr(options, name) < 0:
-            raise InvalidOptionError(f"{name} must be >= 0, got {getattr(options, name)}")
     for layers, weights, what in ((options.content_layers, options.content_layer_weights, "content"),
                                   (options.style_layers, options.style_layer_weights, "style")):
         if not layers:
@@ -122,8 +107,8 @@ def validate(options: Options, n_styles: int) -> None:
     if options.style_blend is not None:
         if len(options.style_blend) != n_styles:
             raise InvalidOptionError(f"{len(options.style_blend)} blend weights given for {n_styles} style images")
-        if min(options.style_blend) < 0 or sum(options.style_blend) <= 0:
-            raise InvalidOptionError("style blend weights must be >= 0 and not all zero")
+        if sum(options.style_blend) <= 0:
+            raise InvalidOptionError("--style-blend weights must not all be zero")
     for layer, index in options.layer_sources:
         if layer not in options.style_layers:
             raise InvalidOptionError(
@@ -140,18 +125,53 @@ def _layer_weights(layers: Sequence[str], weights: Sequence[float] | None) -> di
     return dict(zip(layers, weights, strict=True))
 
 
+MAX_SCALES = 12  # more is never useful and a runaway schedule (factor ~1) must not allocate forever
+BYTES_PER_PIXEL = 2600  # measured peak growth per output pixel (forward + backward of VGG-16, L-BFGS), with margin
+
+
 def scale_plan(options: Options, height: int, width: int) -> list[tuple[tuple[int, int], int]]:
-    """[((H, W), steps), ...] coarse to fine for a content image of ``height`` x ``width``."""
+    """[((H, W), steps), ...] coarse to fine for a content image of ``height`` x ``width``.
+
+    Coarse scales whose short side would fall below the encoder's minimum are left out (a wide
+    banner keeps fewer scales). Raises InvalidOptionError for a schedule of more than MAX_SCALES.
+    """
     long_side = options.size or max(height, width)
     if options.scale_iterations is not None:
         n = len(options.scale_iterations)
+        if n > MAX_SCALES:
+            raise InvalidOptionError(f"--scale-iterations lists {n} scales; at most {MAX_SCALES} are allowed")
         sizes = [round(long_side / options.scale_factor ** (n - 1 - k)) for k in range(n)]
         steps = list(options.scale_iterations)
     else:
-        sizes = scale_schedule(long_side, min(options.min_size, long_side), options.scale_factor)
+        sizes = scale_schedule(long_side, min(options.min_size, long_side), options.scale_factor, max_scales=MAX_SCALES + 1)
+        if len(sizes) > MAX_SCALES:
+            raise InvalidOptionError(
+                f"the coarse-to-fine schedule from {long_side} px down to --min-size {options.min_size} with "
+                f"--scale-factor {options.scale_factor:g} has more than {MAX_SCALES} scales; raise --scale-factor "
+                f"(e.g. 1.414) or --min-size")
+        keep = [s for s in sizes if min(size_for_long_side(height, width, s)) >= MIN_SIDE] or sizes[-1:]
+        sizes = keep
         shares = [2.0 ** (len(sizes) - 1 - k) for k in range(len(sizes))]
         steps = [max(1, round(options.iterations * s / sum(shares))) for s in shares]
     return [(size_for_long_side(height, width, s), n) for s, n in zip(sizes, steps, strict=True)]
+
+
+def style_size(style: Tensor, output: tuple[int, int], style_scale: float) -> tuple[int, int]:
+    """(H, W) of a style image at one scale: its long side is ``style_scale`` times the output's."""
+    return size_for_long_side(style.shape[-2], style.shape[-1], max(1, round(max(output) * style_scale)))
+
+
+def check_sizes(plan: list[tuple[tuple[int, int], int]], styles: Sequence[Tensor], options: Options) -> None:
+    """Every scale's images are large enough for the encoder and the finest scale fits in memory."""
+    final = plan[-1][0]
+    for size, _ in plan:
+        check_image_side(*size, "content image", "optimization")
+        for i, s in enumerate(styles):
+            h, w = style_size(s, size, options.style_scale)
+            check_image_side(h, w, f"style image {i + 1}", "optimization",
+                             hint="raise --style-scale or --size, or crop the style image less thin")
+    pixels = [final[0] * final[1], *(math.prod(style_size(s, final, options.style_scale)) for s in styles)]
+    check_memory("--method optimization", "--size", options.size or max(final), pixels, BYTES_PER_PIXEL)
 
 
 class _Objective:
@@ -249,6 +269,8 @@ def run(
     for name, t in [("content", content), *((f"style {i}", s) for i, s in enumerate(styles))]:
         if t.dim() != 4 or t.shape[:2] != (1, 3):
             raise InvalidOptionError(f"{name} must be a (1, 3, H, W) tensor, got {tuple(t.shape)}")
+    plan = scale_plan(options, content.shape[-2], content.shape[-1])
+    check_sizes(plan, styles, options)  # before any weights load or memory is taken
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     fp = fingerprint(content, styles, options)
@@ -269,7 +291,6 @@ def run(
     elif options.color == "match":
         target_styles = [color_ops.match_color(s, content) for s in styles]
 
-    plan = scale_plan(options, content.shape[-2], content.shape[-1])
     total_steps = sum(n for _, n in plan)
     lr = options.learning_rate or DEFAULT_LR[options.optimizer]
 
@@ -293,8 +314,7 @@ def run(
         if callback:
             callback(Stage(name="scale", index=k, total=len(plan), size=size))
         c_k = resize(target_content, size)
-        s_k = [resize(s, size_for_long_side(s.shape[-2], s.shape[-1], max(1, round(max(size) * options.style_scale))))
-               for s in target_styles]
+        s_k = [resize(s, style_size(s, size, options.style_scale)) for s in target_styles]
         objective = _Objective(encoder, prepare, c_k, s_k, options)
         if image is None:
             image = _initial_image(options, c_k, s_k[0])

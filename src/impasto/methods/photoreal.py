@@ -30,7 +30,7 @@ from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Done, Stage
 from impasto.features.transfer import finish, run_levels, style_list, validate_common, validate_levels
 from impasto.ops.smoothing import AFFINITIES, smooth_exact, smooth_fast
-from impasto.options import option
+from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
 SMOOTHING = ("exact", "fast", "none")
@@ -43,21 +43,21 @@ class Options:
     levels: tuple[str, ...] = option(("relu3_1", "relu2_1", "relu1_1"), "Encoder levels to transfer at (any of relu1_1..relu5_1); run in --order.")
     order: str = option("coarse-to-fine", "coarse-to-fine (deepest level first, the paper's choice) or fine-to-coarse.")
     decoders: tuple[str, ...] = option((), "One decoder per level, in the order of --levels (shipped names or files); empty: the shipped ones.")
-    alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.")
-    style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).")
+    alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.", range=UNIT)
+    style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).", range=WEIGHT)
     color: str = option("style", "style (the style's colours) or luminance (keep the content's colours).")
     content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i).")
     style_mask: tuple[str, ...] = option((), "Style label map(s), one for all styles or one per style: a content region takes the style region of its colour.")
     smooth: str = option("exact", "exact (closed-form solve), fast (guided filter) or none.")
-    smooth_strength: float = option(0.999, "exact: a in [0, 1); closer to 1 follows the content's edges more and the stylised colours less locally.")
+    smooth_strength: float = option(0.999, "exact: a in [0, 1); closer to 1 follows the content's edges more and the stylised colours less locally.", range=Range(0, 1, high_open=True))
     affinity: str = option("matting", "exact: matting (Levin et al. 3x3 windows: keeps the photo's texture) or gaussian (8-neighbour, sigma below; faster, flattens texture).")
-    sigma: float = option(0.1, "exact, gaussian affinity: colour distance scale (RGB in [0, 1]).")
-    fast_radius: int = option(8, "fast: guided-filter window radius in pixels.")
-    fast_eps: float = option(1e-3, "fast: guided-filter regularisation (larger: smoother).")
+    sigma: float = option(0.1, "exact, gaussian affinity: colour distance scale (RGB in [0, 1]).", range=Range(0, 10, low_open=True))
+    fast_radius: int = option(8, "fast: guided-filter window radius in pixels.", range=Range(1, 256))
+    fast_eps: float = option(1e-3, "fast: guided-filter regularisation (larger: smoother).", range=Range(0, 10, low_open=True))
     precision: str = option("auto", "auto (bf16 channels-last where the CPU supports it, several times faster), fp32 or bf16.")
-    size: int | None = option(512, "Long side of the output (None: the content's size).")
-    style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).")
-    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.")
+    size: int | None = option(512, "Long side of the output (None: the content's size).", range=SIDE)
+    style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).", range=SIDE)
+    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
 
 
 def validate(o: Options, n_styles: int) -> None:
@@ -67,10 +67,6 @@ def validate(o: Options, n_styles: int) -> None:
         raise InvalidOptionError(f"smooth must be one of {', '.join(SMOOTHING)}, got '{o.smooth}'.{suggest(o.smooth, SMOOTHING)}")
     if o.affinity not in AFFINITIES:
         raise InvalidOptionError(f"affinity must be one of {', '.join(AFFINITIES)}, got '{o.affinity}'.{suggest(o.affinity, AFFINITIES)}")
-    if not 0.0 <= o.smooth_strength < 1.0:
-        raise InvalidOptionError(f"smooth_strength must be in [0, 1), got {o.smooth_strength}")
-    if o.sigma <= 0 or o.fast_radius < 1 or o.fast_eps <= 0:
-        raise InvalidOptionError("sigma and fast_eps must be > 0 and fast_radius >= 1")
 
 
 def smooth(stylized: Tensor, content: Tensor, o: Options) -> tuple[Tensor, dict[str, float]]:

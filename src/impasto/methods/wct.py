@@ -30,7 +30,7 @@ from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Done
 from impasto.features.decoder import LEVELS
 from impasto.features.transfer import finish, run_levels, style_list, validate_common, validate_levels
-from impasto.options import option
+from impasto.options import SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
 
@@ -42,15 +42,15 @@ class Options:
     order: str = option("coarse-to-fine", "coarse-to-fine (deepest level first, the paper's choice) or fine-to-coarse.")
     decoders: tuple[str, ...] = option((), "One decoder per level, in the order of --levels (shipped names or files); empty: the shipped ones.")
     unpool_levels: tuple[str, ...] = option(("relu5_1",), "Levels whose decoder upsamples by max-unpooling with the pooling indices of the image it decodes (keeps its layout); the others upsample by nearest.")
-    alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.")
-    style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).")
+    alpha: float = option(1.0, "Strength: 1 full style statistics, 0 the content's own features.", range=UNIT)
+    style_blend: tuple[float, ...] | None = option(None, "Interpolation weights, one per style image (default: equal).", range=WEIGHT)
     color: str = option("style", "style (the style's colours) or luminance (keep the content's colours).")
     content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i).")
     style_mask: tuple[str, ...] = option((), "Style label map(s), one for all styles or one per style: a content region takes the style region of its colour.")
     precision: str = option("auto", "auto (bf16 channels-last where the CPU supports it, several times faster), fp32 or bf16.")
-    size: int | None = option(512, "Long side of the output (None: the content's size).")
-    style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).")
-    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.")
+    size: int | None = option(512, "Long side of the output (None: the content's size).", range=SIDE)
+    style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).", range=SIDE)
+    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
 
 
 def validate(o: Options, n_styles: int) -> None:

@@ -33,13 +33,15 @@ def resize_long_side(image: Tensor, long_side: int) -> Tensor:
 def scale_schedule(long_side: int, min_side: int, factor: float = math.sqrt(2), max_scales: int | None = None) -> list[int]:
     """Coarse-to-fine long-side sizes ending at ``long_side``, each ``factor`` apart, none below ``min_side``.
 
+    Always ends: a factor too close to 1 to shrink the rounded size stops the schedule.
+
     >>> scale_schedule(512, 256)
     [256, 362, 512]
     """
     sizes = [long_side]
     while True:
         nxt = round(sizes[-1] / factor)
-        if nxt < min_side or (max_scales is not None and len(sizes) >= max_scales):
+        if nxt < max(min_side, 1) or nxt >= sizes[-1] or (max_scales is not None and len(sizes) >= max_scales):
             break
         sizes.append(nxt)
     return sizes[::-1]

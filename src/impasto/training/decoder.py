@@ -37,7 +37,8 @@ from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.models import save_model
 from impasto.io.plot import save_loss_curve
 from impasto.losses.content import content_loss
-from impasto.options import option
+from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
+from impasto.validation import check_fields
 from impasto.training.loop import run_steps
 
 
@@ -50,40 +51,34 @@ class DecoderOptions:
     content_dirs: tuple[str, ...] = option((), "Folders of training images (photos and paintings), searched recursively.")
     style_dirs: tuple[str, ...] = option((), "Folders of style images: part of each batch is then stylised with them (--style-transform) and the decoder learns to render stylised features too (feature loss only).")
     style_transform: str = option("wct", "How batches are stylised with --style-dir: wct or adain (match the method the decoder serves).")
-    style_fraction: float = option(0.5, "With --style-dir: the share of each batch that is stylised (at least one image).")
-    style_weight: float = option(0.1, "With --style-dir: weight of the stylised images' feature loss.")
-    steps: int = option(1500, "Optimiser steps.")
-    batch_size: int = option(4, "Images per step.")
-    crop: int = option(192, "Training crop size in pixels.")
-    scale_min: float = option(0.4, "Smallest random crop, as a fraction of the image's short side.")
-    learning_rate: float = option(1e-3, "Adam learning rate at the start (3e-3 trains relu1_1-relu3_1 faster; relu4_1 collapsed at 3e-3).")
-    final_lr_fraction: float = option(0.1, "The learning rate falls along a cosine to this fraction of the start by the last step.")
-    top_convs: int | None = option(None, "Convs in the deepest stage (default: as many as the encoder block it mirrors; 1 keeps a relu5_1 decoder small).")
+    style_fraction: float = option(0.5, "With --style-dir: the share of each batch that is stylised (at least one image).", range=Range(0, 1, low_open=True))
+    style_weight: float = option(0.1, "With --style-dir: weight of the stylised images' feature loss.", range=WEIGHT)
+    steps: int = option(1500, "Optimiser steps.", range=Range(1, 10_000_000))
+    batch_size: int = option(4, "Images per step.", range=Range(1, 1024))
+    crop: int = option(192, "Training crop size in pixels.", range=Range(32, 4096))
+    scale_min: float = option(0.4, "Smallest random crop, as a fraction of the image's short side.", range=Range(0, 1, low_open=True))
+    learning_rate: float = option(1e-3, "Adam learning rate at the start (3e-3 trains relu1_1-relu3_1 faster; relu4_1 collapsed at 3e-3).", range=Range(0, 1, low_open=True))
+    final_lr_fraction: float = option(0.1, "The learning rate falls along a cosine to this fraction of the start by the last step.", range=Range(0, 1, low_open=True))
+    top_convs: int | None = option(None, "Convs in the deepest stage (default: as many as the encoder block it mirrors; 1 keeps a relu5_1 decoder small).", range=Range(1, 4))
     init_from: str | None = option(None, "Warm start: a shallower decoder (file or shipped name, same upsampling) whose layers seed this one's last stages (training then mostly learns the new top stage), or a decoder of the same level and shape to fine-tune (no bridge).")
-    bridge_steps: int = option(200, "With --init-from: steps that first train the new top stage alone to output the shallower level's features.")
-    pixel_weight: float = option(1.0, "Weight of the pixel reconstruction loss.")
-    feature_weight: float = option(0.1, "Weight of the feature reconstruction loss (its gradient is large and noisy: higher values cost pixel accuracy).")
+    bridge_steps: int = option(200, "With --init-from: steps that first train the new top stage alone to output the shallower level's features.", range=Range(0, 10_000_000))
+    pixel_weight: float = option(1.0, "Weight of the pixel reconstruction loss.", range=WEIGHT)
+    feature_weight: float = option(0.1, "Weight of the feature reconstruction loss (its gradient is large and noisy: higher values cost pixel accuracy).", range=WEIGHT)
     encoder: str = option("auto", "Encoder weights: auto, vgg16, vgg19 or tiny (tests).")
     precision: str = option("auto", "auto (bf16 math where supported), fp32 or bf16.")
-    max_image_side: int = option(512, "Training images are kept in memory at most this large.")
-    seed: int = option(0, "Seed for initialisation and batch sampling.")
+    max_image_side: int = option(512, "Training images are kept in memory at most this large.", range=SIDE)
+    seed: int = option(0, "Seed for initialisation and batch sampling.", range=SEED)
 
 
 def validate(o: DecoderOptions) -> None:
+    check_fields(o)
     if o.level not in LEVELS:
         raise InvalidOptionError(f"level must be one of {', '.join(LEVELS)}, got '{o.level}'")
     if not o.content_dirs:
         raise InvalidOptionError("give at least one --content-dir with training images")
-    for name, low in (("steps", 1), ("batch_size", 1), ("crop", 32)):
-        if getattr(o, name) < low:
-            raise InvalidOptionError(f"{name} must be >= {low}, got {getattr(o, name)}")
-    if not 0.0 < o.final_lr_fraction <= 1.0:
-        raise InvalidOptionError(f"final_lr_fraction must be in (0, 1], got {o.final_lr_fraction}")
     use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
     if o.style_transform not in TRANSFORMS:
         raise InvalidOptionError(f"style_transform must be one of {', '.join(TRANSFORMS)}, got '{o.style_transform}'")
-    if not 0.0 < o.style_fraction <= 1.0:
-        raise InvalidOptionError(f"style_fraction must be in (0, 1], got {o.style_fraction}")
 
 
 @dataclass

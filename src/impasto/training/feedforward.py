@@ -38,7 +38,8 @@ from impasto.losses.style import gram_loss
 from impasto.methods.feedforward import TransformerNet, architecture
 from impasto.ops.geometry import resize, size_for_long_side
 from impasto.ops.stats import gram_matrix
-from impasto.options import option
+from impasto.options import MAX_SIDE, Range, SEED, SIDE, WEIGHT, option
+from impasto.validation import check_fields
 from impasto.training.loop import run_steps
 
 
@@ -49,38 +50,33 @@ class TrainOptions:
     styles: tuple[str, ...] = option((), "Style image files; several train one conditional-IN network.")
     style_names: tuple[str, ...] | None = option(None, "Names for the styles (default: the files' stems).")
     content_dirs: tuple[str, ...] = option((), "Folders of training photos (searched recursively).")
-    steps: int = option(2000, "Optimiser steps (the paper: 2 epochs of COCO at batch 4, ~40k steps).")
-    batch_size: int = option(4, "Images per step.")
-    crop: int = option(256, "Training crop size in pixels.")
-    scale_min: float = option(0.5, "Smallest random crop, as a fraction of the photo's short side (augmentation).")
-    style_size: int = option(320, "Long side the style image is scaled to for its Gram targets (sets brush-stroke size).")
-    learning_rate: float = option(1e-3, "Adam learning rate.")
-    width: int = option(32, "Channels of the first layer (32 in the paper); the slim shipped styles use 12.")
-    residual_blocks: int = option(5, "Residual blocks at quarter resolution (5 in the paper).")
+    steps: int = option(2000, "Optimiser steps (the paper: 2 epochs of COCO at batch 4, ~40k steps).", range=Range(1, 10_000_000))
+    batch_size: int = option(4, "Images per step.", range=Range(1, 1024))
+    crop: int = option(256, "Training crop size in pixels.", range=Range(32, 4096))
+    scale_min: float = option(0.5, "Smallest random crop, as a fraction of the photo's short side (augmentation).", range=Range(0, 1, low_open=True))
+    style_size: int = option(320, "Long side the style image is scaled to for its Gram targets (sets brush-stroke size).", range=Range(32, MAX_SIDE))
+    learning_rate: float = option(1e-3, "Adam learning rate.", range=Range(0, 1, low_open=True))
+    width: int = option(32, "Channels of the first layer (32 in the paper); the slim shipped styles use 12.", range=Range(4, 512))
+    residual_blocks: int = option(5, "Residual blocks at quarter resolution (5 in the paper).", range=Range(0, 64))
     content_layers: tuple[str, ...] = option(("relu2_2",), "Feature-reconstruction layers.")
     style_layers: tuple[str, ...] = option(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), "Gram style layers.")
-    content_weight: float = option(1.0, "Weight of the content loss.")
-    style_weight: float = option(20.0, "Weight of the (per-layer normalised) style loss.")
-    tv_weight: float = option(1e-1, "Weight of the total-variation prior.")
+    content_weight: float = option(1.0, "Weight of the content loss.", range=WEIGHT)
+    style_weight: float = option(20.0, "Weight of the (per-layer normalised) style loss.", range=WEIGHT)
+    tv_weight: float = option(1e-1, "Weight of the total-variation prior.", range=WEIGHT)
     encoder: str = option("auto", "Loss network weights: auto, vgg16, vgg19 or tiny (tests).")
     precision: str = option("auto", "auto (bf16 loss network where supported), fp32 or bf16.")
-    max_image_side: int = option(512, "Training photos are kept in memory at most this large.")
-    seed: int = option(0, "Seed for initialisation and batch sampling.")
+    max_image_side: int = option(512, "Training photos are kept in memory at most this large.", range=SIDE)
+    seed: int = option(0, "Seed for initialisation and batch sampling.", range=SEED)
 
 
 def validate(o: TrainOptions) -> None:
+    check_fields(o)
     if not o.styles:
         raise InvalidOptionError("give at least one --style image")
     if not o.content_dirs:
         raise InvalidOptionError("give at least one --content-dir with training photos")
     if o.style_names is not None and len(o.style_names) != len(o.styles):
         raise InvalidOptionError(f"{len(o.style_names)} style names given for {len(o.styles)} styles")
-    for name, low in (("steps", 1), ("batch_size", 1), ("crop", 32), ("width", 4), ("style_size", 32),
-                      ("residual_blocks", 0)):
-        if getattr(o, name) < low:
-            raise InvalidOptionError(f"{name} must be >= {low}, got {getattr(o, name)}")
-    if not 0 < o.scale_min <= 1:
-        raise InvalidOptionError(f"scale_min must be in (0, 1], got {o.scale_min}")
     use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
 
 
