@@ -7,6 +7,14 @@ Contract
   composited on white. Files are opened lazily and their pixel count is checked against a cap
   (``max_pixels=``, else the ``IMPASTO_MAX_PIXELS`` environment variable, else
   :data:`DEFAULT_MAX_PIXELS`) *before* any pixel data is decoded.
+* :func:`count_frames` and :func:`iter_frames` do the same for every frame of a multi-frame file
+  (animated GIF, WebP, APNG, multi-page TIFF), one frame at a time.
+* Untrusted files: only regular files are opened (a FIFO, device, socket or directory is refused
+  before ``open``, so nothing blocks); while impasto decodes, Pillow's own decompression-bomb guard
+  is held to the same cap (see :func:`_pillow_limit`), so raising the cap really allows a larger
+  image and no late size check in a Pillow plugin (GIF frames, ICO entries, TIFF tiles) lets a
+  larger one through; and every failure, whatever Pillow, the OS or a codec raised, leaves as one
+  of the typed errors below, naming the file and the fix.
 * :func:`load_image_with_alpha` returns the straight (un-premultiplied, not composited) colour and
   the alpha channel ``(1, 1, H, W)``, or ``None`` when the source has no transparency.
 * :func:`save_image` writes ``.png`` (8-bit RGB/RGBA), ``.jpg``/``.jpeg`` (8-bit RGB) or
@@ -17,8 +25,9 @@ Contract
   for grayscale ``I;16`` images and for uncompressed 16-bit RGB(A) TIFFs.
 
 Errors: :class:`~impasto.errors.InvalidImageError` (also a ``ValueError``) for anything that cannot
-be decoded or has the wrong shape/dtype/range, :class:`~impasto.errors.ImageTooLargeError` above the
-pixel cap, :class:`~impasto.errors.InvalidOptionError` for bad arguments (suffix, quality, cap).
+be opened or decoded or has the wrong shape/dtype/range, :class:`~impasto.errors.ImageTooLargeError`
+above the pixel cap, :class:`~impasto.errors.InvalidOptionError` for bad arguments (suffix,
+quality, cap).
 
 Known limits: Pillow decodes 16-bit *colour* PNGs and compressed 16-bit colour TIFFs at 8 bits, so
 those lose their low byte; ICC conversion is not applied to 16-bit, ``I`` or ``F`` data.
@@ -26,12 +35,17 @@ those lose their low byte; ICC conversion is not applied to 16-bit, ``I`` or ``F
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
+import stat
 import struct
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Union
 
@@ -47,6 +61,8 @@ __all__ = [
     "RECIPE_KEY",
     "SAVE_SUFFIXES",
     "ImageSource",
+    "count_frames",
+    "iter_frames",
     "load_image",
     "load_image_with_alpha",
     "read_recipe",
@@ -75,8 +91,35 @@ _EXIF_ORIENTATION = 0x0112
 _EXIF_IMAGE_DESCRIPTION = 0x010E
 _TIFF_IMAGE_DESCRIPTION = 270
 _SIXTEEN_BIT_GRAY = ("I;16", "I;16L", "I;16B", "I;16N")
-# Everything Pillow may raise while parsing or decoding a damaged file.
+# What Pillow raises for a damaged file in the places where a damaged part is skipped, not refused
+# (EXIF, recipes, the 16-bit TIFF fast path). Everywhere else _decoding() translates any exception.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, TypeError)
+# Said after a decode failure: what to do about a damaged file.
+_DAMAGED_HINT = "the file is damaged or incomplete: export or download it again"
+_READABLE = "an image file Pillow reads, such as PNG, JPEG, TIFF, WebP, GIF or BMP"
+_VIDEO_HINT = "extract its frames first, e.g. 'ffmpeg -i clip.mp4 frames/%05d.png'"
+# Leading bytes of common files that are not images, to say what arrived instead.
+_NOT_IMAGE_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (4, b"ftyp", "an MP4/QuickTime video or HEIF image"),
+    (0, b"\x1aE\xdf\xa3", "a WebM/Matroska video"),
+    (8, b"AVI ", "an AVI video"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive"),
+)
+# Leading bytes of common image formats: a file that starts like one but that no Pillow plugin
+# could open is a damaged image, not a foreign file.
+_IMAGE_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"GIF8", "GIF"),
+    (8, b"WEBP", "WebP"),
+    (0, b"II*\0", "TIFF"),
+    (0, b"MM\0*", "TIFF"),
+    (0, b"BM", "BMP"),
+    (0, b"8BPS", "PSD"),
+)
+# Pillow's bomb messages start "Image size (N pixels) exceeds limit of ...".
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
 # Tolerance for float inputs that stray just outside [0, 1] through rounding.
 _RANGE_TOLERANCE = 1e-4
 
@@ -112,14 +155,162 @@ def _resolve_max_pixels(max_pixels: int | None) -> int:
     return value
 
 
+def _too_large(name: str, cap: int, pixels: int | None, size: str = "") -> ImageTooLargeError:
+    """The over-the-cap error; ``size`` is ``"WxH = "`` when known, ``pixels`` None when unknown."""
+    if pixels is None:
+        return ImageTooLargeError(
+            f"{name} has more pixels than the cap of {cap:,}; if you trust the file, allow it "
+            f"with a larger max_pixels= or environment variable {MAX_PIXELS_ENV}"
+        )
+    return ImageTooLargeError(
+        f"{name} is {size}{pixels:,} pixels, more than the cap of {cap:,}; if you trust the file, "
+        f"allow it with max_pixels={pixels} or the environment variable {MAX_PIXELS_ENV}={pixels}"
+    )
+
+
 def _check_pixels(name: str, width: int, height: int, cap: int) -> None:
     """Raise :class:`ImageTooLargeError` when ``width * height`` exceeds ``cap``."""
     if width * height > cap:
-        raise ImageTooLargeError(
-            f"{name} is {width}x{height} = {width * height:,} pixels, more than the cap of "
-            f"{cap:,}; to allow it, pass max_pixels={width * height} or set the "
-            f"{MAX_PIXELS_ENV} environment variable"
-        )
+        raise _too_large(name, cap, width * height, f"{width}x{height} = ")
+
+
+# Pillow keeps its bomb limit in one process-wide variable; this lock keeps impasto's own decodes
+# from changing it under each other (re-entrant: a decode may call another helper that takes it).
+_PILLOW_LIMIT_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _pillow_limit(cap: int) -> Iterator[None]:
+    """While the body runs, Pillow's decompression-bomb guard enforces exactly ``cap`` pixels.
+
+    Pillow checks sizes against ``Image.MAX_IMAGE_PIXELS`` (89 M by default) inside
+    ``Image.open`` and again inside plugins (a GIF frame larger than its screen, an ICO entry,
+    which Pillow decodes during ``open``, TIFF tiles, the WebP canvas); it warns above the limit
+    and raises above twice it. Left alone, that guard refused images a raised
+    ``IMPASTO_MAX_PIXELS`` allowed (above 179 M pixels), so the advice in our own message was
+    false, and it let an ICO entry between our cap and 89 M pixels be decoded. So the limit is
+    set to ``cap`` and its warning becomes an error; :func:`_decoding` maps both to
+    :class:`ImageTooLargeError`. The variable and the warning filters are restored afterwards;
+    other threads of the process see both meanwhile (the lock serialises impasto's decodes, not
+    other Pillow users).
+    """
+    with _PILLOW_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = cap
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+@contextlib.contextmanager
+def _decoding(name: str, cap: int) -> Iterator[None]:
+    """Run Pillow under :func:`_pillow_limit` and turn whatever escapes into a typed error.
+
+    A parser fed a hostile file may raise anything (OSError, SyntaxError, ValueError, KeyError,
+    struct.error, ZeroDivisionError, RecursionError, MemoryError, ...); all of it means "this
+    file cannot be decoded", so all of it leaves as :class:`InvalidImageError` naming the file,
+    with the original chained as ``__cause__``. Our own typed errors pass through unchanged.
+    """
+    try:
+        with _pillow_limit(cap):
+            yield
+    except InvalidImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = _PILLOW_PIXELS.search(str(exc))
+        raise _too_large(name, cap, int(found.group(1)) if found else None) from exc
+    except MemoryError as exc:
+        raise InvalidImageError(
+            f"cannot decode {name}: out of memory; free memory, or shrink the image, or lower "
+            f"{MAX_PIXELS_ENV} so that images this large are refused up front"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - the decode boundary: see the docstring
+        detail = str(exc) or type(exc).__name__
+        raise InvalidImageError(f"cannot decode {name}: {detail}; {_DAMAGED_HINT}") from exc
+
+
+def _describe_mode(mode: int) -> str | None:
+    """What a non-regular file is, or ``None`` for a regular file."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    for test, kind in kinds:
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _refuse_unless_regular(mode: int, name: str) -> None:
+    kind = _describe_mode(mode)
+    if kind is not None:
+        fix = ("pass the path of an image file inside it" if kind == "a directory"
+               else "save the image to a regular file first and pass that path")
+        raise InvalidImageError(f"{name} is {kind}, not an image file; {fix}")
+
+
+def _open_regular(path: Path, name: str) -> IO[bytes]:
+    """Open ``path`` for binary reading, refusing anything but a non-empty regular file.
+
+    The type is checked with ``stat`` *before* opening, because opening a FIFO blocks until a
+    writer appears and a device may never end. The file is then opened non-blocking and checked
+    again with ``fstat``, so a path swapped for a FIFO in between still cannot block.
+    """
+    try:
+        _refuse_unless_regular(os.stat(path).st_mode, name)
+        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise InvalidImageError(f"no such file: {name}; check the path") from exc
+    except PermissionError as exc:
+        raise InvalidImageError(
+            f"cannot read {name}: permission denied; check the file's permissions"
+        ) from exc
+    except OSError as exc:
+        raise InvalidImageError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        _refuse_unless_regular(info.st_mode, name)
+        if info.st_size == 0:
+            raise InvalidImageError(
+                f"{name} is empty (0 bytes); expected {_READABLE}: it was probably not written "
+                "completely, so export or download it again"
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _unrecognised(name: str, fh: IO[bytes]) -> InvalidImageError:
+    """The error for a file no Pillow plugin accepts, saying what it looks like when we can tell."""
+    try:
+        fh.seek(0)
+        head = fh.read(16)
+    except OSError:
+        head = b""
+    for offset, magic, kind in _IMAGE_SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return InvalidImageError(
+                f"cannot decode {name}: it starts like a {kind} file but its header cannot be "
+                f"read; {_DAMAGED_HINT}"
+            )
+    what = hint = ""
+    for offset, magic, kind in _NOT_IMAGE_SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            what = f" (it looks like {kind})"
+            hint = f"; for a video, {_VIDEO_HINT}" if "video" in kind else ""
+            break
+    return InvalidImageError(
+        f"cannot decode {name}: not a recognised image file{what}; expected {_READABLE}{hint}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,12 +344,13 @@ def _exif_orientation(im: Image.Image) -> int:
         return 1
 
 
-def _read_raw_tiff16(im: Image.Image, path: Path) -> np.ndarray | None:
+def _read_raw_tiff16(im: Image.Image, fh: IO[bytes], name: str) -> np.ndarray | None:
     """Read an uncompressed 16-bit RGB(A) TIFF at full precision, or ``None`` if it is not one.
 
     Pillow has no 16-bit colour mode and would keep only the high byte, so we read the strips
-    ourselves from the offsets Pillow parsed. Returns ``(H, W, C)`` uint16 with C in {3, 4},
-    before orientation. Caller has already checked the pixel cap.
+    ourselves from the offsets Pillow parsed, through ``fh``, the file Pillow parsed. Returns
+    ``(H, W, C)`` uint16 with C in {3, 4}, before orientation. Caller has already checked the
+    pixel cap.
     """
     if im.format != "TIFF" or not im.tile:
         return None
@@ -171,24 +363,23 @@ def _read_raw_tiff16(im: Image.Image, path: Path) -> np.ndarray | None:
     dtype, channels = layouts[rawmode]
     width, height = im.size
     out = np.empty((height, width, channels), dtype=np.uint16)
-    with open(path, "rb") as fh:
-        for tile in im.tile:
-            codec, box, offset, args = tile[0], tile[1], tile[2], tile[3]
-            if codec != "raw" or not isinstance(args, tuple) or args[0] != rawmode:
-                return None
-            stride = args[1] if len(args) > 1 else 0
-            ystep = args[2] if len(args) > 2 else 1
-            x0, y0, x1, y1 = box
-            row_bytes = (x1 - x0) * channels * 2
-            if ystep != 1 or stride not in (0, row_bytes):
-                return None
-            count = (x1 - x0) * (y1 - y0) * channels
-            fh.seek(offset)
-            data = fh.read(count * 2)
-            if len(data) != count * 2:
-                raise InvalidImageError(f"cannot decode {_quote(path)}: image file is truncated")
-            strip = np.frombuffer(data, dtype=dtype, count=count)
-            out[y0:y1, x0:x1] = strip.reshape(y1 - y0, x1 - x0, channels)
+    for tile in im.tile:
+        codec, box, offset, args = tile[0], tile[1], tile[2], tile[3]
+        if codec != "raw" or not isinstance(args, tuple) or args[0] != rawmode:
+            return None
+        stride = args[1] if len(args) > 1 else 0
+        ystep = args[2] if len(args) > 2 else 1
+        x0, y0, x1, y1 = box
+        row_bytes = (x1 - x0) * channels * 2
+        if ystep != 1 or stride not in (0, row_bytes):
+            return None
+        count = (x1 - x0) * (y1 - y0) * channels
+        fh.seek(offset)
+        data = fh.read(count * 2)
+        if len(data) != count * 2:
+            raise InvalidImageError(f"cannot decode {name}: image file is truncated; {_DAMAGED_HINT}")
+        strip = np.frombuffer(data, dtype=dtype, count=count)
+        out[y0:y1, x0:x1] = strip.reshape(y1 - y0, x1 - x0, channels)
     return out
 
 
@@ -256,7 +447,7 @@ def _pil_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         except Exception as exc:
             raise InvalidImageError(
                 f"unsupported image mode {mode!r}: expected L, LA, P, PA, RGB, RGBA, CMYK, 1, "
-                f"I, I;16 or F ({exc})"
+                f"I, I;16 or F ({exc}); convert it to RGB first"
             ) from exc
 
     if icc and colour.mode in ("L", "RGB", "CMYK"):
@@ -291,13 +482,8 @@ def _quote(path: Path | str) -> str:
 
 
 def _decode_loaded(im: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Load pixels (translating decode failures), apply EXIF orientation, convert to arrays."""
-    try:
-        im.load()
-    except Image.DecompressionBombError as exc:
-        raise _bomb_error(name, exc) from exc
-    except _DECODE_ERRORS as exc:
-        raise InvalidImageError(f"cannot decode {name}: {exc}") from exc
+    """Load pixels, apply EXIF orientation, convert to arrays. Run it inside :func:`_decoding`."""
+    im.load()
     try:
         upright = ImageOps.exif_transpose(im)
     except Exception:  # broken EXIF: keep the pixels as stored
@@ -308,60 +494,43 @@ def _decode_loaded(im: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray |
         return _pil_to_arrays(upright)
     except InvalidImageError as exc:
         raise InvalidImageError(f"{name}: {exc}") from exc
-    except _DECODE_ERRORS as exc:
-        raise InvalidImageError(f"cannot decode {name}: {exc}") from exc
 
 
-def _bomb_error(name: str, detail: object) -> ImageTooLargeError:
-    return ImageTooLargeError(
-        f"{name} is too large for Pillow's decompression-bomb guard ({detail}); to allow it, "
-        f"pass max_pixels= or set the {MAX_PIXELS_ENV} environment variable to a larger cap "
-        f"(Pillow's own limit is Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS})"
-    )
+def _decode_file(im: Image.Image, fh: IO[bytes], name: str, cap: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check the current frame's size against ``cap`` (header only), then decode it."""
+    width, height = im.size
+    _check_pixels(name, width, height, cap)  # header only: nothing decoded yet
+    try:
+        raw16 = _read_raw_tiff16(im, fh, name)
+    except InvalidImageError:
+        raise
+    except _DECODE_ERRORS:
+        raw16 = None  # let Pillow try (and report) instead
+    if raw16 is not None:
+        arr = _orient_array(raw16, _exif_orientation(im)).astype(np.float32) / 65535.0
+        alpha = arr[:, :, 3] if arr.shape[2] == 4 else None
+        return arr[:, :, :3], alpha
+    return _decode_loaded(im, name)
+
+
+@contextlib.contextmanager
+def _opened(path: Path, name: str, cap: int) -> Iterator[tuple[Image.Image, IO[bytes]]]:
+    """A regular file opened lazily by Pillow (header parsed, no pixels decoded), closed on exit."""
+    with _open_regular(path, name) as fh:
+        with _decoding(name, cap):
+            try:
+                im = Image.open(fh)
+            except Image.UnidentifiedImageError as exc:
+                raise _unrecognised(name, fh) from exc
+        with im:
+            yield im, fh
 
 
 def _open_path(path: Path, cap: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Open a file lazily, check the cap from its header, then decode."""
     name = _quote(path)
-    with warnings.catch_warnings(record=True) as caught:
-        # Pillow warns about large images inside Image.open; record the warning so that our own
-        # check (with its clearer message) runs first, then map it below.
-        warnings.simplefilter("always", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(path)
-        except FileNotFoundError as exc:
-            raise InvalidImageError(f"no such file: {name}") from exc
-        except IsADirectoryError as exc:
-            raise InvalidImageError(f"{name} is a directory, not an image file") from exc
-        except PermissionError as exc:
-            raise InvalidImageError(f"cannot read {name}: permission denied") from exc
-        except Image.DecompressionBombError as exc:
-            raise _bomb_error(name, exc) from exc
-        except Image.UnidentifiedImageError as exc:
-            raise InvalidImageError(f"cannot decode {name}: not a recognised image file") from exc
-        except _DECODE_ERRORS as exc:
-            raise InvalidImageError(f"cannot decode {name}: {exc}") from exc
-    bombs = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
-    for other in caught:
-        if other not in bombs:
-            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
-    with im:
-        width, height = im.size
-        _check_pixels(name, width, height, cap)  # header only: nothing decoded yet
-        if bombs and cap <= (Image.MAX_IMAGE_PIXELS or cap):
-            # Only reachable when Pillow's limit was lowered below our cap: honour the stricter one.
-            raise _bomb_error(name, bombs[0].message)
-        try:
-            raw16 = _read_raw_tiff16(im, path)
-        except InvalidImageError:
-            raise
-        except _DECODE_ERRORS:
-            raw16 = None  # let Pillow try (and report) instead
-        if raw16 is not None:
-            arr = _orient_array(raw16, _exif_orientation(im)).astype(np.float32) / 65535.0
-            alpha = arr[:, :, 3] if arr.shape[2] == 4 else None
-            return arr[:, :, :3], alpha
-        return _decode_loaded(im, name)
+    with _opened(path, name, cap) as (im, fh), _decoding(name, cap):
+        return _decode_file(im, fh, name, cap)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,7 +603,8 @@ def _load_arrays(source: ImageSource, max_pixels: int | None) -> tuple[np.ndarra
     if isinstance(source, Image.Image):
         name = _quote(source.filename) if getattr(source, "filename", "") else "PIL image"
         _check_pixels(name, source.width, source.height, cap)
-        return _decode_loaded(source, name)
+        with _decoding(name, cap):
+            return _decode_loaded(source, name)
     if isinstance(source, np.ndarray):
         rgb, alpha = _array_to_arrays(source, "numpy image")
     elif isinstance(source, torch.Tensor):
@@ -446,6 +616,13 @@ def _load_arrays(source: ImageSource, max_pixels: int | None) -> tuple[np.ndarra
         )
     _check_pixels("in-memory image", rgb.shape[1], rgb.shape[0], cap)
     return rgb, alpha
+
+
+def _composite_on_white(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    if alpha is not None:
+        a = alpha[:, :, None]
+        rgb = rgb * a + (1.0 - a)  # "over" a white background, straight alpha
+    return np.clip(rgb, 0.0, 1.0)
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -470,16 +647,15 @@ def load_image(source: ImageSource, *, max_pixels: int | None = None) -> torch.T
         with any transparency composited on white.
 
     Raises:
-        InvalidImageError: missing, truncated, corrupt or non-image file; bad array/tensor shape,
-            dtype or range; NaN.
-        ImageTooLargeError: more pixels than the cap.
+        InvalidImageError: missing, empty, truncated, corrupt or non-image file; not a regular
+            file (directory, FIFO, device, socket: refused before opening, so nothing blocks);
+            bad array/tensor shape, dtype or range; NaN. Every message names the file.
+        ImageTooLargeError: more pixels than the cap (header or any Pillow size check), before
+            those pixels are decoded.
         InvalidOptionError: ``max_pixels`` or ``$IMPASTO_MAX_PIXELS`` is not a positive integer.
     """
     rgb, alpha = _load_arrays(source, max_pixels)
-    if alpha is not None:
-        a = alpha[:, :, None]
-        rgb = rgb * a + (1.0 - a)  # "over" a white background, straight alpha
-    return _to_tensor(np.clip(rgb, 0.0, 1.0))
+    return _to_tensor(_composite_on_white(rgb, alpha))
 
 
 def load_image_with_alpha(
@@ -499,6 +675,50 @@ def load_image_with_alpha(
     rgb, alpha = _load_arrays(source, max_pixels)
     alpha_t = None if alpha is None else _to_tensor(alpha[:, :, None])
     return _to_tensor(rgb), alpha_t
+
+
+def count_frames(path: str | os.PathLike, *, max_pixels: int | None = None) -> int:
+    """Number of frames in an image file (1 for a still image), read from the frame headers.
+
+    Raises:
+        The same as :func:`load_image` for a path (the first frame's size is checked against the
+        cap; :func:`iter_frames` checks each frame's).
+    """
+    target = Path(path)
+    name = _quote(target)
+    cap = _resolve_max_pixels(max_pixels)
+    with _opened(target, name, cap) as (im, _), _decoding(name, cap):
+        _check_pixels(name, im.width, im.height, cap)
+        return int(getattr(im, "n_frames", 1))
+
+
+def iter_frames(path: str | os.PathLike, *, max_pixels: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield every frame of an image file (animated GIF/WebP/PNG, multi-page TIFF; a still image
+    gives one frame) as float32 ``(1, 3, H, W)`` in [0, 1], transparency composited on white,
+    decoding one frame at a time.
+
+    Each frame's size is checked against the cap before it is decoded (a GIF frame may grow the
+    canvas). Frames after the first keep what the format composes them with (GIF disposal).
+
+    Raises:
+        The same as :func:`load_image`, naming the file and the frame.
+    """
+    target = Path(path)
+    name = _quote(target)
+    cap = _resolve_max_pixels(max_pixels)
+    with _opened(target, name, cap) as (im, fh):
+        index = 0
+        while True:
+            frame_name = name if index == 0 else f"{name} (frame {index + 1})"
+            with _decoding(frame_name, cap):
+                try:
+                    im.seek(index)
+                except EOFError:
+                    return
+                rgb, alpha = _decode_file(im, fh, frame_name, cap)
+            # Yield outside _decoding: the consumer's work must not hold the Pillow limit lock.
+            yield _to_tensor(_composite_on_white(rgb, alpha))
+            index += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -769,19 +989,14 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
         The recipe dict.
 
     Raises:
-        InvalidImageError: missing or unreadable file, or the file holds no impasto recipe.
+        InvalidImageError: missing, unreadable or non-regular file, or the file holds no impasto
+            recipe.
+        ImageTooLargeError: the image has more pixels than the cap (as for :func:`load_image`).
     """
     target = Path(path)
     name = _quote(target)
-    try:
-        im = Image.open(target)
-    except FileNotFoundError as exc:
-        raise InvalidImageError(f"no such file: {name}") from exc
-    except Image.UnidentifiedImageError as exc:
-        raise InvalidImageError(f"cannot decode {name}: not a recognised image file") from exc
-    except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
-        raise InvalidImageError(f"cannot read {name}: {exc}") from exc
-    with im:
+    cap = _resolve_max_pixels(None)
+    with _opened(target, name, cap) as (im, _), _decoding(name, cap):
         candidates = _recipe_candidates(im)
     for text in candidates:
         if isinstance(text, bytes):
