@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import platform
 import types
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from impasto.errors import InvalidOptionError, suggest
+from impasto.errors import ImageSizeError, InvalidImageError, InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken
 from impasto.io.image import load_image, load_image_with_alpha, read_recipe, save_image, to_pil
 from impasto.methods import arbitrary, feedforward, optimization, photoreal, wct
@@ -92,6 +93,36 @@ def resolve_options(method: str, options: Any) -> Any:
     return options
 
 
+def check_call(method: str, n_styles: int, *, checkpoint: Any = None, resume: bool = False) -> None:
+    """Refuse arguments a method would silently ignore: style images for a trained network,
+    a checkpoint for a method that runs in one pass."""
+    module = METHODS[method]
+    if n_styles and not getattr(module, "TAKES_STYLE", True):
+        raise InvalidOptionError(f"--method {method} takes no style image (the style is in its --model); "
+                                 "drop the STYLE argument(s), or pick a model with --model")
+    if (checkpoint is not None or resume) and not getattr(module, "RESUMABLE", False):
+        resumable = ", ".join(name for name, m in METHODS.items() if getattr(m, "RESUMABLE", False))
+        raise InvalidOptionError(f"--method {method} runs in one pass and cannot checkpoint or resume; "
+                                 f"drop --checkpoint/--resume (methods that can: {resumable})")
+
+
+class _naming_inputs:
+    """Re-raise an ImageSizeError about 'content image' / 'style image N' with that input's file name."""
+
+    def __init__(self, content: ImageInput, styles: Sequence[ImageInput]) -> None:
+        self.names = {"content image": content, **{f"style image {i + 1}": s for i, s in enumerate(styles)}}
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, ImageSizeError):
+            source = self.names.get(exc.which)
+            if isinstance(source, (str, os.PathLike)):
+                raise ImageSizeError(f"{os.fspath(source)}: {exc}", which=exc.which) from None
+        return False
+
+
 def stylize(
     content: ImageInput,
     style: ImageInput | Sequence[ImageInput] | None = None,
@@ -115,12 +146,14 @@ def stylize(
     """
     opts = resolve_options(method, options)
     styles_in = [] if style is None else list(style) if isinstance(style, (list, tuple)) else [style]
+    check_call(method, len(styles_in), checkpoint=checkpoint, resume=resume)
     content_t, alpha, content_info = _load(content, keep_alpha)
     loaded = [_load(s) for s in styles_in]
-    result = METHODS[method].run(
-        content_t, [s[0] for s in loaded], opts, callback=callback, cancel=cancel,
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-    )
+    with _naming_inputs(content, styles_in):
+        result = METHODS[method].run(
+            content_t, [s[0] for s in loaded], opts, callback=callback, cancel=cancel,
+            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+        )
     if alpha is not None:
         alpha = resize(alpha, tuple(result.image.shape[-2:]))
     recipe = {
@@ -140,31 +173,135 @@ def stylize(
 
 
 def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The recipe embedded in an impasto output image."""
-    recipe = read_recipe(path)
+    """The recipe embedded in an impasto output image, checked to have the shape impasto writes."""
+    try:
+        recipe = read_recipe(path)
+    except RecursionError:
+        raise InvalidOptionError(f"{path}: its recipe is nested too deeply to be one impasto wrote") from None
     if recipe.get("impasto_recipe") != RECIPE_FORMAT:
         raise InvalidOptionError(f"{path} holds a recipe of an unknown format ({recipe.get('impasto_recipe')!r})")
+    check_recipe(recipe, str(path))
     return recipe
+
+
+def check_recipe(recipe: dict[str, Any], where: str = "the recipe") -> None:
+    """Raise InvalidOptionError naming the first missing or mistyped entry of a recipe (before any work)."""
+
+    def need(container: Any, key: str, kind: type | tuple[type, ...], label: str) -> Any:
+        value = container.get(key) if isinstance(container, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise InvalidOptionError(f"{where}: the recipe's '{label}' is missing or not {_kind_name(kind)}; "
+                                     "it was not written by impasto or was edited")
+        return value
+
+    method = need(recipe, "method", str, "method")
+    if method not in METHODS:
+        raise InvalidOptionError(f"{where}: the recipe names an unknown method '{method}' ({', '.join(METHODS)})")
+    need(recipe, "options", dict, "options")
+    inputs = need(recipe, "inputs", dict, "inputs")
+    content = need(inputs, "content", dict, "inputs.content")
+    need(content, "pixels_sha256", str, "inputs.content.pixels_sha256")
+    styles = need(inputs, "styles", list, "inputs.styles")
+    for i, entry in enumerate(styles):
+        need(entry if isinstance(entry, dict) else {}, "pixels_sha256", str, f"inputs.styles[{i}].pixels_sha256")
+    need(recipe, "weights", dict, "weights")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({dict: "an object", list: "a list", str: "a string", bool: "true/false"}.get(k, k.__name__) for k in kinds)
 
 
 def rerun(recipe: dict[str, Any], *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Stylized:
     """Run a recipe again from its recorded input files; refuses inputs whose pixels changed."""
+    check_recipe(recipe)
     inputs = recipe["inputs"]
-    paths = [inputs["content"]["path"], *(s["path"] for s in inputs["styles"])]
-    if any(p is None for p in paths):
+    entries = [inputs["content"], *inputs["styles"]]
+    paths = [entry.get("path") for entry in entries]
+    if any(not isinstance(p, str) for p in paths):
         raise InvalidOptionError("this recipe was made from in-memory images, so it cannot be re-run from files")
-    for entry in [inputs["content"], *inputs["styles"]]:
+    for entry in entries:
         if not Path(entry["path"]).is_file():
             raise InvalidOptionError(f"input {entry['path']} named by the recipe no longer exists")
         if pixel_hash(load_image(entry["path"])) != entry["pixels_sha256"]:
             raise InvalidOptionError(f"input {entry['path']} changed since the recipe was made (pixel hash differs)")
     options = dict(recipe["options"])
-    if options.get("encoder") == "auto":  # pin the weights that were actually used
+    if options.get("encoder") == "auto" and isinstance(recipe["weights"].get("name"), str):  # pin the weights actually used
         options["encoder"] = recipe["weights"]["name"]
     return stylize(
         paths[0], paths[1:], method=recipe["method"], options=options,
         callback=callback, cancel=cancel, keep_alpha=bool(inputs.get("keep_alpha", False)),
     )
+
+
+def recipe_inputs(recipe: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(what, path) of a recipe's input files, for output checks."""
+    inputs = recipe["inputs"]
+    found = [("content image", inputs["content"].get("path"))]
+    found += [(f"style image {i + 1}", s.get("path")) for i, s in enumerate(inputs["styles"])]
+    return [(what, p if isinstance(p, str) else None) for what, p in found]
+
+
+BAD_FRAME_POLICIES = ("stop", "skip", "copy")
+
+
+@dataclass
+class VideoSummary:
+    """What a video run did: ``frames`` are the output frames present afterwards, in order."""
+
+    frames: list[Path] = field(default_factory=list)
+    made: int = 0  # stylised in this run (new frames)
+    redone: int = 0  # present from an earlier run with other inputs or options, stylised again
+    reused: int = 0  # present from an earlier, interrupted run with the same inputs and options
+    copied: list[str] = field(default_factory=list)  # bad frames replaced by the previous stylised frame
+    skipped: list[str] = field(default_factory=list)  # bad frames left out
+    problems: list[str] = field(default_factory=list)  # why each bad frame was bad
+
+    def line(self) -> str:
+        parts = [f"{len(self.frames)} frames: {self.made} stylised"]
+        if self.redone:
+            parts.append(f"{self.redone} redone (made earlier with other inputs or options)")
+        if self.reused:
+            parts.append(f"{self.reused} kept from an earlier run")
+        if self.copied:
+            parts.append(f"{len(self.copied)} bad, replaced by the previous frame ({', '.join(self.copied)})")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} bad, skipped ({', '.join(self.skipped)})")
+        return ", ".join(parts)
+
+
+def _file_digest(value: Any) -> str | None:
+    """sha256 of a file an option names (a model or decoder), so a changed file changes the fingerprint."""
+    if isinstance(value, str) and value and Path(value).is_file():
+        digest = hashlib.sha256()
+        with open(value, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    return None
+
+
+def video_fingerprint(method: str, opts: Any, style_hashes: Sequence[str]) -> str:
+    """What makes a stylised frame (besides the frame itself): method, options, style pixels, named files."""
+    options = dataclasses.asdict(opts)
+    files = {k: _file_digest(v) for k, v in options.items() if _file_digest(v)}
+    for key in ("decoders", "content_mask", "style_mask"):
+        for v in options.get(key) or ():
+            if _file_digest(v):
+                files[f"{key}:{v}"] = _file_digest(v)
+    blob = json.dumps({"method": method, "options": options, "styles": list(style_hashes), "files": files,
+                       "impasto": _version()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _made_by(target: Path, fingerprint: str, frame_sha: str) -> bool:
+    """Whether an existing output frame was made from this frame with this fingerprint."""
+    try:
+        recipe = read_recipe(target)
+    except (InvalidImageError, RecursionError):
+        return False
+    inputs = recipe.get("inputs") if isinstance(recipe.get("inputs"), dict) else {}
+    return recipe.get("video_fingerprint") == fingerprint and inputs.get("frame_pixels_sha256") == frame_sha
 
 
 def stylize_video(
@@ -177,34 +314,80 @@ def stylize_video(
     callback: Callback | None = None,
     on_frame: Callable[[int, int], None] | None = None,
     cancel: CancelToken | None = None,
-) -> list[Path]:
+    on_bad_frame: str = "stop",
+    overwrite: bool = False,
+) -> VideoSummary:
     """Stylise every frame of a folder (or GIF) independently into ``output_dir`` as PNGs.
 
     Method-agnostic: any method in METHODS runs per frame (temporal consistency is a separate
-    layer, to come). Frames already present in ``output_dir`` are kept, so an interrupted run
-    continues where it stopped. Each PNG carries its recipe.
+    layer, to come). Each PNG carries its recipe with a fingerprint of what made it (method,
+    options, style pixels, model files) and its frame's pixel hash: a frame already in
+    ``output_dir`` is kept only when both match (an interrupted run continues where it stopped),
+    and is stylised again otherwise.
+
+    ``on_bad_frame``: a frame that cannot be decoded stops the run (``stop``, the finished frames
+    are kept), is left out (``skip``), or is replaced by the previous stylised frame (``copy``: the
+    clip keeps its length and timing). ``output_dir`` may not be the input folder or inside it
+    unless ``overwrite``.
     """
     from impasto.io.video import frame_path, frame_sources, read_frames
+    from impasto.validation import check_output
 
+    if on_bad_frame not in BAD_FRAME_POLICIES:
+        raise InvalidOptionError(f"--on-bad-frame must be one of {', '.join(BAD_FRAME_POLICIES)}, got '{on_bad_frame}'"
+                                 f"{suggest(on_bad_frame, BAD_FRAME_POLICIES)}")
     opts = resolve_options(method, options)
-    names = frame_sources(frames)
     styles_in = [] if style is None else list(style) if isinstance(style, (list, tuple)) else [style]
+    check_call(method, len(styles_in))
+    check_output(output_dir, [("input frames", frames),
+                              *((f"style image {i + 1}", s if isinstance(s, (str, os.PathLike)) else None)
+                                for i, s in enumerate(styles_in))], overwrite=overwrite, folder=True)
+    names = frame_sources(frames)
     loaded = [_load(s) for s in styles_in]
-    written: list[Path] = []
-    for index, frame in enumerate(read_frames(frames)):
+    fingerprint = video_fingerprint(method, opts, [s[2]["pixels_sha256"] for s in loaded])
+    summary = VideoSummary()
+    previous: Path | None = None
+    for index, (name, frame) in enumerate(read_frames(frames)):
         target = frame_path(output_dir, index)
         if on_frame:
             on_frame(index, len(names))
-        if target.exists():  # done by an earlier, interrupted run
-            written.append(target)
-            continue
         if cancel is not None:
             cancel.raise_if_cancelled()
-        result = METHODS[method].run(frame, [s[0] for s in loaded], opts, callback=callback, cancel=cancel)
+        if isinstance(frame, InvalidImageError):
+            summary.problems.append(str(frame))
+            if on_bad_frame == "stop":
+                raise InvalidImageError(f"{frame}; the {len(summary.frames)} frames before it are in {output_dir}. "
+                                        "Fix or remove the frame, or add --on-bad-frame skip (or copy) to go on without it")
+            if on_bad_frame == "copy" and previous is not None:
+                import shutil
+
+                shutil.copyfile(previous, target)
+                summary.copied.append(Path(name).name)
+                summary.frames.append(target)
+            else:
+                if target.exists():  # an earlier run's frame for an input that is now bad: not ours any more
+                    target.unlink()
+                summary.skipped.append(Path(name).name)
+            continue
+        frame_sha = pixel_hash(frame)
+        existed = target.exists()
+        if existed and _made_by(target, fingerprint, frame_sha):
+            summary.reused += 1
+            summary.frames.append(target)
+            previous = target
+            continue
+        with _naming_inputs(name if not name.startswith("gif:") else f"{frames} {name}", styles_in):
+            result = METHODS[method].run(frame, [s[0] for s in loaded], opts, callback=callback, cancel=cancel)
         recipe = {"impasto_recipe": RECIPE_FORMAT, "method": method, "options": dataclasses.asdict(opts),
-                  "seed": opts.seed, "inputs": {"frames": str(frames), "frame": names[index],
-                                                "styles": [s[2] for s in loaded]},
+                  "seed": opts.seed, "video_fingerprint": fingerprint,
+                  "inputs": {"frames": str(frames), "frame": name, "frame_pixels_sha256": frame_sha,
+                             "styles": [s[2] for s in loaded]},
                   "weights": {"name": result.weights, "sha256": result.weights_sha256},
                   "versions": {"impasto": _version(), "torch": torch.__version__}}
-        written.append(save_image(result.image, target, recipe=recipe))
-    return written
+        summary.frames.append(save_image(result.image, target, recipe=recipe))
+        previous = target
+        if existed:
+            summary.redone += 1
+        else:
+            summary.made += 1
+    return summary

@@ -32,12 +32,13 @@ from rich.progress import (
 from rich.table import Table
 
 from impasto import api
-from impasto.errors import CancelledError, ImpastoError, InvalidOptionError
+from impasto.errors import CancelledError, ImpastoError, InvalidOptionError, OutputError
 from impasto.events import CancelToken, Done, Event, Stage
 from impasto.events import Progress as ProgressEvent
 from impasto.io import weights as weights_io
 from impasto.io.image import SAVE_SUFFIXES
 from impasto.options import field_help
+from impasto.validation import check_output
 
 console = Console(stderr=True)
 out = Console()
@@ -198,18 +199,50 @@ class _Bar:
 
 # ------------------------------------------------------------------ stylize
 
+def _check_output_file(output: str, keep_alpha: bool = False) -> None:
+    suffix = Path(output).suffix.lower()
+    if suffix not in SAVE_SUFFIXES:
+        raise InvalidOptionError(f"output '{output}' must end in one of {', '.join(SAVE_SUFFIXES)}")
+    if keep_alpha and suffix in (".jpg", ".jpeg"):
+        raise InvalidOptionError(f"--keep-alpha: JPEG has no transparency, so '{output}' would drop it; "
+                                 "write a .png or .tif, or leave out --keep-alpha")
+
+
+def _file_options(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, path) for options that name existing files (masks, init image, model, decoders)."""
+    found = []
+    for key, value in fields.items():
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, str) and item and Path(item).is_file():
+                found.append((f"--{key.replace('_', '-')} file", item))
+    return found
+
+
+def _save(result: api.Stylized, output: str) -> Path:
+    try:
+        return result.save(output)
+    except OSError as exc:
+        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
 def _build_stylize() -> click.Command:
     classes = {name: module.Options for name, module in api.METHODS.items()}
 
     def callback(content: str, styles: tuple[str, ...], output: str, method: str, checkpoint: str | None,
-                 checkpoint_every: int, resume: bool, keep_alpha: bool, quiet: bool, **values: Any) -> None:
+                 checkpoint_every: int, resume: bool, keep_alpha: bool, overwrite: bool, quiet: bool, **values: Any) -> None:
         options_cls = api.resolve_options(method, None).__class__
         fields = given_fields(options_cls, values, f"--method {method}")
         if "layer_sources" in fields:
             style_layers = fields.get("style_layers") or options_cls().style_layers
             fields["layer_sources"] = _expand_layer_sources(fields["layer_sources"], list(style_layers))
-        if Path(output).suffix.lower() not in SAVE_SUFFIXES:  # checked before the long run, not after it
-            raise InvalidOptionError(f"output '{output}' must end in one of {', '.join(SAVE_SUFFIXES)}")
+        _check_output_file(output, keep_alpha)  # checked before the long run, not after it
+        inputs = [("content image", content), *((f"style image {i + 1}", s) for i, s in enumerate(styles)),
+                  *_file_options(fields)]
+        if checkpoint:
+            inputs.append(("checkpoint", checkpoint))
+        check_output(output, inputs, overwrite=overwrite)
+        if checkpoint_every < 1:
+            raise InvalidOptionError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
         token = CancelToken()
         previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())  # Ctrl-C: checkpoint, then stop
         try:
@@ -223,7 +256,7 @@ def _build_stylize() -> click.Command:
             raise CancelledError(f"{exc}{hint}") from None
         finally:
             signal.signal(signal.SIGINT, previous)
-        path = result.save(output)
+        path = _save(result, output)
         if not quiet:
             losses = ", ".join(f"{k} {v:.4g}" for k, v in result.losses.items())
             console.print(f"wrote {path} ({result.image.shape[-1]}x{result.image.shape[-2]}, "
@@ -239,7 +272,8 @@ def _build_stylize() -> click.Command:
         click.Option(["--checkpoint"], default=None, help="Checkpoint file, written every --checkpoint-every steps and on Ctrl-C."),
         click.Option(["--checkpoint-every"], type=int, default=50, show_default=True, help="Steps between checkpoints."),
         click.Option(["--resume"], is_flag=True, default=False, help="Continue from --checkpoint."),
-        click.Option(["--keep-alpha"], is_flag=True, default=False, help="Re-attach the content's transparency to the result."),
+        click.Option(["--keep-alpha"], is_flag=True, default=False, help="Re-attach the content's transparency to the result (.png or .tif output)."),
+        click.Option(["--overwrite"], is_flag=True, default=False, help="Allow -o to be one of the input files (it is replaced)."),
         click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
         *options_params(classes),
     ]
@@ -274,9 +308,11 @@ def recipe_cmd(image: str, rerun: bool, output: str | None) -> None:
         return
     if output is None:
         raise InvalidOptionError("--rerun needs -o OUT for the new image")
+    _check_output_file(output)
+    check_output(output, [("image the recipe was read from", image), *api.recipe_inputs(recipe)])
     with _Bar(enabled=True) as bar:
         result = api.rerun(recipe, callback=bar)
-    console.print(f"wrote {result.save(output)}")
+    console.print(f"wrote {_save(result, output)}")
 
 
 def _byte_progress() -> tuple[Progress, Callable[[int, int | None], None]]:
@@ -410,13 +446,12 @@ def models_group() -> None:
     """Trained feed-forward models shipped with impasto."""
 
 
-@models_group.command("list")
-def models_list() -> None:
-    """Show the shipped models with their styles, training and licence lines."""
+def _model_rows() -> list[dict[str, Any]]:
+    """One dict per shipped model: name, kind, styles or level, size, training, licence, file."""
     from impasto.io.models import load_model, shipped_models
     from impasto.methods import wct
 
-    table = Table("name", "kind", "styles / level", "trained", "size", "licence")
+    rows = []
     for name, path in shipped_models().items():
         _, meta = load_model(path)
         training = meta.get("training", {})
@@ -425,17 +460,53 @@ def models_list() -> None:
             unpool = bool(arch.get("unpool")) and arch.get("level") != "relu1_1"
             level = what = arch.get("level", "?")
             if unpool:
-                kind = "decoder, max-unpool (photowct, wct)" if level in wct.Options().unpool_levels else "decoder, max-unpool (photowct)"
+                used_by = "photowct, wct" if level in wct.Options().unpool_levels else "photowct"
+                kind = "decoder/unpool"
             else:
-                kind = "decoder (adain, wct, photowct)" if level == "relu1_1" else "decoder (adain, wct)"
+                used_by = "adain, wct, photowct" if level == "relu1_1" else "adain, wct"
+                kind = "decoder"
             licence = meta.get("training_data", {}).get("licence", "weights trained by impasto")
         else:
-            kind = "feedforward"
+            kind, used_by = "feedforward", "feedforward"
             what = ", ".join(s["name"] for s in meta.get("styles", []))
             licence = "; ".join(s.get("licence", "?") for s in meta.get("styles", []))
-        table.add_row(name, kind, what, f"{training.get('steps_done', '?')} steps on {training.get('images', '?')} images",
-                      f"{path.stat().st_size / 1e6:.1f} MB", licence)
-    out.print(table)
+        rows.append({"name": name, "kind": kind, "style_or_level": what, "methods": used_by,
+                     "size_mb": round(path.stat().st_size / 1e6, 1),
+                     "trained": f"{training.get('steps_done', '?')} steps on {training.get('images', '?')} images",
+                     "licence": licence, "file": str(path)})
+    return rows
+
+
+@models_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON (every detail) for scripts.")
+def models_list(as_json: bool) -> None:
+    """Show the shipped models, one line each; 'impasto models show NAME' gives the details and licence."""
+    rows = _model_rows()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows) if rows else 4
+    click.echo(f"{'name':<{width}}  {'kind':<14}  {'size':>7}  style/level")  # fits 80 columns
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['kind']:<14}  {r['size_mb']:>4.1f} MB  {r['style_or_level']}")
+
+
+@models_group.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the details as JSON.")
+def models_show(name: str, as_json: bool) -> None:
+    """Details of one shipped model: methods that use it, training, licence, file."""
+    from impasto.errors import suggest
+
+    rows = {r["name"]: r for r in _model_rows()}
+    if name not in rows:
+        raise InvalidOptionError(f"no shipped model '{name}'; 'impasto models list' shows them.{suggest(name, rows)}")
+    row = rows[name]
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    for key in ("name", "kind", "style_or_level", "methods", "size_mb", "trained", "licence", "file"):
+        click.echo(f"{key.replace('_', ' ')}: {row[key]}")
 
 
 @cli.command("export")
@@ -451,7 +522,8 @@ def export_cmd(model: str, onnx_path: str) -> None:
 def _build_stylize_video() -> click.Command:
     classes = {name: module.Options for name, module in api.METHODS.items()}
 
-    def callback(frames: str, styles: tuple[str, ...], output: str, method: str, quiet: bool, **values: Any) -> None:
+    def callback(frames: str, styles: tuple[str, ...], output: str, method: str, on_bad_frame: str, overwrite: bool,
+                 quiet: bool, **values: Any) -> None:
         options_cls = api.resolve_options(method, None).__class__
         fields = given_fields(options_cls, values, f"--method {method}")
         progress = Progress(TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -461,21 +533,26 @@ def _build_stylize_video() -> click.Command:
         try:
             with progress:
                 task = progress.add_task("frames", total=None)
-                written = api.stylize_video(frames, output, list(styles) or None, method=method, options=fields,
-                                            cancel=token,
+                summary = api.stylize_video(frames, output, list(styles) or None, method=method, options=fields,
+                                            cancel=token, on_bad_frame=on_bad_frame, overwrite=overwrite,
                                             on_frame=lambda i, n: progress.update(task, completed=i, total=n))
         except CancelledError as exc:
             raise CancelledError(f"{exc}; finished frames are kept in {output}, run the same command to continue") from None
         finally:
             signal.signal(signal.SIGINT, previous)
-        if not quiet:
-            console.print(f"wrote {len(written)} frames to {output}")
+        if not quiet or summary.skipped or summary.copied:
+            console.print(f"{output}: {summary.line()}", soft_wrap=True)
+        for problem in summary.problems if not quiet else ():
+            console.print(f"  bad frame: {problem}", soft_wrap=True)
 
     params: list[click.Parameter] = [
         click.Argument(["frames"], type=click.Path()),
         click.Argument(["styles"], nargs=-1, type=click.Path(dir_okay=False)),
         click.Option(["-o", "--output"], required=True, help="Folder for the stylised frames (PNG)."),
         click.Option(["--method"], default="feedforward", show_default=True, help=f"Method: {', '.join(api.METHODS)}."),
+        click.Option(["--on-bad-frame"], type=click.Choice(api.BAD_FRAME_POLICIES), default="stop", show_default=True,
+                     help="A frame that cannot be decoded: stop (keep the frames done), skip it, or copy the previous stylised frame in its place."),
+        click.Option(["--overwrite"], is_flag=True, default=False, help="Allow -o to be the input folder or inside it."),
         click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
         *options_params(classes),
     ]

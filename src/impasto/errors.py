@@ -76,3 +76,9 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean 'x'?' for the closest valid choice, or ''."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" Did you mean '{match[0]}'?" if match else ""
+
+
+class OutputError(ImpastoError, OSError):
+    """A result could not be written (folder missing and not creatable, no permission, disk full)."""
+
+    exit_code = 7

@@ -37,6 +37,7 @@ from impasto.result import Result
 from impasto.validation import check_fields, check_image_side, check_memory
 
 COLOR_MODES = ("style", "luminance")
+TAKES_STYLE = False  # the style is in the model; api.check_call refuses style images
 
 
 # ----------------------------------------------------------------------------- network

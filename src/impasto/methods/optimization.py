@@ -44,6 +44,7 @@ OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style")  # or a path to an image file
 COLOR_MODES = ("style", "luminance", "match", "color_only")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
+RESUMABLE = True  # run() takes checkpoint/resume (api.check_call refuses them for the other methods)
 
 
 @dataclass(frozen=True)
@@ -304,8 +305,7 @@ def run(
                 f"checkpoint {checkpoint} belongs to a different run (other inputs or options); "
                 "use the same command, or delete the checkpoint to start fresh"
             )
-        start_scale, start_step = int(state["scale_index"]), int(state["step"])
-        image, opt_state = state["image"], state["optimizer"]
+        start_scale, start_step, image, opt_state = _resume_point(state, plan, str(checkpoint))
 
     done = sum(n for _, n in plan[:start_scale]) + start_step
     losses: dict[str, float] = {}
@@ -374,6 +374,29 @@ def run(
         callback(Done(seconds=seconds, steps=done))
     return Result(image=result.contiguous(), weights=weights_name, weights_sha256=weights_sha,
                   steps=done, seconds=seconds, final_losses=losses)
+
+
+def _resume_point(state: dict, plan: list[tuple[tuple[int, int], int]], where: str) -> tuple[int, int, Tensor, dict]:
+    """(scale index, step, image, optimiser state) from a checkpoint, every entry checked against the plan."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {where} is damaged ({what}); delete it to start fresh")
+
+    missing = [k for k in ("scale_index", "step", "image", "optimizer") if k not in state]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    scale, step, image, opt_state = state["scale_index"], state["step"], state["image"], state["optimizer"]
+    if not isinstance(scale, int) or isinstance(scale, bool) or not 0 <= scale < len(plan):
+        raise bad(f"scale_index {scale!r} is not in 0..{len(plan) - 1}")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= plan[scale][1]:
+        raise bad(f"step {step!r} is not in 0..{plan[scale][1]}")
+    if not isinstance(image, Tensor) or image.dtype != torch.float32 or tuple(image.shape) != (1, 3, *plan[scale][0]):
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise bad(f"image {shape} is not (1, 3, {plan[scale][0][0]}, {plan[scale][0][1]}) float32")
+    if not torch.isfinite(image).all():
+        raise bad("image holds NaN or infinite values")
+    if not isinstance(opt_state, dict) or (opt_state and not {"state", "param_groups"} <= set(opt_state)):
+        raise bad("optimizer state is not an optimiser's state")
+    return scale, step, image, opt_state
 
 
 def _initial_image(options: Options, content: Tensor, style: Tensor) -> Tensor:

@@ -17,6 +17,33 @@ from impasto.io.plot import save_loss_curve
 StepFn = Callable[[int], dict[str, Tensor]]  # step index -> {"total": loss to minimise, other parts...}
 
 
+def _restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps: int,
+             where: str) -> tuple[int, dict[str, list[float]]]:
+    """Load a training checkpoint into ``model``/``optimizer``; every entry checked, else CheckpointError."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {where} is damaged ({what}); delete it to start fresh")
+
+    missing = [k for k in ("step", "model", "optimizer", "history") if k not in state]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    step, history = state["step"], state["history"]
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= steps:
+        raise bad(f"step {step!r} is not in 0..{steps}")
+    if not isinstance(history, dict) or not all(isinstance(v, list) for v in history.values()):
+        raise bad("history is not a dict of loss lists")
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise bad("model weights are not tensors")
+    if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
+        raise bad("model weights hold NaN or infinite values")
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise bad(f"weights or optimiser state do not fit this model: {str(exc).splitlines()[0]}") from None
+    return step, {k: list(v) for k, v in history.items()}
+
+
 def run_steps(
     *,
     model: nn.Module,
@@ -47,10 +74,7 @@ def run_steps(
         state = load_checkpoint(checkpoint)
         if state.get("fingerprint") != fingerprint:
             raise CheckpointError(f"checkpoint {checkpoint} belongs to a different training run (options, styles or data differ)")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        history = {k: list(v) for k, v in state["history"].items()}
+        start, history = _restore(state, model, optimizer, steps, str(checkpoint))
 
     def save(step: int) -> None:
         if checkpoint is not None:
