@@ -235,12 +235,12 @@ def _build_stylize() -> click.Command:
         if "layer_sources" in fields:
             style_layers = fields.get("style_layers") or options_cls().style_layers
             fields["layer_sources"] = _expand_layer_sources(fields["layer_sources"], list(style_layers))
-        _check_output_file(output, keep_alpha)  # checked before the long run, not after it
         inputs = [("content image", content), *((f"style image {i + 1}", s) for i, s in enumerate(styles)),
                   *_file_options(fields)]
         if checkpoint:
             inputs.append(("checkpoint", checkpoint))
-        check_output(output, inputs, overwrite=overwrite)
+        check_output(output, inputs, overwrite=overwrite)  # checked before the long run, not after it
+        _check_output_file(output, keep_alpha)
         if checkpoint_every < 1:
             raise InvalidOptionError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
         token = CancelToken()
@@ -308,8 +308,8 @@ def recipe_cmd(image: str, rerun: bool, output: str | None) -> None:
         return
     if output is None:
         raise InvalidOptionError("--rerun needs -o OUT for the new image")
-    _check_output_file(output)
     check_output(output, [("image the recipe was read from", image), *api.recipe_inputs(recipe)])
+    _check_output_file(output)
     with _Bar(enabled=True) as bar:
         result = api.rerun(recipe, callback=bar)
     console.print(f"wrote {_save(result, output)}")
