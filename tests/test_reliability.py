@@ -368,3 +368,53 @@ def test_models_list_is_compact_with_details_behind_show_and_json(capsys):
     assert "licence:" in capsys.readouterr().out
     assert main(["models", "show", "starry_nite"]) == 2
     assert "Did you mean 'starry_night'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the guard: every raise is a typed ImpastoError
+
+def _typed_errors() -> set[str]:
+    import inspect
+
+    from impasto import errors
+
+    return {name for name, obj in vars(errors).items() if inspect.isclass(obj) and issubclass(obj, errors.ImpastoError)}
+
+
+def _untyped_raises(source: str, typed: set[str]) -> list[tuple[int, str]]:
+    """(line, raised name) of every raise that is not a typed error, a re-raise, or a local helper returning one."""
+    import ast
+    import builtins
+
+    tree = ast.parse(source)
+    helpers = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+               and isinstance(node.returns, (ast.Name, ast.Constant))
+               and (getattr(node.returns, "id", None) or getattr(node.returns, "value", None)) in typed}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Raise) or node.exc is None:
+            continue  # bare re-raise
+        if isinstance(node.exc, ast.Name) and not isinstance(getattr(builtins, node.exc.id, None), type):
+            continue  # re-raising a caught exception held in a variable
+        func = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if name not in typed and name not in helpers:
+            found.append((node.lineno, name or ast.unparse(node.exc)))
+    return found
+
+
+def test_every_raise_in_impasto_is_a_typed_impasto_error():
+    """A user-caused failure must never reach the CLI as 'internal error': the library raises only
+    ImpastoError subclasses (or re-raises a caught exception, or calls a local helper that returns one)."""
+    import impasto
+
+    typed = _typed_errors()
+    bad = [f"{path.name}:{line} raises {name}" for path in Path(impasto.__file__).parent.rglob("*.py")
+           for line, name in _untyped_raises(path.read_text(), typed)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_guard_catches_an_untyped_raise():
+    source = ("def bad(x) -> 'CheckpointError':\n    return CheckpointError(x)\n"
+              "def f(e):\n    raise ValueError('x')\n    raise CheckpointError('ok')\n    raise bad('ok')\n"
+              "    raise e\n    raise errors.InvalidOptionError('ok')\n    raise RuntimeError\n")
+    assert _untyped_raises(source, _typed_errors()) == [(4, "ValueError"), (9, "RuntimeError")]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from impasto.errors import InvalidOptionError
+
 
 def content_loss(features: Tensor, target: Tensor) -> Tensor:
     """Mean squared error ``||F - P||^2 / (N_l M_l)`` (per sample, averaged over the batch).
@@ -13,7 +15,7 @@ def content_loss(features: Tensor, target: Tensor) -> Tensor:
     weight independent of layer width and image size.
     """
     if features.shape != target.shape:
-        raise ValueError(f"content features {tuple(features.shape)} and target {tuple(target.shape)} differ in shape")
+        raise InvalidOptionError(f"content features {tuple(features.shape)} and target {tuple(target.shape)} differ in shape")
     acc = torch.promote_types(features.dtype, torch.float32)
     return (features.to(acc) - target.to(acc)).pow(2).mean()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from impasto.errors import InvalidOptionError
 from impasto.ops.stats import mean_cov, mean_std, sqrtm_psd
 
 
@@ -65,7 +66,7 @@ class _GramLossFn(torch.autograd.Function):
 def gram_loss(features: Tensor, target_gram: Tensor) -> Tensor:
     """Gram-matrix style loss against a precomputed target ``(N or 1, C, C)``."""
     if features.dim() != 4 or target_gram.shape[-1] != features.shape[1]:
-        raise ValueError(f"features {tuple(features.shape)} do not match Gram target {tuple(target_gram.shape)}")
+        raise InvalidOptionError(f"features {tuple(features.shape)} do not match Gram target {tuple(target_gram.shape)}")
     return _GramLossFn.apply(features, target_gram.expand(features.shape[0], -1, -1))
 
 
