@@ -418,3 +418,10 @@ def test_the_guard_catches_an_untyped_raise():
               "def f(e):\n    raise ValueError('x')\n    raise CheckpointError('ok')\n    raise bad('ok')\n"
               "    raise e\n    raise errors.InvalidOptionError('ok')\n    raise RuntimeError\n")
     assert _untyped_raises(source, _typed_errors()) == [(4, "ValueError"), (9, "RuntimeError")]
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_demo_refuses_no_pairs(capsys, value, tmp_path):
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--pairs", value]) == 2
+    err = capsys.readouterr().err
+    assert "--pairs" in err and "Traceback" not in err and not (tmp_path / "demo").exists()

@@ -374,7 +374,7 @@ def weights_verify(names: tuple[str, ...]) -> None:
 @click.option("-o", "--output", default="out/demo", show_default=True, help="Folder for results and the contact sheet.")
 @click.option("--data", default=None, help="Folder like ../shared/data (default: found next to the repo, else generated images).")
 @click.option("--size", default=512, show_default=True, help="Long side of each result.")
-@click.option("--pairs", default=3, show_default=True, help="How many content/style pairs to stylise.")
+@click.option("--pairs", type=click.IntRange(min=1), default=3, show_default=True, help="How many content/style pairs to stylise.")
 @click.option("--iterations", type=int, default=None, help="Optimiser steps per image (default: the method's).")
 def demo_cmd(output: str, data: str | None, size: int, pairs: int, iterations: int | None) -> None:
     """The main job: stylise example images offline and write results plus a contact sheet."""
