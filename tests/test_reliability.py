@@ -425,3 +425,17 @@ def test_demo_refuses_no_pairs(capsys, value, tmp_path):
     assert main(["demo", "-o", str(tmp_path / "demo"), "--pairs", value]) == 2
     err = capsys.readouterr().err
     assert "--pairs" in err and "Traceback" not in err and not (tmp_path / "demo").exists()
+
+
+def test_non_regular_model_checkpoint_and_weights_files_are_named_as_such(ws, capsys):
+    import os
+
+    fifo = Path(ws["in"]) / "pipe.safetensors"
+    os.mkfifo(fifo)
+    refused(capsys, ws, ["stylize", ws["content"], "--method", "feedforward", "--model", fifo, "-o", ws["out"] / "o.png"],
+            "is a named pipe (FIFO), not a regular file")
+    refused(capsys, ws, ["stylize", ws["content"], ws["style"], *FAST, "--checkpoint", fifo, "--resume",
+                         "-o", ws["out"] / "o.png"], "is a named pipe (FIFO)")
+    refused(capsys, ws, ["weights", "import", fifo], "is a named pipe (FIFO)")
+    refused(capsys, ws, ["stylize", ws["content"], ws["style"], "--method", "adain", "--decoder", ws["in"],
+                         "-o", ws["out"] / "o.png"])

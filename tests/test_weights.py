@@ -199,7 +199,7 @@ def test_import_file_named_refuses_wrong_hash(home: Path, tmp_path: Path) -> Non
 
 
 def test_import_file_missing_path(home: Path, tmp_path: Path) -> None:
-    with pytest.raises(WeightsUnavailableError, match="no such weights file"):
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
         weights.import_file(tmp_path / "nope.pth")
 
 

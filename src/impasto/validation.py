@@ -199,3 +199,21 @@ def check_output(output: str | os.PathLike[str], inputs: Iterable[tuple[str, str
             where = "is" if _same(out, src) else "is inside"
             raise InvalidOptionError(f"-o {output} {where} the {what} {path}; writing there would destroy or mix with "
                                      "your input. Choose another output (or add --overwrite if you really mean it)")
+
+
+def why_not_a_file(path: str | os.PathLike[str]) -> str:
+    """'does not exist', 'is a folder', 'is a named pipe (FIFO)' ... for a path that is not a regular file."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    for test, what in ((stat.S_ISDIR, "is a folder"), (stat.S_ISFIFO, "is a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "is a socket"), (stat.S_ISCHR, "is a character device"),
+                       (stat.S_ISBLK, "is a block device")):
+        if test(mode):
+            return f"{what}, not a regular file"
+    return "is not a regular file"

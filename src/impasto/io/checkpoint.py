@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from impasto.errors import CheckpointError
+from impasto.validation import why_not_a_file
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
@@ -31,7 +32,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; raises ``CheckpointError`` when unusable."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; run without --resume to start fresh")
+        raise CheckpointError(f"checkpoint {path} {why_not_a_file(path)}; run without --resume to start fresh")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

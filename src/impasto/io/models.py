@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError, WeightsError, suggest
+from impasto.validation import why_not_a_file
 
 MODEL_FORMAT = "impasto-model/1"
 _META_KEY = "impasto"
@@ -44,7 +45,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[st
     """(float32 state, metadata) of an impasto model file; ``WeightsError`` for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"no model file at {path}")
+        raise WeightsError(f"model file {path} {why_not_a_file(path)}")
     try:
         from safetensors import safe_open
 
@@ -96,7 +97,7 @@ def resolve_model(name_or_path: str) -> Path:
     if path.is_file():
         return path
     if path.suffix.lower() in (".safetensors", ".onnx"):
-        raise InvalidOptionError(f"model file {path} does not exist")
+        raise InvalidOptionError(f"model file {path} {why_not_a_file(path)}")
     raise InvalidOptionError(
         f"no model named or at '{name_or_path}'; shipped models: {', '.join(shipped) or 'none'}"
         f"{suggest(name_or_path, shipped)} (or give a .safetensors file)"

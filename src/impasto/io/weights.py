@@ -31,6 +31,7 @@ from impasto.errors import (
     WeightsUnavailableError,
     suggest,
 )
+from impasto.validation import why_not_a_file
 
 ByteProgress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 
@@ -213,7 +214,7 @@ def import_file(path: str | os.PathLike[str], name: str | None = None) -> Path:
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsUnavailableError(f"no such weights file: {path}")
+        raise WeightsUnavailableError(f"weights file {path} {why_not_a_file(path)}")
     digest = sha256_file(path)
     if name is None:
         matches = [s for s in REGISTRY.values() if s.sha256 == digest]
