@@ -69,7 +69,7 @@ def test_layer_sources_and_blend_flags(files, tmp_path):
         (["stylize", "{content}", "{style}", "-o", "{out}", "--strength", "0.5"], "--strength does not apply to --method optimization", 2),
         (["stylize", "{content}", "{style}", "-o", "{tmp}/x.bmp"], "must end in one of .png", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--layer-sources", "relu1_1"], "must look like", 2),
-        (["stylize", "{content}", "{style}", "-o", "{out}", "--checkpoint", "{tmp}/none.ckpt", "--resume"], "no checkpoint", 5),
+        (["stylize", "{content}", "{style}", "-o", "{out}", "--checkpoint", "{tmp}/none.ckpt", "--resume"], "none.ckpt does not exist", 5),
         (["stylize", "{content}", "{style}"], "Missing option '-o'", 2),
         (["recipe", "{style}"], "holds no impasto recipe", 3),
         (["frobnicate"], "No such command", 2),

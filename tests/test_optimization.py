@@ -94,7 +94,7 @@ def test_resume_refuses_other_options(tmp_path, content, styles):
     opt.run(content, styles[0], tiny(scale_iterations=(4, 4), size=40), checkpoint=ckpt, checkpoint_every=2)
     with pytest.raises(CheckpointError, match="different run"):
         opt.run(content, styles[0], tiny(scale_iterations=(4, 4), size=40, style_weight=1.0), checkpoint=ckpt, resume=True)
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="does not exist; run without --resume"):
         opt.run(content, styles[0], tiny(), checkpoint=tmp_path / "none.ckpt", resume=True)
 
 

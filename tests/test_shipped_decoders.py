@@ -105,15 +105,16 @@ def test_bf16_one_pass_methods_stay_close_to_fp32(method, content, style, tolera
     assert 0 < float((fast - full).abs().mean()) < tolerance
 
 
-def test_models_list_shows_styles_and_decoders(capsys, monkeypatch):
+def test_models_list_shows_styles_and_decoders(capsys):
     from impasto import cli
 
-    monkeypatch.setattr(cli.out, "width", 300)  # no column truncation in the captured table
     main = cli.main
     assert main(["models", "list"]) == 0
     text = capsys.readouterr().out
-    for expected in ("starry_night", "great_wave", "relu3_1", "relu5_1", "max-unpool", "photowct"):
+    for expected in ("starry_night", "great_wave", "relu3_1", "relu5_1", "decoder/unpool"):
         assert expected in text
+    assert main(["models", "show", "vgg16_relu5_1_unpool_decoder"]) == 0  # which methods use it: in the details
+    assert "methods: photowct, wct" in capsys.readouterr().out
 
 
 
