@@ -151,8 +151,6 @@ CASES = [(m, f, extra, v) for m, f, extra in NUMERIC for v in _bad_values(f)]
 @pytest.mark.parametrize(("method", "flag", "extra", "value"), CASES, ids=[f"{c[0]}{c[1]}={c[3]}" for c in CASES])
 def test_bad_numbers_are_refused_naming_the_option(ws, capsys, method, flag, extra, value, monkeypatch):
     monkeypatch.setenv("IMPASTO_MEMORY_LIMIT_MB", "4000")  # the same refusal on any machine
-    if value == "0" and flag in ("--min-size",):
-        pass
     styles = [] if method == "feedforward" else [ws["style"]]
     model = ["--model", ws["model"]] if method == "feedforward" else []
     line = refused(capsys, ws, ["stylize", ws["content"], *styles, "-o", ws["out"] / "o.png", "--method", method,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -284,11 +285,9 @@ def _file_digest(value: Any) -> str | None:
 def video_fingerprint(method: str, opts: Any, style_hashes: Sequence[str]) -> str:
     """What makes a stylised frame (besides the frame itself): method, options, style pixels, named files."""
     options = dataclasses.asdict(opts)
-    files = {k: _file_digest(v) for k, v in options.items() if _file_digest(v)}
-    for key in ("decoders", "content_mask", "style_mask"):
-        for v in options.get(key) or ():
-            if _file_digest(v):
-                files[f"{key}:{v}"] = _file_digest(v)
+    named = [(k, v) for k, v in options.items() if isinstance(v, str)]
+    named += [(f"{k}:{v}", v) for k in ("decoders", "content_mask", "style_mask") for v in options.get(k) or ()]
+    files = {k: digest for k, v in named if (digest := _file_digest(v))}
     blob = json.dumps({"method": method, "options": options, "styles": list(style_hashes), "files": files,
                        "impasto": _version()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -359,8 +358,6 @@ def stylize_video(
                 raise InvalidImageError(f"{frame}; the {len(summary.frames)} frames before it are in {output_dir}. "
                                         "Fix or remove the frame, or add --on-bad-frame skip (or copy) to go on without it")
             if on_bad_frame == "copy" and previous is not None:
-                import shutil
-
                 shutil.copyfile(previous, target)
                 summary.copied.append(Path(name).name)
                 summary.frames.append(target)
