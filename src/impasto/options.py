@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from impasto.errors import InvalidOptionError, suggest
@@ -59,8 +60,11 @@ UNIT = Range(0, 1)
 POSITIVE = Range(0, None, low_open=True)
 
 
-def option(default: Any, help: str, range: Range | None = None) -> Any:  # noqa: A002 - 'help' reads best at call sites
-    """A dataclass field with a default, a help text (shown by ``--help``) and, for numbers, its allowed range."""
+def option(default: Any, help: str | Callable[[], str], range: Range | None = None) -> Any:  # noqa: A002 - 'help' reads best at call sites
+    """A dataclass field with a default, a help text (shown by ``--help``) and, for numbers, its allowed range.
+
+    ``help`` may be a function, called each time the text is shown (a list that can grow, like the
+    registered style losses)."""
     return dataclasses.field(default=default, metadata={"help": help, "range": range})
 
 
@@ -69,7 +73,8 @@ def field_range(f: dataclasses.Field) -> Range | None:
 
 
 def field_help(f: dataclasses.Field) -> str:
-    return str(f.metadata.get("help", ""))
+    text = f.metadata.get("help", "")
+    return str(text() if callable(text) else text)
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:

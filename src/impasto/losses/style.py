@@ -121,5 +121,3 @@ class W2Loss(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         return w2_loss(features, self.mean, self.cov)
 
-
-STYLE_LOSSES = ("gram", "mean_std", "w2")

@@ -33,12 +33,11 @@ from impasto.io.image import load_image
 from impasto.options import MIN_SIDE, Range, SEED, SIDE, WEIGHT, option
 from impasto.result import Result
 from impasto.validation import check_fields, check_image_side, check_memory
-from impasto.losses.content import content_loss
+from impasto.losses.objective import StyleTerm, content_term, layer_weights
+from impasto.losses.registry import style_loss_help, style_loss_names
 from impasto.losses.regularizers import tv_loss
-from impasto.losses.style import STYLE_LOSSES, gram_loss, mean_std_loss, w2_loss
 from impasto.ops import color as color_ops
 from impasto.ops.geometry import resize, scale_schedule, size_for_long_side
-from impasto.ops.stats import gram_matrix, mean_cov, mean_std
 
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style")  # or a path to an image file
@@ -70,7 +69,7 @@ class Options:
     style_weight: float = option(30.0, "beta: weight of the style loss.", range=WEIGHT)
     ratio: float | None = option(None, "alpha/beta; when set, style_weight = content_weight / ratio.", range=Range(0, 1e12, low_open=True))
     tv_weight: float = option(1e-1, "gamma: weight of the total-variation smoothness prior (on the image in [0, 1]).", range=WEIGHT)
-    style_loss: str = option("gram", "Style statistic: gram, mean_std or w2 (mean + covariance, Bures).")
+    style_loss: str = option("gram", style_loss_help)
     style_blend: tuple[float, ...] | None = option(None, "Blend weights, one per style image (default: equal).", range=WEIGHT)
     layer_sources: tuple[tuple[str, int], ...] = option((), "Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend.")
     style_scale: float = option(1.0, "Style image long side relative to the output's at every scale (bigger: larger brush strokes).", range=Range(0.05, 16))
@@ -93,7 +92,7 @@ def validate(options: Options, n_styles: int) -> None:
     _choice(options.optimizer, OPTIMIZERS, "optimizer")
     _choice(options.color, COLOR_MODES, "color")
     use_bf16(options.precision)  # raises for an unknown precision, or bf16 on a CPU without it
-    _choice(options.style_loss, STYLE_LOSSES, "style_loss")
+    _choice(options.style_loss, style_loss_names(), "style_loss")
     _choice(options.pooling, POOLING, "pooling")
     if options.init not in INITS and not Path(options.init).is_file():
         raise InvalidOptionError(f"init must be one of {', '.join(INITS)} or an existing image file, got '{options.init}'")
@@ -118,12 +117,6 @@ def validate(options: Options, n_styles: int) -> None:
             )
         if not 0 <= index < n_styles:
             raise InvalidOptionError(f"layer source {layer}={index}: style index must be in 0..{n_styles - 1}")
-
-
-def _layer_weights(layers: Sequence[str], weights: Sequence[float] | None) -> dict[str, float]:
-    if weights is None:
-        return {layer: 1.0 / len(layers) for layer in layers}
-    return dict(zip(layers, weights, strict=True))
 
 
 MAX_SCALES = 12  # more is never useful and a runaway schedule (factor ~1) must not allocate forever
@@ -182,54 +175,19 @@ class _Objective:
         self.encoder = encoder
         self.prepare = prepare
         self.options = options
-        self.content_weights = _layer_weights(options.content_layers, options.content_layer_weights)
-        self.style_weights = _layer_weights(options.style_layers, options.style_layer_weights)
+        self.content_weights = layer_weights(options.content_layers, options.content_layer_weights)
         with torch.no_grad():
             feats = encoder(prepare(content))
             self.content_targets = {k: feats[k] for k in options.content_layers}
             style_feats = [encoder(prepare(s)) for s in styles]
-        blend = torch.tensor(options.style_blend or [1.0] * len(styles), dtype=torch.float64)
-        blend = (blend / blend.sum()).tolist()
-        sources = dict(options.layer_sources)
-        self.style_targets: dict[str, tuple[Tensor, ...]] = {}
-        self.norm: dict[str, float] = {}
-        for layer in options.style_layers:
-            mix = [0.0] * len(styles)
-            if layer in sources:
-                mix[sources[layer]] = 1.0
-            else:
-                mix = blend
-            # Blending statistics (not losses) is exact for gram/mean_std: a weighted sum of squared
-            # errors to several targets has the same minimiser as the error to their weighted mean.
-            stats = [self._stats(f[layer]) for f in style_feats]
-            target = tuple(sum(w * s[i] for w, s in zip(mix, stats, strict=True)) for i in range(len(stats[0])))
-            self.style_targets[layer] = target
-            self.norm[f"style:{layer}"] = float(sum(t.pow(2).mean() for t in target)) + 1e-8
-        for layer, t in self.content_targets.items():
-            self.norm[f"content:{layer}"] = float(t.float().pow(2).mean()) + 1e-8
-
-    def _stats(self, f: Tensor) -> tuple[Tensor, ...]:
-        f = f.float()
-        if self.options.style_loss == "gram":
-            return (gram_matrix(f),)
-        if self.options.style_loss == "mean_std":
-            return mean_std(f)
-        return mean_cov(f.double())
-
-    def _style_term(self, f: Tensor, target: tuple[Tensor, ...]) -> Tensor:
-        if self.options.style_loss == "gram":
-            return gram_loss(f, target[0])
-        if self.options.style_loss == "mean_std":
-            return mean_std_loss(f, *target)
-        return w2_loss(f.double(), *target).float()
+        self.style = StyleTerm(options.style_loss, layer_weights(options.style_layers, options.style_layer_weights),
+                               style_feats, mix=options.style_blend, layer_sources=dict(options.layer_sources))
 
     def __call__(self, image: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         o = self.options
         feats = self.encoder(self.prepare(image))
-        c = sum(w * content_loss(feats[k], self.content_targets[k]) / self.norm[f"content:{k}"]
-                for k, w in self.content_weights.items())
-        s = sum(w * self._style_term(feats[k], self.style_targets[k]) / self.norm[f"style:{k}"]
-                for k, w in self.style_weights.items())
+        c = content_term(feats, self.content_targets, self.content_weights)
+        s = self.style(feats)
         tv = tv_loss(image)
         total = o.content_weight * c + o.resolved_style_weight() * s + o.tv_weight * tv
         return total, {"content": c, "style": s, "tv": tv}

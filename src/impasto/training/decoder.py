@@ -36,7 +36,7 @@ from impasto.features.vgg import load_encoder
 from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.models import save_model
 from impasto.io.plot import save_loss_curve
-from impasto.losses.content import content_loss
+from impasto.losses.objective import normalised_mse
 from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.validation import check_fields
 from impasto.training.loop import run_steps
@@ -160,11 +160,6 @@ def stylise_batch(target: Tensor, n_plain: int, style_feats: list[Tensor], trans
     return out, drawn
 
 
-def relative_feature_loss(features: Tensor, target: Tensor) -> Tensor:
-    """Feature reconstruction loss divided by the target's mean square (comparable across levels)."""
-    return content_loss(features, target) / (target.pow(2).mean() + 1e-8)
-
-
 def reconstruct(encoder: Any, decoder: Decoder, image: Tensor) -> Tensor:
     """Encode then decode an image (1, 3, H, W) -> (1, 3, H, W) clamped to [0, 1]."""
     with torch.inference_mode():
@@ -257,10 +252,10 @@ def train_decoder(
         total = torch.zeros(())
         if n_plain:
             parts["pixel"] = (out[:n_plain] - batch[:n_plain]).pow(2).mean()
-            parts["feature"] = relative_feature_loss(again[:n_plain], target[:n_plain])
+            parts["feature"] = normalised_mse(again[:n_plain], target[:n_plain])
             total = options.pixel_weight * parts["pixel"] + options.feature_weight * parts["feature"]
         if n_styled:
-            parts["styled"] = relative_feature_loss(again[n_plain:], target[n_plain:])
+            parts["styled"] = normalised_mse(again[n_plain:], target[n_plain:])
             total = total + options.style_weight * parts["styled"]
         return {"total": total, **parts}
 

@@ -32,12 +32,11 @@ from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.image import load_image
 from impasto.io.models import save_model
 from impasto.io.plot import save_loss_curve
-from impasto.losses.content import content_loss
+from impasto.losses.objective import StyleTerm, content_term, layer_weights
+from impasto.losses.registry import get_style_loss, style_loss_help
 from impasto.losses.regularizers import tv_loss
-from impasto.losses.style import gram_loss
 from impasto.methods.feedforward import TransformerNet, architecture
 from impasto.ops.geometry import resize, size_for_long_side
-from impasto.ops.stats import gram_matrix
 from impasto.options import MAX_SIDE, Range, SEED, SIDE, WEIGHT, option
 from impasto.validation import check_fields
 from impasto.training.loop import run_steps
@@ -59,7 +58,8 @@ class TrainOptions:
     width: int = option(32, "Channels of the first layer (32 in the paper); the slim shipped styles use 12.", range=Range(4, 512))
     residual_blocks: int = option(5, "Residual blocks at quarter resolution (5 in the paper).", range=Range(0, 64))
     content_layers: tuple[str, ...] = option(("relu2_2",), "Feature-reconstruction layers.")
-    style_layers: tuple[str, ...] = option(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), "Gram style layers.")
+    style_layers: tuple[str, ...] = option(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), "Style layers.")
+    style_loss: str = option("gram", style_loss_help)
     content_weight: float = option(1.0, "Weight of the content loss.", range=WEIGHT)
     style_weight: float = option(20.0, "Weight of the (per-layer normalised) style loss.", range=WEIGHT)
     tv_weight: float = option(1e-1, "Weight of the total-variation prior.", range=WEIGHT)
@@ -78,6 +78,7 @@ def validate(o: TrainOptions) -> None:
     if o.style_names is not None and len(o.style_names) != len(o.styles):
         raise InvalidOptionError(f"{len(o.style_names)} style names given for {len(o.styles)} styles")
     use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
+    get_style_loss(o.style_loss)  # raises for an unknown name, with a suggestion
 
 
 def _fingerprint(o: TrainOptions, style_hashes: list[str], n_images: int) -> str:
@@ -134,17 +135,13 @@ def train(
     prepare = bf16_input if bf16 else (lambda x: x)
 
     with torch.no_grad():
-        targets: dict[str, Tensor] = {}
         per_style = [encoder(prepare(resize(s, size_for_long_side(s.shape[-2], s.shape[-1], options.style_size))))
                      for s in style_images]
-        for layer in options.style_layers:
-            targets[layer] = torch.cat([gram_matrix(f[layer].float()) for f in per_style])  # (S, C, C)
-        style_norm = {k: float(t.pow(2).mean()) + 1e-8 for k, t in targets.items()}
+    style = StyleTerm(options.style_loss, layer_weights(options.style_layers, None), per_style, per_sample=True)
 
     net = TransformerNet(n_styles=len(style_images), width=options.width, n_residual=options.residual_blocks)
     opt = torch.optim.Adam(net.parameters(), lr=options.learning_rate)
-    c_weights = 1.0 / len(options.content_layers)
-    s_weights = 1.0 / len(options.style_layers)
+    c_weights = layer_weights(options.content_layers, None)
 
     def step_fn(step: int) -> dict[str, Tensor]:
         gen = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
@@ -156,9 +153,8 @@ def train(
         feats = encoder(prepare(out))
         with torch.no_grad():
             content_feats = encoder(prepare(batch))
-        c = sum(c_weights * content_loss(feats[k], content_feats[k]) / (content_feats[k].float().pow(2).mean() + 1e-8)
-                for k in options.content_layers)
-        s = sum(s_weights * gram_loss(feats[k], targets[k][which]) / style_norm[k] for k in options.style_layers)
+        c = content_term(feats, content_feats, c_weights)
+        s = style(feats, which)
         tv = tv_loss(out)
         total = options.content_weight * c + options.style_weight * s + options.tv_weight * tv
         return {"total": total, "content": c, "style": s, "tv": tv}

@@ -1,0 +1,111 @@
+"""Weighted, normalised loss terms: the one place where per-layer weights, the normalisation rule and the
+combination of several styles live, shared by the optimisation method and the trainers.
+
+Normalisation: each layer's loss is divided by the mean square of its target (the content activation, or
+the style statistics), so that a layer weight means the same for every layer width, image and encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from impasto.errors import InvalidOptionError
+from impasto.losses.content import content_loss
+from impasto.losses.registry import StyleLoss, get_style_loss
+
+EPS = 1e-8  # keeps an all-zero target (a black image's activations) from dividing by zero
+
+
+def layer_weights(layers: Sequence[str], weights: Sequence[float] | None) -> dict[str, float]:
+    """Explicit weights as given, one per layer; otherwise equal, summing to 1."""
+    if weights is None:
+        return {layer: 1.0 / len(layers) for layer in layers}
+    if len(weights) != len(layers):
+        raise InvalidOptionError(f"{len(weights)} layer weights given for {len(layers)} layers")
+    return dict(zip(layers, weights, strict=True))
+
+
+def normalised_mse(features: Tensor, target: Tensor) -> Tensor:
+    """``content_loss`` divided by the target's mean square (comparable across layers and images)."""
+    return content_loss(features, target) / (target.float().pow(2).mean() + EPS)
+
+
+def content_term(features: Mapping[str, Tensor], targets: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    """Sum over layers of weight x ``normalised_mse`` of the features against the targets."""
+    return sum(w * normalised_mse(features[k], targets[k]) for k, w in weights.items())
+
+
+def _mean_square(stats: Sequence[Tensor]) -> float:
+    return float(sum(t.pow(2).mean() for t in stats)) + EPS
+
+
+class StyleTerm:
+    """Weighted sum over layers of a registered style loss, each divided by its target's mean square.
+
+    ``per_style``: the style images' features, one mapping layer -> (1, C, H, W) per style.
+
+    - Blended (``per_sample=False``, optimisation): one target per layer, the ``mix``-weighted mean of the
+      styles' statistics (``layer_sources`` maps a layer to the one style it takes instead). A loss whose
+      ``blend`` is ``"none"`` refuses a layer that would mix several styles.
+    - Per sample (``per_sample=True``, conditional training): the styles' statistics are stacked and
+      ``__call__(features, which)`` compares sample ``i`` with style ``which[i]``; each layer is divided by
+      the mean square over all styles' statistics.
+    """
+
+    def __init__(self, loss: str | StyleLoss, weights: Mapping[str, float], per_style: Sequence[Mapping[str, Tensor]],
+                 *, mix: Sequence[float] | None = None, layer_sources: Mapping[str, int] | None = None,
+                 per_sample: bool = False) -> None:
+        self.loss = get_style_loss(loss) if isinstance(loss, str) else loss
+        self.weights = dict(weights)
+        self.per_sample = per_sample
+        if not per_style:
+            raise InvalidOptionError("at least one style image is needed")
+        n = len(per_style)
+        sources = dict(layer_sources or {})
+        self.targets: dict[str, tuple[Tensor, ...]] = {}
+        self.norm: dict[str, float] = {}
+        with torch.no_grad():
+            for layer in self.weights:
+                stats = [self.loss.statistics(f[layer]) for f in per_style]
+                if per_sample:
+                    target = tuple(torch.cat([s[i] for s in stats]) for i in range(len(stats[0])))
+                else:
+                    target = self._blend(layer, stats, self._mix(layer, n, mix, sources))
+                self.targets[layer] = target
+                self.norm[layer] = _mean_square(target)
+
+    def _mix(self, layer: str, n: int, mix: Sequence[float] | None, sources: Mapping[str, int]) -> list[float]:
+        if layer in sources:
+            share = [0.0] * n
+            share[sources[layer]] = 1.0
+            return share
+        blend = torch.tensor(list(mix) if mix is not None else [1.0] * n, dtype=torch.float64)
+        return (blend / blend.sum()).tolist()
+
+    def _blend(self, layer: str, stats: list[tuple[Tensor, ...]], share: list[float]) -> tuple[Tensor, ...]:
+        if self.loss.blend == "none":
+            used = [i for i, w in enumerate(share) if w > 0]
+            if len(used) > 1:
+                raise InvalidOptionError(
+                    f"style loss '{self.loss.name}' cannot blend several styles at one layer ({layer}); "
+                    "give one style, or map each layer to one style with --layer-sources")
+            return stats[used[0]]
+        # A weighted sum of squared errors to several targets has the same minimiser as the error to
+        # their weighted mean: exact for statistics the loss compares by squared error (Gram, mean/std).
+        return tuple(sum(w * s[i] for w, s in zip(share, stats, strict=True)) for i in range(len(stats[0])))
+
+    def __call__(self, features: Mapping[str, Tensor], which: Tensor | None = None) -> Tensor:
+        if self.per_sample and which is None:
+            raise InvalidOptionError("a per-sample style term needs which style each sample takes")
+        total = None
+        for layer, w in self.weights.items():
+            target = self.targets[layer]
+            if which is not None:
+                target = tuple(t[which] for t in target)
+            term = w * self.loss.distance(features[layer], target) / self.norm[layer]
+            total = term if total is None else total + term
+        assert total is not None
+        return total

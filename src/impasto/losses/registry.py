@@ -1,0 +1,89 @@
+"""The style losses as an open set: a name maps to how a style's features become a target and how far a
+result's features are from it.
+
+Every user of a style loss (the optimisation objective, the feed-forward and decoder trainers) goes
+through ``StyleTerm`` in ``losses.objective``, which adds the per-layer weights, the normalisation and
+the combination of several styles; a loss registered here is therefore available to all of them by name.
+
+    register_style_loss(StyleLoss("name", "one line for --help", statistics, distance, blend="linear"))
+
+``statistics(features)`` maps (N, C, H, W) features to a tuple of tensors whose first dimension is N
+(one entry per image); ``distance(features, target)`` is a scalar, averaged over the batch, where
+``target`` is such a tuple with first dimension N or 1. ``blend`` says how the targets of several
+styles combine: ``"linear"`` (the weighted mean of the statistics has the same minimiser as the
+weighted sum of the losses: Gram, mean/std) or ``"none"`` (no exact combination: several styles are
+refused unless each layer takes exactly one of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from impasto.errors import InvalidOptionError, suggest
+from impasto.losses.style import gram_loss, mean_std_loss, w2_loss
+from impasto.ops.stats import gram_matrix, mean_cov, mean_std
+
+BLENDS = ("linear", "none")
+
+
+@dataclass(frozen=True)
+class StyleLoss:
+    name: str
+    summary: str
+    statistics: Callable[[Tensor], tuple[Tensor, ...]]
+    distance: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
+    blend: str = "linear"
+
+
+STYLE_LOSSES: dict[str, StyleLoss] = {}
+
+
+def register_style_loss(loss: StyleLoss, *, replace: bool = False) -> StyleLoss:
+    """Add ``loss`` under its name (a second loss of the same name needs ``replace=True``)."""
+    if not loss.name or not loss.name.replace("_", "").isalnum():
+        raise InvalidOptionError(f"a style loss name must be letters, digits and _, got '{loss.name}'")
+    if loss.blend not in BLENDS:
+        raise InvalidOptionError(f"style loss '{loss.name}': blend must be one of {', '.join(BLENDS)}, got '{loss.blend}'")
+    if loss.name in STYLE_LOSSES and not replace:
+        raise InvalidOptionError(f"a style loss named '{loss.name}' is registered already")
+    STYLE_LOSSES[loss.name] = loss
+    return loss
+
+
+def get_style_loss(name: str) -> StyleLoss:
+    try:
+        return STYLE_LOSSES[name]
+    except KeyError:
+        raise InvalidOptionError(
+            f"style_loss must be one of {', '.join(STYLE_LOSSES)}, got '{name}'.{suggest(name, STYLE_LOSSES)}"
+        ) from None
+
+
+def style_loss_names() -> tuple[str, ...]:
+    return tuple(STYLE_LOSSES)
+
+
+def style_loss_help() -> str:
+    """The --style-loss help text: every registered name with its summary."""
+    return "Style loss by name: " + "; ".join(f"{n} ({loss.summary})" for n, loss in STYLE_LOSSES.items()) + "."
+
+
+register_style_loss(StyleLoss(
+    "gram", "Gram matrix of the features (Gatys et al. 2016)",
+    statistics=lambda f: (gram_matrix(f.float()),),
+    distance=lambda f, t: gram_loss(f, t[0]),
+))
+register_style_loss(StyleLoss(
+    "mean_std", "per-channel mean and standard deviation (AdaIN's statistics; Huang & Belongie 2017)",
+    statistics=lambda f: mean_std(f.float()),
+    distance=lambda f, t: mean_std_loss(f, *t),
+))
+register_style_loss(StyleLoss(
+    "w2", "mean and covariance, 2-Wasserstein (Bures) distance between Gaussians",
+    # several styles: means and covariances averaged (the mixture's mean, not its covariance: approximate)
+    statistics=lambda f: mean_cov(f.double()),
+    distance=lambda f, t: w2_loss(f.double(), *t).float(),
+))
