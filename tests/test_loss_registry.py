@@ -54,7 +54,14 @@ def test_the_shipped_losses_are_registered_and_unknown_names_get_a_suggestion():
         registry.register_style_loss(registry.StyleLoss("x", "bad blend", lambda f: (f,), lambda f, t: f.sum(), "max"))
 
 
-@pytest.mark.parametrize("name", ["gram", "mean_std", "w2"])
+SHIPPED = registry.style_loss_names()  # collected before any test registers its own
+
+
+def test_the_shipped_set():
+    assert set(SHIPPED) == {"gram", "mean_std", "w2", "gram_centered", "histogram", "sliced_wasserstein"}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_every_loss_is_zero_on_its_own_style_and_positive_elsewhere(encoder, name):
     style = encoder(_image(1))
     term = StyleTerm(name, layer_weights(LAYERS, None), [style])
@@ -62,7 +69,7 @@ def test_every_loss_is_zero_on_its_own_style_and_positive_elsewhere(encoder, nam
     assert term(encoder(_image(2))).item() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["gram", "mean_std", "w2"])
+@pytest.mark.parametrize("name", SHIPPED)
 def test_blending_two_identical_styles_equals_one(encoder, name):
     style, x = encoder(_image(1)), encoder(_image(3))
     weights = layer_weights(LAYERS, None)
@@ -130,7 +137,7 @@ def test_a_registered_loss_runs_in_optimisation_and_training(tmp_path, mean_only
 def test_cli_lists_and_checks_style_losses(tmp_path, capsys, mean_only):
     assert main(["stylize", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # click wraps the help text
-    for name in ("gram", "mean_std", "w2"):  # losses registered before the CLI is built are listed
+    for name in SHIPPED:  # losses registered before the CLI is built are listed
         assert f"{name} (" in out
     content = save_image(_image(3, 36, 36), tmp_path / "c.png")
     painting = save_image(_image(4, 32, 32), tmp_path / "painting.png")
@@ -146,3 +153,12 @@ def test_cli_lists_and_checks_style_losses(tmp_path, capsys, mean_only):
                  str(tmp_path / "m.safetensors"), "--steps", "2", "--encoder", "tiny", "--style-loss", "mean_sdt", "-q"])
     assert code != 0
     assert "Did you mean 'mean_std'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_per_sample_targets_of_styles_of_different_sizes_stack(encoder, name):
+    a, b = encoder(_image(1, 36, 44)), encoder(_image(2, 50, 30))
+    term = StyleTerm(name, layer_weights(LAYERS, None), [a, b], per_sample=True)
+    x = encoder(torch.cat([_image(3), _image(4)]))
+    value = term(x, torch.tensor([0, 1]))
+    assert torch.isfinite(value) and value.item() > 0

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
+from impasto.losses.distribution import (centered_gram_loss, centered_gram_stats, histogram_loss, histogram_stats,
+                                          sliced_stats, sliced_wasserstein_loss)
 from impasto.losses.style import gram_loss, mean_std_loss, w2_loss
 from impasto.ops.stats import gram_matrix, mean_cov, mean_std
 
@@ -86,4 +88,19 @@ register_style_loss(StyleLoss(
     # several styles: means and covariances averaged (the mixture's mean, not its covariance: approximate)
     statistics=lambda f: mean_cov(f.double()),
     distance=lambda f, t: w2_loss(f.double(), *t).float(),
+))
+register_style_loss(StyleLoss(
+    "gram_centered", "Gram of mean-subtracted features, the covariance (Li et al. 2017, 'Demystifying')",
+    statistics=centered_gram_stats,
+    distance=lambda f, t: centered_gram_loss(f, t[0]),
+))
+register_style_loss(StyleLoss(
+    "histogram", "per-channel histogram matching, 1-D Wasserstein by sorting (Risser et al. 2017)",
+    statistics=histogram_stats,
+    distance=lambda f, t: histogram_loss(f, t[0]),
+))
+register_style_loss(StyleLoss(
+    "sliced_wasserstein", "1-D Wasserstein along fixed random projections of the features (Heitz et al. 2021)",
+    statistics=sliced_stats,
+    distance=lambda f, t: sliced_wasserstein_loss(f, t[0]),
 ))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from impasto.errors import InvalidOptionError
+
 
 def gram_matrix(features: Tensor) -> Tensor:
     """Gram matrix ``F F^T / M`` with ``M = H * W`` -> ``(N, C, C)``.
@@ -93,3 +95,21 @@ def whiten_colour(content: Tensor, style: Tensor, alpha: float = 1.0, rel_floor:
     # alpha * (T fc0 + ms) + (1 - alpha) * (fc0 + mc) = (alpha T + (1 - alpha) I) fc0 + shift
     shift = alpha * ms + (1 - alpha) * mc
     return (transform.to(dtype) @ fc0 + shift.to(dtype)).to(dtype)
+
+
+def quantile_values(values: Tensor, k: int) -> Tensor:
+    """``values`` (..., M) -> (..., k): the sorted values at k evenly spaced ranks, linearly interpolated.
+
+    The empirical quantile function sampled at k points; k = M gives the sorted values themselves.
+    """
+    if k < 1 or values.shape[-1] < 1:
+        raise InvalidOptionError(f"need k >= 1 and at least one value, got k={k}, {values.shape[-1]} values")
+    ordered, _ = values.sort(dim=-1)
+    m = ordered.shape[-1]
+    if k == m:
+        return ordered
+    pos = torch.linspace(0, m - 1, k, dtype=torch.float64)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=m - 1)
+    frac = (pos - lo).to(ordered.dtype)
+    return ordered[..., lo] * (1 - frac) + ordered[..., hi] * frac

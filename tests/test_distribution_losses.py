@@ -1,0 +1,96 @@
+"""Histogram, sliced Wasserstein and centred-Gram style losses (losses/distribution.py) against brute-force
+references, their invariances, and float64 gradient checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from impasto.errors import InvalidOptionError
+from impasto.losses import distribution as dist
+from impasto.losses.style import gram_loss
+from impasto.ops.stats import gram_matrix, quantile_values
+
+
+def _feat(seed: int, c: int = 4, h: int = 5, w: int = 6, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_quantile_values_interpolate_the_sorted_values():
+    x = torch.tensor([[4.0, 0.0, 10.0, 2.0, 6.0, 8.0]])
+    assert torch.equal(quantile_values(x, 6), torch.tensor([[0.0, 2.0, 4.0, 6.0, 8.0, 10.0]]))
+    assert torch.allclose(quantile_values(x, 3), torch.tensor([[0.0, 5.0, 10.0]]))
+    assert torch.allclose(quantile_values(x, 11), torch.arange(11.0).unsqueeze(0))
+    with pytest.raises(InvalidOptionError):
+        quantile_values(x, 0)
+
+
+def test_histogram_loss_equals_remapping_each_channel_to_the_styles_histogram():
+    """Risser et al.'s form: remap every value to the style value of the same rank, then squared error."""
+    f, s = _feat(0), _feat(1, h=7, w=3)  # different position counts: the style's quantiles are resampled
+    (target,) = dist.histogram_stats(s, k=s[0, 0].numel())
+    flat = f.reshape(4, -1)
+    m = flat.shape[1]
+    remapped = torch.empty_like(flat)
+    for ch in range(4):
+        order = flat[ch].argsort()
+        style_sorted = s.reshape(4, -1)[ch].sort().values
+        pos = torch.linspace(0, style_sorted.numel() - 1, m, dtype=torch.float64)
+        lo, frac = pos.floor().long(), (pos - pos.floor()).float()
+        hi = (lo + 1).clamp(max=style_sorted.numel() - 1)
+        remapped[ch, order] = style_sorted[lo] * (1 - frac) + style_sorted[hi] * frac
+    expected = (flat - remapped).pow(2).mean()
+    assert dist.histogram_loss(f, target).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_histogram_and_gram_ignore_where_values_are_but_not_what_they_are():
+    f, s = _feat(0), _feat(1)
+    (target,) = dist.histogram_stats(s)
+    perm = torch.randperm(30, generator=torch.Generator().manual_seed(3))
+    shuffled = f.reshape(1, 4, 30)[..., perm].reshape(1, 4, 5, 6)
+    assert dist.histogram_loss(shuffled, target).item() == pytest.approx(dist.histogram_loss(f, target).item(), rel=1e-6)
+    assert gram_loss(shuffled, gram_matrix(s)).item() == pytest.approx(gram_loss(f, gram_matrix(s)).item(), rel=1e-5)
+    assert dist.histogram_loss(f + 1.0, target).item() > dist.histogram_loss(f, target).item() + 0.5
+
+
+def test_sliced_wasserstein_sees_joint_structure_that_channel_histograms_miss():
+    """Two channels equal (a, a) vs independent (a, shuffled a): same marginals, different joint law."""
+    a = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    perm = torch.randperm(256, generator=torch.Generator().manual_seed(6))
+    joint = torch.cat([a, a], dim=1)
+    indep = torch.cat([a, a.reshape(1, 1, -1)[..., perm].reshape(1, 1, 16, 16)], dim=1)
+    (h_target,) = dist.histogram_stats(joint, k=256)
+    assert dist.histogram_loss(indep, h_target).item() == pytest.approx(0.0, abs=1e-10)
+    (s_target,) = dist.sliced_stats(joint, k=256)
+    assert dist.sliced_wasserstein_loss(joint, s_target).item() == pytest.approx(0.0, abs=1e-10)
+    assert dist.sliced_wasserstein_loss(indep, s_target).item() > 0.05
+
+
+def test_projections_are_fixed_unit_directions():
+    p = dist.projections(8)
+    assert p.shape == (8, 8) and torch.allclose(p.norm(dim=1), torch.ones(8, dtype=torch.float64))
+    assert torch.equal(p, dist.projections(8)) and not torch.equal(p, dist.projections(8, seed=1))
+
+
+def test_centered_gram_ignores_the_means_gram_does_not():
+    f, s = _feat(0), _feat(1)
+    (target,) = dist.centered_gram_stats(s)
+    shift = torch.tensor([3.0, -1.0, 0.5, 2.0]).view(1, 4, 1, 1)
+    assert dist.centered_gram_loss(f + shift, target).item() == pytest.approx(dist.centered_gram_loss(f, target).item(), rel=1e-4)
+    assert gram_loss(f + shift, gram_matrix(s)).item() > 2 * gram_loss(f, gram_matrix(s)).item()
+    assert dist.centered_gram_loss(s, target).item() == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("stats, loss, module", [
+    (dist.histogram_stats, dist.histogram_loss, dist.HistogramLoss),
+    (dist.sliced_stats, dist.sliced_wasserstein_loss, dist.SlicedWassersteinLoss),
+    (dist.centered_gram_stats, dist.centered_gram_loss, dist.CenteredGramLoss),
+])
+def test_gradcheck_and_module_equals_function(stats, loss, module):
+    s = _feat(1, dtype=torch.float64)
+    (target,) = stats(s)
+    f = _feat(2, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: loss(x, target), (f,))
+    m = module(target)
+    assert torch.equal(m(f), loss(f, target))
+    assert list(dict(m.named_buffers())) == ["target"]
