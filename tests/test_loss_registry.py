@@ -58,7 +58,7 @@ SHIPPED = registry.style_loss_names()  # collected before any test registers its
 
 
 def test_the_shipped_set():
-    assert set(SHIPPED) == {"gram", "mean_std", "w2", "gram_centered", "histogram", "sliced_wasserstein"}
+    assert set(SHIPPED) == {"gram", "mean_std", "w2", "gram_centered", "histogram", "sliced_wasserstein", "mrf"}
 
 
 @pytest.mark.parametrize("name", SHIPPED)

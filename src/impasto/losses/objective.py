@@ -7,7 +7,7 @@ the style statistics), so that a layer weight means the same for every layer wid
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -19,13 +19,17 @@ from impasto.losses.registry import StyleLoss, get_style_loss
 EPS = 1e-8  # keeps an all-zero target (a black image's activations) from dividing by zero
 
 
-def layer_weights(layers: Sequence[str], weights: Sequence[float] | None) -> dict[str, float]:
-    """Explicit weights as given, one per layer; otherwise equal, summing to 1."""
-    if weights is None:
-        return {layer: 1.0 / len(layers) for layer in layers}
-    if len(weights) != len(layers):
-        raise InvalidOptionError(f"{len(weights)} layer weights given for {len(layers)} layers")
-    return dict(zip(layers, weights, strict=True))
+def layer_weights(layers: Sequence[str], weights: Sequence[float] | None,
+                  prior: Callable[[str], float] | None = None) -> dict[str, float]:
+    """Explicit weights as given, one per layer; otherwise ``prior(layer)`` (default 1) scaled to sum to 1."""
+    if weights is not None:
+        if len(weights) != len(layers):
+            raise InvalidOptionError(f"{len(weights)} layer weights given for {len(layers)} layers")
+        return dict(zip(layers, weights, strict=True))
+    raw = [prior(layer) if prior else 1.0 for layer in layers]
+    if not sum(raw) > 0:
+        raw = [1.0] * len(layers)
+    return {layer: w / sum(raw) for layer, w in zip(layers, raw, strict=True)}
 
 
 def normalised_mse(features: Tensor, target: Tensor) -> Tensor:
@@ -38,7 +42,9 @@ def content_term(features: Mapping[str, Tensor], targets: Mapping[str, Tensor], 
     return sum(w * normalised_mse(features[k], targets[k]) for k, w in weights.items())
 
 
-def _mean_square(stats: Sequence[Tensor]) -> float:
+def _mean_square(stats: Sequence[Tensor] | list[tuple[Tensor, ...]]) -> float:
+    if isinstance(stats, list):  # per-style statistics of different shapes: their mean
+        return sum(_mean_square(s) for s in stats) / len(stats)
     return float(sum(t.pow(2).mean() for t in stats)) + EPS
 
 
@@ -65,13 +71,13 @@ class StyleTerm:
             raise InvalidOptionError("at least one style image is needed")
         n = len(per_style)
         sources = dict(layer_sources or {})
-        self.targets: dict[str, tuple[Tensor, ...]] = {}
+        self.targets: dict[str, tuple[Tensor, ...] | list[tuple[Tensor, ...]]] = {}
         self.norm: dict[str, float] = {}
         with torch.no_grad():
             for layer in self.weights:
                 stats = [self.loss.statistics(f[layer]) for f in per_style]
                 if per_sample:
-                    target = tuple(torch.cat([s[i] for s in stats]) for i in range(len(stats[0])))
+                    target = self._stack(stats)
                 else:
                     target = self._blend(layer, stats, self._mix(layer, n, mix, sources))
                 self.targets[layer] = target
@@ -85,7 +91,17 @@ class StyleTerm:
         blend = torch.tensor(list(mix) if mix is not None else [1.0] * n, dtype=torch.float64)
         return (blend / blend.sum()).tolist()
 
+    @staticmethod
+    def _stack(stats: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...] | list[tuple[Tensor, ...]]:
+        """One tensor per statistic with the styles along dim 0; a list when their shapes differ (patch banks)."""
+        if all(a.shape[1:] == b.shape[1:] for s in stats for a, b in zip(s, stats[0], strict=True)):
+            return tuple(torch.cat([s[i] for s in stats]) for i in range(len(stats[0])))
+        return stats
+
     def _blend(self, layer: str, stats: list[tuple[Tensor, ...]], share: list[float]) -> tuple[Tensor, ...]:
+        if self.loss.blend == "pool":
+            used = [s for s, w in zip(stats, share, strict=True) if w > 0]
+            return tuple(torch.cat([s[i] for s in used], dim=1) for i in range(len(used[0])))
         if self.loss.blend == "none":
             used = [i for i, w in enumerate(share) if w > 0]
             if len(used) > 1:
@@ -103,9 +119,14 @@ class StyleTerm:
         total = None
         for layer, w in self.weights.items():
             target = self.targets[layer]
-            if which is not None:
-                target = tuple(t[which] for t in target)
-            term = w * self.loss.distance(features[layer], target) / self.norm[layer]
+            f = features[layer]
+            if which is None:
+                distance = self.loss.distance(f, target)
+            elif isinstance(target, list):  # styles of different shapes: one sample at a time
+                distance = sum(self.loss.distance(f[i:i + 1], target[int(k)]) for i, k in enumerate(which)) / len(which)
+            else:
+                distance = self.loss.distance(f, tuple(t[which] for t in target))
+            term = w * distance / self.norm[layer]
             total = term if total is None else total + term
         assert total is not None
         return total

@@ -11,8 +11,9 @@ the combination of several styles; a loss registered here is therefore available
 (one entry per image); ``distance(features, target)`` is a scalar, averaged over the batch, where
 ``target`` is such a tuple with first dimension N or 1. ``blend`` says how the targets of several
 styles combine: ``"linear"`` (the weighted mean of the statistics has the same minimiser as the
-weighted sum of the losses: Gram, mean/std) or ``"none"`` (no exact combination: several styles are
-refused unless each layer takes exactly one of them).
+weighted sum of the losses: Gram, mean/std, quantiles), ``"pool"`` (the styles' targets are concatenated
+along their second dimension: one patch bank from several styles; styles of weight 0 are left out) or
+``"none"`` (no combination: several styles are refused unless each layer takes exactly one of them).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from torch import Tensor
 from impasto.errors import InvalidOptionError, suggest
 from impasto.losses.distribution import (centered_gram_loss, centered_gram_stats, histogram_loss, histogram_stats,
                                           sliced_stats, sliced_wasserstein_loss)
+from impasto.losses.patch import mrf_loss, patch_bank
 from impasto.losses.style import gram_loss, mean_std_loss, w2_loss
 from impasto.ops.stats import gram_matrix, mean_cov, mean_std
 
-BLENDS = ("linear", "none")
+BLENDS = ("linear", "pool", "none")
 
 
 @dataclass(frozen=True)
@@ -103,4 +105,10 @@ register_style_loss(StyleLoss(
     "sliced_wasserstein", "1-D Wasserstein along fixed random projections of the features (Heitz et al. 2021)",
     statistics=sliced_stats,
     distance=lambda f, t: sliced_wasserstein_loss(f, t[0]),
+))
+register_style_loss(StyleLoss(
+    "mrf", "nearest-neighbour 3x3 patches (Li & Wand 2016); slow at shallow layers: use --style-layers relu3_1 relu4_1",
+    statistics=patch_bank,
+    distance=lambda f, t: mrf_loss(f, t[0]),
+    blend="pool",
 ))

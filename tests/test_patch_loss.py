@@ -1,0 +1,59 @@
+"""MRF patch loss (losses/patch.py): true nearest neighbours by brute force, chunking, pooled banks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from impasto.losses import patch
+from impasto.losses.objective import StyleTerm
+
+
+def _feat(seed: int, c: int = 3, h: int = 8, w: int = 9, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_nearest_patches_are_the_brute_force_best_normalised_correlation():
+    queries, bank = _feat(0).reshape(-1, 8)[:50], _feat(1).reshape(-1, 8)[:40]
+    ncc = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).t()
+    assert torch.equal(patch.nearest_patches(queries, bank), ncc.argmax(dim=1))
+    assert torch.equal(patch.nearest_patches(queries, bank, chunk=7), ncc.argmax(dim=1))  # chunking changes nothing
+
+
+def test_patches_are_every_window():
+    f = torch.arange(2 * 4 * 5, dtype=torch.float32).reshape(1, 2, 4, 5)
+    p = patch.patches(f)
+    assert p.shape == (1, 2 * 3, 2 * 3 * 3)
+    assert torch.equal(p[0, 0], f[0, :, :3, :3].reshape(-1))
+    assert torch.equal(p[0, -1], f[0, :, 1:, 2:].reshape(-1))
+
+
+def test_mrf_is_zero_on_the_style_and_not_invariant_to_moving_positions():
+    s = _feat(1)
+    (bank,) = patch.patch_bank(s)
+    assert patch.mrf_loss(s, bank).item() == pytest.approx(0.0, abs=1e-10)
+    perm = torch.randperm(72, generator=torch.Generator().manual_seed(2))
+    shuffled = s.reshape(1, 3, 72)[..., perm].reshape(1, 3, 8, 9)
+    assert patch.mrf_loss(shuffled, bank).item() > 0.1  # same values, other neighbourhoods: Gram would say 0
+
+
+def test_gradcheck_and_module():
+    (bank,) = patch.patch_bank(_feat(1, dtype=torch.float64))
+    f = _feat(2, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: patch.mrf_loss(x, bank), (f,))
+    assert torch.equal(patch.MRFLoss(bank)(f), patch.mrf_loss(f, bank))
+
+
+def test_pooled_bank_takes_each_half_from_the_exemplar_that_fits_it():
+    a, b = _feat(3, h=6, w=6), _feat(4, h=6, w=6)
+    result = torch.cat([a, b], dim=3)  # left half is a, right half is b
+    term = StyleTerm("mrf", {"x": 1.0}, [{"x": a}, {"x": b}])
+    assert term.targets["x"][0].shape[1] == 2 * 16  # one bank of both exemplars' patches
+    assert term({"x": result}).item() < 0.5 * StyleTerm("mrf", {"x": 1.0}, [{"x": a}])({"x": result}).item()
+    bank = term.targets["x"][0][0]
+    idx = patch.nearest_patches(patch.patches(result)[0], bank)
+    sources = (idx >= 16).reshape(4, 10)  # 4 rows x 10 columns of windows; True: matched in b
+    assert not sources[:, :4].any() and sources[:, 6:].all()  # windows wholly inside a half
+    zero_b = StyleTerm("mrf", {"x": 1.0}, [{"x": a}, {"x": b}], mix=(1.0, 0.0))
+    assert zero_b.targets["x"][0].shape[1] == 16  # a style of weight 0 adds no patches
