@@ -14,7 +14,7 @@ from impasto.errors import InvalidOptionError
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
 from impasto.losses import registry
-from impasto.losses.objective import StyleTerm, content_term, layer_weights, normalised_mse
+from impasto.losses.objective import StyleSum, StyleTerm, content_term, layer_weights, normalised_mse
 from impasto.methods import optimization as opt
 from impasto.training.feedforward import TrainOptions, train
 
@@ -162,3 +162,32 @@ def test_per_sample_targets_of_styles_of_different_sizes_stack(encoder, name):
     x = encoder(torch.cat([_image(3), _image(4)]))
     value = term(x, torch.tensor([0, 1]))
     assert torch.isfinite(value) and value.item() > 0
+
+
+def test_combined_losses_sum_with_their_weights(encoder):
+    style, x = encoder(_image(1)), encoder(_image(3))
+    weights = layer_weights(LAYERS, None)
+    gram = StyleTerm("gram", weights, [style])(x).item()
+    hist = StyleTerm("histogram", weights, [style])(x).item()
+    combined = StyleSum("gram+histogram", (1.0, 0.5), weights, [style])(x).item()
+    assert combined == pytest.approx(gram + 0.5 * hist, rel=1e-5)
+    assert StyleSum("gram", None, weights, [style])(x).item() == pytest.approx(gram, rel=1e-6)
+    with pytest.raises(InvalidOptionError, match="1 --style-loss-weights given for the 2 losses"):
+        registry.parse_style_losses("gram+mrf", (1.0,))
+    with pytest.raises(InvalidOptionError, match="Did you mean 'mrf'"):
+        registry.parse_style_losses("gram+mfr")
+    with pytest.raises(InvalidOptionError, match="names a loss twice"):
+        registry.parse_style_losses("gram+gram")
+
+
+def test_combined_losses_from_the_cli(tmp_path, capsys):
+    content = save_image(_image(3, 36, 36), tmp_path / "c.png")
+    painting = save_image(_image(4, 32, 32), tmp_path / "painting.png")
+    out_file = tmp_path / "out.png"
+    base = ["stylize", str(content), str(painting), "--encoder", "tiny", "--size", "32", "--iterations", "3",
+            "--precision", "fp32", "--style-layers", "relu2_1,relu3_1", "-q"]
+    assert main([*base, "--style-loss", "gram+mrf", "--style-loss-weights", "1,0.5", "-o", str(out_file)]) == 0, \
+        capsys.readouterr().err
+    assert out_file.is_file()
+    assert main([*base, "--style-loss", "gram+mrf", "--style-loss-weights", "1", "-o", str(tmp_path / "x.png")]) != 0
+    assert "1 --style-loss-weights given for the 2 losses" in " ".join(capsys.readouterr().err.split())

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from impasto.errors import InvalidOptionError
 from impasto.losses.content import content_loss
-from impasto.losses.registry import StyleLoss, get_style_loss
+from impasto.losses.registry import StyleLoss, get_style_loss, parse_style_losses
 
 EPS = 1e-8  # keeps an all-zero target (a black image's activations) from dividing by zero
 
@@ -128,5 +128,23 @@ class StyleTerm:
                 distance = self.loss.distance(f, tuple(t[which] for t in target))
             term = w * distance / self.norm[layer]
             total = term if total is None else total + term
+        assert total is not None
+        return total
+
+
+class StyleSum:
+    """Several registered style losses, each a ``StyleTerm`` over the same layers, summed with weights
+    (``--style-loss gram+mrf --style-loss-weights 1,0.5``)."""
+
+    def __init__(self, spec: str, loss_weights: Sequence[float] | None, weights: Mapping[str, float],
+                 per_style: Sequence[Mapping[str, Tensor]], **kwargs) -> None:
+        self.terms = [(StyleTerm(loss, weights, per_style, **kwargs), w)
+                      for loss, w in parse_style_losses(spec, loss_weights)]
+
+    def __call__(self, features: Mapping[str, Tensor], which: Tensor | None = None) -> Tensor:
+        total = None
+        for term, w in self.terms:
+            value = w * term(features, which)
+            total = value if total is None else total + value
         assert total is not None
         return total

@@ -18,7 +18,7 @@ along their second dimension: one patch bank from several styles; styles of weig
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -66,13 +66,28 @@ def get_style_loss(name: str) -> StyleLoss:
         ) from None
 
 
+def parse_style_losses(spec: str, weights: Sequence[float] | None = None) -> list[tuple[StyleLoss, float]]:
+    """'gram' or 'gram+mrf' (several losses summed) with one weight each (default 1) -> [(loss, weight)]."""
+    names = [n.strip() for n in spec.split("+")]
+    losses = [get_style_loss(n) for n in names]
+    if len(set(names)) != len(names):
+        raise InvalidOptionError(f"style_loss '{spec}' names a loss twice; give each once (weights set the mix)")
+    if weights is None:
+        weights = [1.0] * len(names)
+    if len(weights) != len(names):
+        raise InvalidOptionError(
+            f"{len(weights)} --style-loss-weights given for the {len(names)} losses of --style-loss {spec}")
+    return list(zip(losses, (float(w) for w in weights), strict=True))
+
+
 def style_loss_names() -> tuple[str, ...]:
     return tuple(STYLE_LOSSES)
 
 
 def style_loss_help() -> str:
     """The --style-loss help text: every registered name with its summary."""
-    return "Style loss by name: " + "; ".join(f"{n} ({loss.summary})" for n, loss in STYLE_LOSSES.items()) + "."
+    return ("Style loss by name, or several joined by + (e.g. gram+mrf, weighted by --style-loss-weights): "
+            + "; ".join(f"{n} ({loss.summary})" for n, loss in STYLE_LOSSES.items()) + ".")
 
 
 register_style_loss(StyleLoss(

@@ -33,8 +33,8 @@ from impasto.io.image import load_image
 from impasto.options import MIN_SIDE, Range, SEED, SIDE, WEIGHT, option
 from impasto.result import Result
 from impasto.validation import check_fields, check_image_side, check_memory
-from impasto.losses.objective import StyleTerm, content_term, layer_weights
-from impasto.losses.registry import style_loss_help, style_loss_names
+from impasto.losses.objective import StyleSum, content_term, layer_weights
+from impasto.losses.registry import parse_style_losses, style_loss_help
 from impasto.losses.regularizers import tv_loss
 from impasto.ops import color as color_ops
 from impasto.ops.geometry import resize, scale_schedule, size_for_long_side
@@ -70,6 +70,7 @@ class Options:
     ratio: float | None = option(None, "alpha/beta; when set, style_weight = content_weight / ratio.", range=Range(0, 1e12, low_open=True))
     tv_weight: float = option(1e-1, "gamma: weight of the total-variation smoothness prior (on the image in [0, 1]).", range=WEIGHT)
     style_loss: str = option("gram", style_loss_help)
+    style_loss_weights: tuple[float, ...] | None = option(None, "One weight per loss of a combined --style-loss a+b (default: 1 each).", range=WEIGHT)
     style_blend: tuple[float, ...] | None = option(None, "Blend weights, one per style image (default: equal).", range=WEIGHT)
     layer_sources: tuple[tuple[str, int], ...] = option((), "Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend.")
     style_scale: float = option(1.0, "Style image long side relative to the output's at every scale (bigger: larger brush strokes).", range=Range(0.05, 16))
@@ -92,7 +93,7 @@ def validate(options: Options, n_styles: int) -> None:
     _choice(options.optimizer, OPTIMIZERS, "optimizer")
     _choice(options.color, COLOR_MODES, "color")
     use_bf16(options.precision)  # raises for an unknown precision, or bf16 on a CPU without it
-    _choice(options.style_loss, style_loss_names(), "style_loss")
+    parse_style_losses(options.style_loss, options.style_loss_weights)  # unknown names get a suggestion
     _choice(options.pooling, POOLING, "pooling")
     if options.init not in INITS and not Path(options.init).is_file():
         raise InvalidOptionError(f"init must be one of {', '.join(INITS)} or an existing image file, got '{options.init}'")
@@ -180,8 +181,9 @@ class _Objective:
             feats = encoder(prepare(content))
             self.content_targets = {k: feats[k] for k in options.content_layers}
             style_feats = [encoder(prepare(s)) for s in styles]
-        self.style = StyleTerm(options.style_loss, layer_weights(options.style_layers, options.style_layer_weights),
-                               style_feats, mix=options.style_blend, layer_sources=dict(options.layer_sources))
+        weights = layer_weights(options.style_layers, options.style_layer_weights)
+        self.style = StyleSum(options.style_loss, options.style_loss_weights, weights, style_feats,
+                              mix=options.style_blend, layer_sources=dict(options.layer_sources))
 
     def __call__(self, image: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         o = self.options

@@ -32,8 +32,8 @@ from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.image import load_image
 from impasto.io.models import save_model
 from impasto.io.plot import save_loss_curve
-from impasto.losses.objective import StyleTerm, content_term, layer_weights
-from impasto.losses.registry import get_style_loss, style_loss_help
+from impasto.losses.objective import StyleSum, content_term, layer_weights
+from impasto.losses.registry import parse_style_losses, style_loss_help
 from impasto.losses.regularizers import tv_loss
 from impasto.methods.feedforward import TransformerNet, architecture
 from impasto.ops.geometry import resize, size_for_long_side
@@ -60,6 +60,7 @@ class TrainOptions:
     content_layers: tuple[str, ...] = option(("relu2_2",), "Feature-reconstruction layers.")
     style_layers: tuple[str, ...] = option(("relu1_2", "relu2_2", "relu3_3", "relu4_3"), "Style layers.")
     style_loss: str = option("gram", style_loss_help)
+    style_loss_weights: tuple[float, ...] | None = option(None, "One weight per loss of a combined --style-loss a+b (default: 1 each).", range=WEIGHT)
     content_weight: float = option(1.0, "Weight of the content loss.", range=WEIGHT)
     style_weight: float = option(20.0, "Weight of the (per-layer normalised) style loss.", range=WEIGHT)
     tv_weight: float = option(1e-1, "Weight of the total-variation prior.", range=WEIGHT)
@@ -78,7 +79,7 @@ def validate(o: TrainOptions) -> None:
     if o.style_names is not None and len(o.style_names) != len(o.styles):
         raise InvalidOptionError(f"{len(o.style_names)} style names given for {len(o.styles)} styles")
     use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
-    get_style_loss(o.style_loss)  # raises for an unknown name, with a suggestion
+    parse_style_losses(o.style_loss, o.style_loss_weights)  # raises for an unknown name, with a suggestion
 
 
 def _fingerprint(o: TrainOptions, style_hashes: list[str], n_images: int) -> str:
@@ -137,7 +138,8 @@ def train(
     with torch.no_grad():
         per_style = [encoder(prepare(resize(s, size_for_long_side(s.shape[-2], s.shape[-1], options.style_size))))
                      for s in style_images]
-    style = StyleTerm(options.style_loss, layer_weights(options.style_layers, None), per_style, per_sample=True)
+    style = StyleSum(options.style_loss, options.style_loss_weights, layer_weights(options.style_layers, None),
+                     per_style, per_sample=True)
 
     net = TransformerNet(n_styles=len(style_images), width=options.width, n_residual=options.residual_blocks)
     opt = torch.optim.Adam(net.parameters(), lr=options.learning_rate)
