@@ -57,3 +57,14 @@ def test_pooled_bank_takes_each_half_from_the_exemplar_that_fits_it():
     assert not sources[:, :4].any() and sources[:, 6:].all()  # windows wholly inside a half
     zero_b = StyleTerm("mrf", {"x": 1.0}, [{"x": a}, {"x": b}], mix=(1.0, 0.0))
     assert zero_b.targets["x"][0].shape[1] == 16  # a style of weight 0 adds no patches
+
+
+def test_large_style_maps_keep_a_strided_bank_of_at_most_max_bank_patches(monkeypatch):
+    assert patch.bank_stride(8, 9, limit=42) == 1 and patch.bank_stride(8, 9, limit=41) == 2
+    s = _feat(1)  # 8 x 9: 6 x 7 = 42 patches at stride 1, 3 x 4 = 12 at stride 2
+    assert patch.patch_bank(s)[0].shape == (1, 42, 27)
+    monkeypatch.setattr(patch, "MAX_BANK", 20)
+    (bank,) = patch.patch_bank(s)
+    assert bank.shape == (1, 12, 27)
+    assert torch.equal(bank[0, 1], s[0, :, 0:3, 2:5].reshape(-1))  # the second patch starts 2 columns on
+    assert 0 < patch.mrf_loss(s, bank).item() < patch.mrf_loss(s, patch.patch_bank(_feat(5))[0]).item()

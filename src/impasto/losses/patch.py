@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 PATCH = 3
 MATCH_CHUNK = 1024  # result patches matched per matrix product
+MAX_BANK = 16384  # style patches kept per style and layer: a larger map keeps every s-th patch each way
 
 
 def patches(features: Tensor, size: int = PATCH) -> Tensor:
@@ -27,9 +28,21 @@ def patches(features: Tensor, size: int = PATCH) -> Tensor:
     return F.unfold(f, size).transpose(1, 2)
 
 
+def bank_stride(height: int, width: int, size: int = PATCH, limit: int | None = None) -> int:
+    """Smallest stride s at which a height x width map gives at most ``limit`` (MAX_BANK) patches."""
+    limit = limit or MAX_BANK
+    s = 1
+    while ((height - size) // s + 1) * ((width - size) // s + 1) > limit:
+        s += 1
+    return s
+
+
 def patch_bank(features: Tensor, size: int = PATCH) -> tuple[Tensor]:
-    """The style's patches, (N, L, C size^2); several styles' banks are concatenated along L."""
-    return (patches(features, size),)
+    """The style's patches, (N, L, C size^2), at most MAX_BANK of them (strided on large maps: matching
+    costs result patches x bank patches); several styles' banks are concatenated along L."""
+    stride = bank_stride(*features.shape[-2:], size)
+    f = features.to(torch.promote_types(features.dtype, torch.float32))
+    return (F.unfold(f, size, stride=stride).transpose(1, 2),)
 
 
 @torch.no_grad()
