@@ -251,13 +251,13 @@ def test_init_from_a_decoder_of_the_same_level_fine_tunes_it(tiny_decoder, tmp_p
 def _stylised_loss(decoder, enc, level, content, style, transform):
     """Relative feature loss of decoding ``content``'s features given ``style``'s statistics."""
     from impasto.features.transfer import TRANSFORMS
-    from impasto.training.decoder import relative_feature_loss
+    from impasto.losses.objective import normalised_mse
 
     with torch.no_grad():
         fc = enc(content)[level]
         fs = enc(style)[level][0].flatten(1)
         target = TRANSFORMS[transform](fc[0].flatten(1), fs).reshape(fc.shape)
-        return float(relative_feature_loss(enc(decoder(target, tuple(content.shape[-2:])))[level], target))
+        return float(normalised_mse(enc(decoder(target, tuple(content.shape[-2:])))[level], target))
 
 
 def test_stylise_batch_styles_only_the_samples_after_the_plain_ones():
