@@ -143,6 +143,37 @@ def finish(out: Tensor, content: Tensor, color: str) -> Tensor:
     return out.float().contiguous()
 
 
+class RegionMaps:
+    """Masks (paths or (1, 3, H, W) tensors) loaded once as label codes, following ``mask_mode``: a content
+    label map with style label maps, or one binary content mask per style; style masks are matched to each
+    style's size. ``regions`` gives, at any feature size, the content positions and their style targets."""
+
+    def __init__(self, size: tuple[int, int], styles: Sequence[Tensor], content_mask: Sequence[Any] = (),
+                 style_mask: Sequence[Any] = ()) -> None:
+        self.mode = mask_mode(len(content_mask), len(style_mask), len(styles))
+        self.content_codes: Tensor | None = None
+        self.style_codes: list[Tensor | None] = [None] * len(styles)
+        if self.mode == "labels":
+            self.content_codes = colour_codes(_load_mask(content_mask[0], size, "content mask"))
+            masks = list(style_mask) * (len(styles) if len(style_mask) == 1 else 1)
+            self.style_codes = [colour_codes(_load_mask(m, tuple(s.shape[-2:]), "style mask"))
+                                for m, s in zip(masks, styles, strict=True)]
+        elif self.mode == "per-style":
+            self.content_codes = binary_codes([_load_mask(m, size, "content mask") for m in content_mask])
+
+    def regions(self, style_feats: Sequence[Tensor], weights: Sequence[float], size: tuple[int, int]) -> list[Region]:
+        """Regions for content features of ``size`` (h, w); ``style_feats`` one (1, C, h', w') map per style."""
+        feats = [f[0].flatten(1) for f in style_feats]
+        if self.content_codes is None:
+            return [(torch.ones(size[0] * size[1], dtype=torch.bool), list(zip(feats, weights, strict=True)))]
+        codes = resize_codes(self.content_codes, size).flatten()
+        if self.mode == "per-style":
+            return per_style_regions(codes, feats)
+        style_codes = [None if c is None else resize_codes(c, tuple(f.shape[-2:])).flatten()
+                       for c, f in zip(self.style_codes, style_feats, strict=True)]
+        return label_regions(codes, list(zip(feats, style_codes, strict=True)), weights)
+
+
 class FeatureTransfer:
     """``(level, content features (1, C, h, w)) -> features`` with the styles' statistics, for ``cascade``.
 
@@ -156,32 +187,14 @@ class FeatureTransfer:
         if kind not in TRANSFORMS:
             raise InvalidOptionError(f"transform must be one of {', '.join(TRANSFORMS)}, got '{kind}'")
         self.transform, self.alpha, self.weights = TRANSFORMS[kind], alpha, list(weights)
-        self.mode = mask_mode(len(content_mask), len(style_mask), len(styles))
         enc = encoder.with_layers(levels)
         with torch.inference_mode():  # float32 statistics whatever precision the encoder runs in
             self.style_feats = [{k: v.float() for k, v in enc(input_for(encoder, s)).items()} for s in styles]
-        size = tuple(content.shape[-2:])
-        self.content_codes: Tensor | None = None
-        self.style_codes: list[Tensor | None] = [None] * len(styles)
-        if self.mode == "labels":
-            self.content_codes = colour_codes(_load_mask(content_mask[0], size, "content mask"))
-            masks = list(style_mask) * (len(styles) if len(style_mask) == 1 else 1)
-            self.style_codes = [colour_codes(_load_mask(m, tuple(s.shape[-2:]), "style mask"))
-                                for m, s in zip(masks, styles, strict=True)]
-        elif self.mode == "per-style":
-            self.content_codes = binary_codes([_load_mask(m, size, "content mask") for m in content_mask])
+        self.maps = RegionMaps(tuple(content.shape[-2:]), styles, content_mask, style_mask)
 
     def regions(self, level: str, size: tuple[int, int]) -> list[Region]:
         """The regions at one level: content positions and their style targets (flattened (C, M'))."""
-        feats = [f[level][0].flatten(1) for f in self.style_feats]
-        if self.content_codes is None:
-            return [(torch.ones(size[0] * size[1], dtype=torch.bool), list(zip(feats, self.weights, strict=True)))]
-        codes = resize_codes(self.content_codes, size).flatten()
-        if self.mode == "per-style":
-            return per_style_regions(codes, feats)
-        style_codes = [None if c is None else resize_codes(c, tuple(f[level].shape[-2:])).flatten()
-                       for c, f in zip(self.style_codes, self.style_feats, strict=True)]
-        return label_regions(codes, list(zip(feats, style_codes, strict=True)), self.weights)
+        return self.maps.regions([f[level] for f in self.style_feats], self.weights, size)
 
     def __call__(self, level: str, content: Tensor) -> Tensor:
         n, c, h, w = content.shape
