@@ -15,6 +15,7 @@ from torch import Tensor
 from impasto.errors import InvalidOptionError
 from impasto.losses.content import content_loss
 from impasto.losses.registry import StyleLoss, get_style_loss, parse_style_losses
+from impasto.ops.regions import Region
 
 EPS = 1e-8  # keeps an all-zero target (a black image's activations) from dividing by zero
 
@@ -59,11 +60,15 @@ class StyleTerm:
     - Per sample (``per_sample=True``, conditional training): the styles' statistics are stacked and
       ``__call__(features, which)`` compares sample ``i`` with style ``which[i]``; each layer is divided by
       the mean square over all styles' statistics.
+    - Masked (``regions``: per layer, the content positions of each region and its styles' features, from
+      ``features.transfer.RegionMaps``; Gatys et al. 2017 spatial control): each region's positions are
+      compared with its own blended target, weighted by the share of positions the region covers;
+      positions in no region take no style.
     """
 
     def __init__(self, loss: str | StyleLoss, weights: Mapping[str, float], per_style: Sequence[Mapping[str, Tensor]],
                  *, mix: Sequence[float] | None = None, layer_sources: Mapping[str, int] | None = None,
-                 per_sample: bool = False) -> None:
+                 per_sample: bool = False, regions: Mapping[str, Sequence[Region]] | None = None) -> None:
         self.loss = get_style_loss(loss) if isinstance(loss, str) else loss
         self.weights = dict(weights)
         self.per_sample = per_sample
@@ -73,6 +78,17 @@ class StyleTerm:
         sources = dict(layer_sources or {})
         self.targets: dict[str, tuple[Tensor, ...] | list[tuple[Tensor, ...]]] = {}
         self.norm: dict[str, float] = {}
+        self.regions: dict[str, list[tuple[Tensor, tuple[Tensor, ...], float]]] = {}
+        if regions is not None:
+            if per_sample or sources:
+                raise InvalidOptionError("masks cannot be combined with per-sample styles or --layer-sources")
+            if self.loss.positional:
+                raise InvalidOptionError(f"style loss '{self.loss.name}' compares patches and does not take masks yet; "
+                                         "use a statistics loss (gram, histogram, ...) with --content-mask")
+            with torch.no_grad():
+                for layer in self.weights:
+                    self.regions[layer] = self._region_targets(layer, regions[layer])
+            return
         with torch.no_grad():
             for layer in self.weights:
                 stats = [self.loss.statistics(f[layer]) for f in per_style]
@@ -90,6 +106,27 @@ class StyleTerm:
             return share
         blend = torch.tensor(list(mix) if mix is not None else [1.0] * n, dtype=torch.float64)
         return (blend / blend.sum()).tolist()
+
+    def _region_targets(self, layer: str, regions: Sequence[Region]) -> list[tuple[Tensor, tuple[Tensor, ...], float]]:
+        """(content positions, blended target, its mean square) per region that has positions and a style."""
+        out = []
+        for where, targets in regions:
+            total = sum(w for _, w in targets)
+            if not bool(where.any()) or total <= 0:
+                continue
+            stats = [self.loss.statistics(f.reshape(1, f.shape[0], -1, 1)) for f, _ in targets]
+            target = self._blend(layer, stats, [w / total for _, w in targets])
+            out.append((where, target, _mean_square(target)))
+        return out
+
+    def _masked(self, layer: str, features: Tensor) -> Tensor:
+        """Each region's distance on its own positions, weighted by the share of positions it covers."""
+        flat = features.reshape(*features.shape[:2], -1)
+        total = features.new_zeros((), dtype=torch.float32)
+        for where, target, norm in self.regions[layer]:
+            part = flat[:, :, where].unsqueeze(-1)
+            total = total + where.float().mean() * self.loss.distance(part, target) / norm
+        return total
 
     @staticmethod
     def _stack(stats: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...] | list[tuple[Tensor, ...]]:
@@ -118,6 +155,10 @@ class StyleTerm:
             raise InvalidOptionError("a per-sample style term needs which style each sample takes")
         total = None
         for layer, w in self.weights.items():
+            if self.regions:
+                term = w * self._masked(layer, features[layer])
+                total = term if total is None else total + term
+                continue
             target = self.targets[layer]
             f = features[layer]
             if which is None:

@@ -40,6 +40,7 @@ class StyleLoss:
     statistics: Callable[[Tensor], tuple[Tensor, ...]]
     distance: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
     blend: str = "linear"
+    positional: bool = False  # compares neighbourhoods (patches): masked regions (lists of positions) do not apply
 
 
 STYLE_LOSSES: dict[str, StyleLoss] = {}
@@ -126,4 +127,5 @@ register_style_loss(StyleLoss(
     statistics=patch_bank,
     distance=lambda f, t: mrf_loss(f, t[0]),
     blend="pool",
+    positional=True,
 ))

@@ -27,6 +27,7 @@ from torch import Tensor
 from impasto.errors import CheckpointError, InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Done, Progress, Stage
 from impasto.features.precision import bf16_input, to_bf16, use_bf16
+from impasto.features.transfer import RegionMaps, blend_weights
 from impasto.features.vgg import POOLING, VGGEncoder, load_encoder
 from impasto.io.checkpoint import load_checkpoint, save_checkpoint
 from impasto.io.image import load_image
@@ -73,6 +74,8 @@ class Options:
     style_loss_weights: tuple[float, ...] | None = option(None, "One weight per loss of a combined --style-loss a+b (default: 1 each).", range=WEIGHT)
     style_blend: tuple[float, ...] | None = option(None, "Blend weights, one per style image (default: equal).", range=WEIGHT)
     layer_sources: tuple[tuple[str, int], ...] = option((), "Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend.")
+    content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i); regions take their style's statistics only (Gatys et al. 2017 spatial control).")
+    style_mask: tuple[str, ...] = option((), "Style label map(s), one for all styles or one per style: a content region takes the statistics of the style region of its colour.")
     style_scale: float = option(1.0, "Style image long side relative to the output's at every scale (bigger: larger brush strokes).", range=Range(0.05, 16))
     color: str = option("style", "Colour control: style (take the style's colours), luminance (keep the content's colours), match (recolour the style to the content first), color_only (content luminance + result colours).")
     precision: str = option("auto", "auto (bf16 where the CPU supports it), fp32 or bf16.")
@@ -110,6 +113,8 @@ def validate(options: Options, n_styles: int) -> None:
             raise InvalidOptionError(f"{len(options.style_blend)} blend weights given for {n_styles} style images")
         if sum(options.style_blend) <= 0:
             raise InvalidOptionError("--style-blend weights must not all be zero")
+    if options.layer_sources and options.content_mask:
+        raise InvalidOptionError("--layer-sources and --content-mask cannot be combined; use one of them")
     for layer, index in options.layer_sources:
         if layer not in options.style_layers:
             raise InvalidOptionError(
@@ -172,7 +177,8 @@ def check_sizes(plan: list[tuple[tuple[int, int], int]], styles: Sequence[Tensor
 class _Objective:
     """Targets for one scale, computed once; ``__call__`` gives the weighted losses of an image."""
 
-    def __init__(self, encoder: VGGEncoder, prepare, content: Tensor, styles: list[Tensor], options: Options) -> None:
+    def __init__(self, encoder: VGGEncoder, prepare, content: Tensor, styles: list[Tensor], options: Options,
+                 maps: RegionMaps | None = None) -> None:
         self.encoder = encoder
         self.prepare = prepare
         self.options = options
@@ -182,8 +188,13 @@ class _Objective:
             self.content_targets = {k: feats[k] for k in options.content_layers}
             style_feats = [encoder(prepare(s)) for s in styles]
         weights = layer_weights(options.style_layers, options.style_layer_weights)
+        regions = None
+        if maps is not None and maps.mode != "none":
+            blend = blend_weights(options.style_blend, len(styles))
+            regions = {k: maps.regions([f[k] for f in style_feats], blend, tuple(feats[k].shape[-2:]))
+                       for k in options.style_layers}
         self.style = StyleSum(options.style_loss, options.style_loss_weights, weights, style_feats,
-                              mix=options.style_blend, layer_sources=dict(options.layer_sources))
+                              mix=options.style_blend, layer_sources=dict(options.layer_sources), regions=regions)
 
     def __call__(self, image: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         o = self.options
@@ -232,6 +243,7 @@ def run(
             raise InvalidOptionError(f"{name} must be a (1, 3, H, W) tensor, got {tuple(t.shape)}")
     plan = scale_plan(options, content.shape[-2], content.shape[-1])
     check_sizes(plan, styles, options)  # before any weights load or memory is taken
+    maps = RegionMaps(tuple(content.shape[-2:]), styles, options.content_mask, options.style_mask)
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     fp = fingerprint(content, styles, options)
@@ -275,7 +287,7 @@ def run(
             callback(Stage(name="scale", index=k, total=len(plan), size=size))
         c_k = resize(target_content, size)
         s_k = [resize(s, style_size(s, size, options.style_scale)) for s in target_styles]
-        objective = _Objective(encoder, prepare, c_k, s_k, options)
+        objective = _Objective(encoder, prepare, c_k, s_k, options, maps)
         if image is None:
             image = _initial_image(options, c_k, s_k[0])
         elif tuple(image.shape[-2:]) != size:

@@ -1,0 +1,108 @@
+"""Spatial control for the optimisation method (Gatys et al. 2017): masked style terms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from impasto.errors import InvalidOptionError
+from impasto.features.transfer import RegionMaps
+from impasto.features.vgg import load_encoder
+from impasto.losses.objective import StyleTerm
+from impasto.methods import optimization as opt
+from impasto.ops.stats import gram_matrix
+
+H, W = 32, 40
+
+
+def _image(seed: int, h: int = H, w: int = W) -> torch.Tensor:
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _half_mask(left: bool, h: int = H, w: int = W) -> torch.Tensor:
+    m = torch.zeros(1, 3, h, w)
+    if left:
+        m[..., : w // 2] = 1
+    else:
+        m[..., w // 2:] = 1
+    return m
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder("tiny", ["relu1_1", "relu2_1", "relu4_2"])
+
+
+def test_positions_outside_every_region_get_no_gradient_from_the_style(encoder):
+    style = encoder(_image(1))
+    maps = RegionMaps((H, W), [_image(1)], content_mask=[_half_mask(left=True)])
+    regions = {"relu1_1": maps.regions([style["relu1_1"]], [1.0], tuple(style["relu1_1"].shape[-2:]))}
+    term = StyleTerm("gram", {"relu1_1": 1.0}, [style], regions=regions)
+    x = encoder(_image(2))["relu1_1"].detach().requires_grad_(True)
+    term({"relu1_1": x}).backward()
+    w = x.shape[-1]
+    assert x.grad[..., : w // 2].abs().sum() > 0
+    assert torch.equal(x.grad[..., w // 2:], torch.zeros_like(x.grad[..., w // 2:]))
+
+
+def test_label_maps_give_each_region_the_statistics_of_its_style_region(encoder):
+    style = _image(3)
+    content_labels = _half_mask(left=True)  # white left, black right
+    style_labels = _half_mask(left=False)  # the style's white half is its right half
+    feats = encoder(style)["relu1_1"]
+    maps = RegionMaps((H, W), [style], content_mask=[content_labels], style_mask=[style_labels])
+    regions = {"relu1_1": maps.regions([feats], [1.0], tuple(feats.shape[-2:]))}
+    term = StyleTerm("gram", {"relu1_1": 1.0}, [{"relu1_1": feats}], regions=regions)
+    w = feats.shape[-1]
+    right_half = feats[..., w // 2:]  # white in the style map
+    targets = {bool(where[0]): target[0] for where, target, _ in term.regions["relu1_1"]}  # keyed by "is left"
+    assert torch.allclose(targets[True], gram_matrix(right_half.reshape(1, feats.shape[1], -1, 1)), rtol=1e-5)
+    assert torch.allclose(targets[False], gram_matrix(feats[..., : w // 2].reshape(1, feats.shape[1], -1, 1)), rtol=1e-5)
+
+
+def test_a_masked_run_stylises_only_inside_the_mask(tmp_path):
+    content, style = _image(5), _image(6)
+    options = opt.Options(encoder="tiny", size=W, scale_iterations=(40,), precision="fp32", tv_weight=0.0,
+                          style_layers=("relu1_1", "relu2_1"), style_weight=1e4, content_mask=(str(tmp_path / "m.png"),))
+    from impasto.io.image import save_image
+
+    save_image(_half_mask(left=True), tmp_path / "m.png")
+    out = opt.run(content, style, options).image
+    change = (out - content).abs().mean(dim=(0, 1))
+    w = change.shape[-1]
+    assert change[:, : w // 2 - 4].mean() > 3 * change[:, w // 2 + 4:].mean()
+
+
+def test_mask_errors_are_clear(tmp_path):
+    content, style = _image(5), _image(6)
+    from impasto.io.image import save_image
+
+    mask = str(save_image(_half_mask(left=True), tmp_path / "m.png"))
+    base = dict(encoder="tiny", size=W, scale_iterations=(2,), precision="fp32")
+    with pytest.raises(InvalidOptionError, match="cannot be combined"):
+        opt.run(content, style, opt.Options(**base, content_mask=(mask,), layer_sources=(("relu1_1", 0),)))
+    with pytest.raises(InvalidOptionError, match="does not take masks yet"):
+        opt.run(content, style, opt.Options(**base, content_mask=(mask,), style_loss="mrf",
+                                            style_layers=("relu2_1",)))
+    with pytest.raises(InvalidOptionError, match="one --content-mask per style"):
+        opt.run(content, [style, style], opt.Options(**base, content_mask=(mask,)))
+    with pytest.raises(InvalidOptionError, match="needs a --content-mask"):
+        opt.run(content, style, opt.Options(**base, style_mask=(mask,)))
+
+
+def test_masks_from_the_cli(tmp_path, capsys):
+    from impasto.cli import main
+    from impasto.io.image import load_image, save_image
+
+    content = save_image(_image(5), tmp_path / "c.png")
+    style = save_image(_image(6), tmp_path / "s.png")
+    mask = save_image(_half_mask(left=True), tmp_path / "m.png")
+    out = tmp_path / "out.png"
+    assert main(["stylize", str(content), str(style), "--content-mask", str(mask), "--encoder", "tiny",
+                 "--size", str(W), "--iterations", "3", "--precision", "fp32", "-o", str(out), "-q"]) == 0, \
+        capsys.readouterr().err
+    assert load_image(out).shape == (1, 3, H, W)
+    wrong = save_image(torch.zeros(1, 3, 40, 10), tmp_path / "thin.png")
+    assert main(["stylize", str(content), str(style), "--content-mask", str(wrong), "--encoder", "tiny",
+                 "--size", str(W), "--iterations", "3", "-o", str(tmp_path / "x.png"), "-q"]) != 0
+    assert "aspect ratio" in capsys.readouterr().err
