@@ -94,3 +94,52 @@ def test_gradcheck_and_module_equals_function(stats, loss, module):
     m = module(target)
     assert torch.equal(m(f), loss(f, target))
     assert list(dict(m.named_buffers())) == ["target"]
+
+
+@pytest.mark.parametrize("stats, loss, module", [
+    (dist.shifted_gram_stats, dist.shifted_gram_loss, dist.ShiftedGramLoss),
+    (dist.pyramid_gram_stats, dist.pyramid_gram_loss, dist.PyramidGramLoss),
+    (dist.mmd_stats, dist.mmd_gaussian_loss, dist.MMDGaussianLoss),
+])
+def test_multi_part_targets_gradcheck_zero_on_the_style_and_module(stats, loss, module):
+    s = _feat(1, h=9, w=10, dtype=torch.float64)
+    target = stats(s)
+    assert loss(s, target).item() == pytest.approx(0.0, abs=1e-10)
+    f = _feat(2, h=9, w=10, dtype=torch.float64).requires_grad_(True)
+    assert loss(f, target).item() > 1e-4
+    assert torch.autograd.gradcheck(lambda x: loss(x, target), (f,))
+    assert torch.equal(module(target)(f), loss(f, target))
+
+
+def _stripes(period: int, phase_seed: int) -> torch.Tensor:
+    """A 2-channel map: channel 0 a square wave along x with the given period, channel 1 its complement."""
+    x = torch.arange(32)
+    wave = ((x // (period // 2)) % 2).float().expand(32, 32)
+    noise = torch.rand(32, 32, generator=torch.Generator().manual_seed(phase_seed)) * 0.01
+    return torch.stack([wave + noise, 1 - wave + noise]).unsqueeze(0)
+
+
+def test_shifted_gram_tells_stripe_periods_apart_that_gram_cannot():
+    """Stripes of period 8 and 16 have the same Gram (same values, same proportions) but not the same
+    correlation with a copy shifted by 4."""
+    a, b = _stripes(8, 0), _stripes(16, 1)
+    same_gram = gram_loss(a, gram_matrix(b)).item()
+    assert same_gram < 1e-3
+    assert dist.shifted_gram_loss(a, dist.shifted_gram_stats(b)).item() > max(0.02, 20 * same_gram)
+
+
+def test_pyramid_gram_sees_coarse_structure():
+    """Fine and coarse checkerboards: same Gram, different Gram once pooled."""
+    fine = ((torch.arange(16).view(-1, 1) + torch.arange(16)) % 2).float()
+    coarse = ((torch.arange(16).view(-1, 1) // 4 + torch.arange(16) // 4) % 2).float()
+    a, b = (torch.stack([t, 1 - t]).unsqueeze(0) for t in (fine, coarse))
+    assert gram_loss(a, gram_matrix(b)).item() < 1e-6
+    assert dist.pyramid_gram_loss(a, dist.pyramid_gram_stats(b)).item() > 0.01
+
+
+def test_mmd_samples_the_same_positions_every_call():
+    s, f = _feat(1, h=40, w=40), _feat(2, h=40, w=40)  # 1600 positions > 1024 sampled
+    target = dist.mmd_stats(s)
+    assert target[0].shape == (1, 4, dist.MMD_SAMPLES)
+    assert dist.mmd_gaussian_loss(f, target).item() == dist.mmd_gaussian_loss(f, target).item()
+    assert dist.mmd_gaussian_loss(s, target).item() == pytest.approx(0.0, abs=1e-6)

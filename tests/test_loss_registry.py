@@ -58,7 +58,8 @@ SHIPPED = registry.style_loss_names()  # collected before any test registers its
 
 
 def test_the_shipped_set():
-    assert set(SHIPPED) == {"gram", "mean_std", "w2", "gram_centered", "histogram", "sliced_wasserstein", "mrf"}
+    assert set(SHIPPED) == {"gram", "mean_std", "w2", "gram_centered", "histogram", "sliced_wasserstein", "mrf",
+                            "gram_shifted", "gram_pyramid", "mmd_gaussian"}
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -74,6 +75,10 @@ def test_blending_two_identical_styles_equals_one(encoder, name):
     style, x = encoder(_image(1)), encoder(_image(3))
     weights = layer_weights(LAYERS, None)
     one = StyleTerm(name, weights, [style])(x)
+    if registry.get_style_loss(name).blend == "none":  # refuses to mix, says so
+        with pytest.raises(InvalidOptionError, match="cannot blend several styles"):
+            StyleTerm(name, weights, [style, style], mix=(0.3, 0.7))
+        return
     two = StyleTerm(name, weights, [style, style], mix=(0.3, 0.7))(x)
     assert two.item() == pytest.approx(one.item(), rel=1e-5)
 

@@ -110,3 +110,109 @@ class SlicedWassersteinLoss(_TargetLoss):
 
 class CenteredGramLoss(_TargetLoss):
     fn = staticmethod(centered_gram_loss)
+
+
+# ------------------------------------------------------------------------------- more Gram variants and MMD
+
+SHIFT = 4  # positions between a feature and its shifted copy (shifted Gram)
+PYRAMID = 3  # levels of the feature pyramid (multi-scale Gram): full, 1/2, 1/4
+MMD_SAMPLES = 1024  # positions sampled (fixed seed) for the Gaussian-kernel MMD
+
+
+def shifted_gram_stats(features: Tensor, shift: int = SHIFT) -> tuple[Tensor, Tensor]:
+    """Cross-correlations of the features with copies shifted ``shift`` positions right and down
+    (Berger & Memisevic 2017, "Incorporating long-range consistency in CNN-based texture generation"):
+    (N, C, C) each, normalised by the overlapping positions. Maps smaller than the shift use shift 1."""
+    f = features.to(torch.promote_types(features.dtype, torch.float32))
+    h, w = f.shape[-2:]
+    out = []
+    for a, b in ((f[..., :, : w - _s(shift, w)], f[..., :, _s(shift, w):]), (f[..., : h - _s(shift, h), :], f[..., _s(shift, h):, :])):
+        n, c = a.shape[:2]
+        fa, fb = a.reshape(n, c, -1), b.reshape(n, c, -1)
+        out.append(fa @ fb.transpose(1, 2) / fa.shape[-1])
+    return out[0], out[1]
+
+
+def _s(shift: int, extent: int) -> int:
+    return shift if extent > shift else max(1, extent - 1) if extent > 1 else 0
+
+
+def shifted_gram_loss(features: Tensor, target: tuple[Tensor, ...]) -> Tensor:
+    mine = shifted_gram_stats(features)
+    return sum((m - t).pow(2).mean() for m, t in zip(mine, target, strict=True)) / len(mine)
+
+
+def pyramid_gram_stats(features: Tensor, levels: int = PYRAMID) -> tuple[Tensor, ...]:
+    """Gram matrices of the features average-pooled by 1, 2, 4, ... (coarser levels see larger structures;
+    a multi-scale Gram after Snelgrove 2017 / Zhang & Dana's multi-scale statistics). Levels that would be
+    smaller than 1 x 1 repeat the last one."""
+    f = features.to(torch.promote_types(features.dtype, torch.float32))
+    out = []
+    for _ in range(levels):
+        n, c = f.shape[:2]
+        flat = f.reshape(n, c, -1)
+        out.append(flat @ flat.transpose(1, 2) / flat.shape[-1])
+        if min(f.shape[-2:]) >= 2:
+            f = torch.nn.functional.avg_pool2d(f, 2)
+    return tuple(out)
+
+
+def pyramid_gram_loss(features: Tensor, target: tuple[Tensor, ...]) -> Tensor:
+    mine = pyramid_gram_stats(features, len(target))
+    return sum((m - t).pow(2).mean() for m, t in zip(mine, target, strict=True)) / len(mine)
+
+
+def _sample_positions(flat: Tensor, count: int = MMD_SAMPLES) -> Tensor:
+    """(N, C, M) -> (N, C, min(M, count)) positions chosen with a fixed seed (the same for the same M)."""
+    m = flat.shape[-1]
+    if m <= count:
+        return flat
+    idx = torch.randperm(m, generator=torch.Generator().manual_seed(m))[:count]
+    return flat[..., idx]
+
+
+def _gaussian_mean(x: Tensor, y: Tensor, gamma: Tensor) -> Tensor:
+    """Mean of exp(-gamma ||x_i - y_j||^2) over positions of x (N, C, A) and y (N, C, B)."""
+    d = (x.pow(2).sum(1).unsqueeze(2) + y.pow(2).sum(1).unsqueeze(1) - 2 * x.transpose(1, 2) @ y).clamp_min(0)
+    return torch.exp(-gamma.view(-1, 1, 1) * d).mean(dim=(1, 2))
+
+
+def mmd_stats(features: Tensor) -> tuple[Tensor, Tensor]:
+    """Sampled positions (N, C, S) of the style and the kernel width 1 / median squared distance
+    (a fixed bandwidth per style, so the loss is deterministic)."""
+    s = _sample_positions(_flat(features))
+    d = (s.pow(2).sum(1).unsqueeze(2) + s.pow(2).sum(1).unsqueeze(1) - 2 * s.transpose(1, 2) @ s).clamp_min(0)
+    gamma = 1.0 / d.flatten(1).median(dim=1).values.clamp_min(1e-8)
+    return s, gamma
+
+
+def mmd_gaussian_loss(features: Tensor, target: tuple[Tensor, Tensor]) -> Tensor:
+    """Squared MMD with a Gaussian kernel between the result's and the style's sampled positions
+    (Li, Wang, Liu & Hou 2017: style transfer as distribution alignment). Zero for the same distribution."""
+    style, gamma = target
+    x = _sample_positions(_flat(features))
+    style = style.to(x.dtype).expand(x.shape[0], -1, -1)
+    gamma = gamma.to(x.dtype).expand(x.shape[0])
+    mmd = _gaussian_mean(x, x, gamma) + _gaussian_mean(style, style, gamma) - 2 * _gaussian_mean(x, style, gamma)
+    return mmd.mean()
+
+
+class ShiftedGramLoss(_TargetLoss):
+    fn = staticmethod(shifted_gram_loss)
+
+    def __init__(self, target: tuple[Tensor, ...]) -> None:
+        nn.Module.__init__(self)
+        for i, t in enumerate(target):
+            self.register_buffer(f"target{i}", t.detach().clone())
+        self.n = len(target)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.fn(features, tuple(getattr(self, f"target{i}") for i in range(self.n)))
+
+
+class PyramidGramLoss(ShiftedGramLoss):
+    fn = staticmethod(pyramid_gram_loss)
+
+
+class MMDGaussianLoss(ShiftedGramLoss):
+    fn = staticmethod(mmd_gaussian_loss)

@@ -43,7 +43,9 @@ def content_term(features: Mapping[str, Tensor], targets: Mapping[str, Tensor], 
     return sum(w * normalised_mse(features[k], targets[k]) for k, w in weights.items())
 
 
-def _mean_square(stats: Sequence[Tensor] | list[tuple[Tensor, ...]]) -> float:
+def _mean_square(stats: Sequence[Tensor] | list[tuple[Tensor, ...]], loss: StyleLoss | None = None) -> float:
+    if loss is not None and not loss.normalised:
+        return 1.0
     if isinstance(stats, list):  # per-style statistics of different shapes: their mean
         return sum(_mean_square(s) for s in stats) / len(stats)
     return float(sum(t.pow(2).mean() for t in stats)) + EPS
@@ -97,7 +99,7 @@ class StyleTerm:
                 else:
                     target = self._blend(layer, stats, self._mix(layer, n, mix, sources))
                 self.targets[layer] = target
-                self.norm[layer] = _mean_square(target)
+                self.norm[layer] = _mean_square(target, self.loss)
 
     def _mix(self, layer: str, n: int, mix: Sequence[float] | None, sources: Mapping[str, int]) -> list[float]:
         if layer in sources:
@@ -116,7 +118,7 @@ class StyleTerm:
                 continue
             stats = [self.loss.statistics(f.reshape(1, f.shape[0], -1, 1)) for f, _ in targets]
             target = self._blend(layer, stats, [w / total for _, w in targets])
-            out.append((where, target, _mean_square(target)))
+            out.append((where, target, _mean_square(target, self.loss)))
         return out
 
     def _masked(self, layer: str, features: Tensor) -> Tensor:

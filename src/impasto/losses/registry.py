@@ -25,7 +25,9 @@ from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
 from impasto.losses.distribution import (centered_gram_loss, centered_gram_stats, histogram_loss, histogram_stats,
-                                          sliced_stats, sliced_wasserstein_loss)
+                                          mmd_gaussian_loss, mmd_stats, pyramid_gram_loss, pyramid_gram_stats,
+                                          shifted_gram_loss, shifted_gram_stats, sliced_stats,
+                                          sliced_wasserstein_loss)
 from impasto.losses.patch import mrf_loss, patch_bank
 from impasto.losses.style import gram_loss, mean_std_loss, w2_loss
 from impasto.ops.stats import gram_matrix, mean_cov, mean_std
@@ -41,6 +43,7 @@ class StyleLoss:
     distance: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
     blend: str = "linear"
     positional: bool = False  # compares neighbourhoods (patches): masked regions (lists of positions) do not apply
+    normalised: bool = True  # divide by the target's mean square; False for a loss that is scale-free already
 
 
 STYLE_LOSSES: dict[str, StyleLoss] = {}
@@ -128,4 +131,24 @@ register_style_loss(StyleLoss(
     distance=lambda f, t: mrf_loss(f, t[0]),
     blend="pool",
     positional=True,
+))
+register_style_loss(StyleLoss(
+    "gram_shifted", "Gram of the features with copies shifted 4 positions right and down: long-range structure "
+    "(Berger & Memisevic 2017)",
+    statistics=shifted_gram_stats,
+    distance=shifted_gram_loss,
+    positional=True,
+))
+register_style_loss(StyleLoss(
+    "gram_pyramid", "Gram matrices of the features pooled by 1, 2 and 4: statistics of larger structures",
+    statistics=pyramid_gram_stats,
+    distance=pyramid_gram_loss,
+    positional=True,
+))
+register_style_loss(StyleLoss(
+    "mmd_gaussian", "maximum mean discrepancy, Gaussian kernel, 1024 sampled positions (Li et al. 2017, 'Demystifying')",
+    statistics=mmd_stats,
+    distance=mmd_gaussian_loss,
+    blend="none",
+    normalised=False,
 ))
