@@ -39,4 +39,4 @@ def test_laplacian_weight_keeps_the_photos_edges():
     assert laplacian_loss(kept.image, target, 2) < 0.7 * laplacian_loss(plain, target, 2)
     assert "laplacian" in kept.final_losses
     with pytest.raises(InvalidOptionError, match="laplacian_pool"):
-        opt.run(content, style, opt.Options(**base, laplacian_pool=0))
+        opt.run(content, style, opt.Options(**{**base, "laplacian_pool": 0}))
