@@ -9,7 +9,7 @@ import impasto
 
 ROOT = Path(impasto.__file__).parent
 BASE = {"errors": 0, "events": 0, "options": 0, "validation": 0, "result": 0, "ops": 0}
-LAYERS = {**BASE, "io": 1, "features": 2, "losses": 3, "methods": 4, "training": 4.5, "api": 5, "demo": 5, "cli": 6}
+LAYERS = {**BASE, "io": 1, "features": 2, "losses": 3, "methods": 4, "training": 4.5, "api": 5, "demo": 5, "explain": 5, "cli": 6}
 
 
 def _layer(module: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import sys
 import types
@@ -36,7 +37,7 @@ from impasto.errors import CancelledError, ImpastoError, InvalidOptionError, Out
 from impasto.events import CancelToken, Done, Event, Stage
 from impasto.events import Progress as ProgressEvent
 from impasto.io import weights as weights_io
-from impasto.io.image import SAVE_SUFFIXES
+from impasto.io.image import SAVE_SUFFIXES, load_image
 from impasto.options import field_help
 from impasto.validation import check_output
 
@@ -108,7 +109,7 @@ def _param_for(name: str, annotation: Any, helptext: str, defaults: dict[str, An
     helptext = f"{helptext}  [default: {shown}]"  # click would wrap a custom show_default in parentheses
     if name == "layer_sources":
         return click.Option([name, flag], multiple=True, default=None, metavar="LAYER[-LAYER]=INDEX",
-                            help=f"{helptext} Repeatable, e.g. relu1_1-relu3_1=0 relu4_1-relu5_1=1.")
+                            help=f"{helptext} Repeatable, e.g. relu1_1-relu2_1=0 relu3_1-relu4_1=1.")
     if name in _REPEATABLE:
         return click.Option([name, flag], multiple=True, default=None, help=f"{helptext} Repeatable.")
     if annotation is bool and not optional:  # a flag pair, as users write it: --unpool / --no-unpool
@@ -386,6 +387,39 @@ def demo_cmd(output: str, data: str | None, size: int, pairs: int, iterations: i
                                 on_pair=lambda i, n, c, s: console.print(f"pair {i + 1}/{n}: {c} x {s}"))
     for path in written:
         out.print(f"wrote {path}")
+
+
+@cli.command("explain")
+@click.argument("content", type=click.Path(dir_okay=False))
+@click.argument("style", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="The sheet (.png, .jpg, .webp, .tif).")
+@click.option("--size", type=click.IntRange(16, 1024), default=128, show_default=True, help="Long side of every reconstruction (each cell is one optimisation).")
+@click.option("--iterations", type=click.IntRange(1, 10_000), default=200, show_default=True, help="L-BFGS steps per cell.")
+@click.option("--levels", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", show_default=True, help="Comma-separated layers, shallow to deep.")
+@click.option("--encoder", default="auto", show_default=True, help="auto, vgg16, vgg19 or tiny.")
+@click.option("--precision", default="auto", show_default=True, help="auto, fp32 or bf16.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Allow -o to name an input file.")
+def explain_cmd(content: str, style: str, output: str, size: int, iterations: int, levels: str, encoder: str,
+                precision: str, seed: int, overwrite: bool) -> None:
+    """What each VGG layer keeps: content reconstructed from noise at every level and style textures from
+    the style layers up to each level, as one labelled sheet with each cell's loss."""
+    from impasto import explain
+    from impasto.validation import check_output
+
+    _check_output_file(output)
+    check_output(output, [("content image", content), ("style image", style)], overwrite=overwrite)
+    options = explain.ExplainOptions(size=size, iterations=iterations, seed=seed, encoder=encoder, precision=precision,
+                                     levels=tuple(x.strip() for x in levels.split(",") if x.strip()))
+    images = [load_image(content), load_image(style)]
+    with _Bar(enabled=True) as bar:
+        cells = explain.explain(*images, options, callback=bar)
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial{path.suffix}")
+    explain.sheet(*images, cells).save(tmp)
+    os.replace(tmp, path)
+    out.print(f"wrote {path}")
 
 
 @cli.group("train")
