@@ -10,6 +10,7 @@ import torch
 from impasto.errors import CancelledError, CheckpointError, InvalidOptionError
 from impasto.events import CancelToken, Done, Progress, Stage
 from impasto.features.vgg import load_encoder
+from impasto.losses.objective import layer_weights
 from impasto.methods import optimization as opt
 from impasto.ops.color import rgb_to_yuv
 from impasto.ops.stats import gram_matrix
@@ -126,7 +127,7 @@ def test_blend_weights_and_layer_sources_select_styles(content, styles):
     layers = opt.Options().style_layers
     per_layer = opt.run(content, styles, tiny(layer_sources=tuple((layer, 1) for layer in layers))).image
     assert torch.equal(only_second, per_layer)
-    mixed = opt.run(content, styles, tiny(layer_sources=(("relu1_1", 0), ("relu5_1", 1)))).image
+    mixed = opt.run(content, styles, tiny(layer_sources=(("relu2_1", 0), ("relu3_1", 1)))).image
     assert not torch.allclose(mixed, only_first) and not torch.allclose(mixed, only_second)
 
 
@@ -180,7 +181,7 @@ def test_each_style_loss_optimises(content, styles, style_loss):
         ({"style_blend": (1.0,)}, "1 blend weights given for 2"),
         ({"layer_sources": (("relu4_2", 0),)}, "not a style layer"),
         ({"layer_sources": (("relu1_1", 5),)}, "style index must be in 0..1"),
-        ({"style_layer_weights": (1.0,)}, "1 style layer weights given for 5"),
+        ({"style_layer_weights": (1.0,)}, "1 style layer weights given for 4"),
         ({"init": "/no/such/file.png"}, "init must be one of"),
         ({"scale_factor": 1.0}, r"scale_factor\) must be in \[1.1, 8\]"),
         ({"tv_weight": -1.0}, r"--tv-weight \(tv_weight\) must be in \[0, "),
@@ -210,12 +211,14 @@ def test_objective_matches_straightforward_reference(content, styles):
     fc, fs, fy = enc(content), enc(styles[0]), enc(y)
     c_term = sum(((fy[k] - fc[k]) ** 2).mean() / (fc[k] ** 2).mean() for k in options.content_layers)
     s_term = 0.0
+    block = {"relu1_1": 0.01, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 0.05, "relu5_1": 0.01}  # the default profile
+    total_weight = sum(block[k] for k in options.style_layers)
     for k in options.style_layers:
         target = gram_matrix(fs[k])
         n, ch, h, w = fy[k].shape
         flat = fy[k].reshape(n, ch, h * w)
         g = torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
-        s_term = s_term + ((g - target) ** 2).mean() / (target ** 2).mean() / len(options.style_layers)
+        s_term = s_term + ((g - target) ** 2).mean() / (target ** 2).mean() * block[k] / total_weight
     tv = ((y[..., :, 1:] - y[..., :, :-1]) ** 2).mean() + ((y[..., 1:, :] - y[..., :-1, :]) ** 2).mean()
     ref = options.content_weight * c_term + options.style_weight * s_term + options.tv_weight * tv
     (ref_grad,) = torch.autograd.grad(ref, y)
@@ -231,3 +234,17 @@ def test_every_option_has_help_text():
 def test_ratio_sets_style_weight():
     assert opt.Options(content_weight=2.0, ratio=1e-2).resolved_style_weight() == pytest.approx(200.0)
     assert opt.Options(style_weight=5.0).resolved_style_weight() == 5.0
+
+
+def test_default_style_layer_weights_follow_the_block_profile():
+    """None: relu2/relu3 carry the style, relu1/relu4/relu5 a little; the weights sum to 1 for any layer list."""
+    default = layer_weights(opt.Options().style_layers, None, opt.style_layer_prior)
+    assert list(default) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
+    assert default["relu2_1"] == default["relu3_1"] == pytest.approx(1 / 2.06)
+    assert default["relu1_1"] == pytest.approx(0.01 / 2.06) and default["relu4_1"] == pytest.approx(0.05 / 2.06)
+    assert layer_weights(("relu5_1",), None, opt.style_layer_prior) == {"relu5_1": 1.0}  # alone, a layer gets it all
+    five = layer_weights(("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"), None, opt.style_layer_prior)
+    assert sum(five.values()) == pytest.approx(1.0) and five["relu5_1"] == pytest.approx(0.01 / 2.07)
+    assert layer_weights(("a", "relu2_2"), None, opt.style_layer_prior) == {"a": 0.5, "relu2_2": 0.5}  # unknown name: 1
+    assert layer_weights(("relu1_1", "relu2_1"), (3.0, 1.0), opt.style_layer_prior) == {"relu1_1": 3.0, "relu2_1": 1.0}
+    assert layer_weights(("relu4_2", "relu3_2"), None) == {"relu4_2": 0.5, "relu3_2": 0.5}  # content: equal
