@@ -174,9 +174,9 @@ def test_combined_losses_sum_with_their_weights(encoder):
     weights = layer_weights(LAYERS, None)
     gram = StyleTerm("gram", weights, [style])(x).item()
     hist = StyleTerm("histogram", weights, [style])(x).item()
-    combined = StyleSum("gram+histogram", (1.0, 0.5), weights, [style])(x).item()
+    parts = [(loss, w, weights) for loss, w in registry.parse_style_losses("gram+histogram", (1.0, 0.5))]
+    combined = StyleSum(parts, [style])(x).item()
     assert combined == pytest.approx(gram + 0.5 * hist, rel=1e-5)
-    assert StyleSum("gram", None, weights, [style])(x).item() == pytest.approx(gram, rel=1e-6)
     with pytest.raises(InvalidOptionError, match="1 --style-loss-weights given for the 2 losses"):
         registry.parse_style_losses("gram+mrf", (1.0,))
     with pytest.raises(InvalidOptionError, match="Did you mean 'mrf'"):
@@ -196,3 +196,19 @@ def test_combined_losses_from_the_cli(tmp_path, capsys):
     assert out_file.is_file()
     assert main([*base, "--style-loss", "gram+mrf", "--style-loss-weights", "1", "-o", str(tmp_path / "x.png")]) != 0
     assert "1 --style-loss-weights given for the 2 losses" in " ".join(capsys.readouterr().err.split())
+
+
+def test_each_loss_takes_its_own_layers_unless_style_layers_are_given():
+    default = opt.Options()
+    assert default.all_style_layers() == ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    mrf = opt.Options(style_loss="mrf")
+    assert mrf.all_style_layers() == ("relu3_1", "relu4_1")  # Li & Wand's layers: shallow maps are too many patches
+    both = opt.Options(style_loss="gram+mrf").style_parts()
+    assert [(loss.name, layers) for loss, _, layers in both] == [
+        ("gram", ("relu1_1", "relu2_1", "relu3_1", "relu4_1")), ("mrf", ("relu3_1", "relu4_1"))]
+    chosen = opt.Options(style_loss="gram+mrf", style_layers=("relu2_1",)).style_parts()
+    assert [layers for _, _, layers in chosen] == [("relu2_1",), ("relu2_1",)]
+    with pytest.raises(InvalidOptionError, match="--style-layer-weights needs --style-layers"):
+        opt.validate(opt.Options(style_layer_weights=(1.0,)), 1)
+    with pytest.raises(InvalidOptionError, match="at least one style layer"):
+        opt.validate(opt.Options(style_layers=()), 1)

@@ -124,7 +124,7 @@ def test_blend_weights_and_layer_sources_select_styles(content, styles):
     blended = opt.run(content, styles, tiny(style_blend=(1.0, 0.0))).image
     assert torch.equal(only_first, blended)
     only_second = opt.run(content, styles[1], tiny()).image
-    layers = opt.Options().style_layers
+    layers = opt.Options().all_style_layers()
     per_layer = opt.run(content, styles, tiny(layer_sources=tuple((layer, 1) for layer in layers))).image
     assert torch.equal(only_second, per_layer)
     mixed = opt.run(content, styles, tiny(layer_sources=(("relu2_1", 0), ("relu3_1", 1)))).image
@@ -181,7 +181,7 @@ def test_each_style_loss_optimises(content, styles, style_loss):
         ({"style_blend": (1.0,)}, "1 blend weights given for 2"),
         ({"layer_sources": (("relu4_2", 0),)}, "not a style layer"),
         ({"layer_sources": (("relu1_1", 5),)}, "style index must be in 0..1"),
-        ({"style_layer_weights": (1.0,)}, "1 style layer weights given for 4"),
+        ({"style_layer_weights": (1.0,), "style_layers": ("relu1_1", "relu2_1")}, "1 style layer weights given for 2"),
         ({"init": "/no/such/file.png"}, "init must be one of"),
         ({"scale_factor": 1.0}, r"scale_factor\) must be in \[1.1, 8\]"),
         ({"tv_weight": -1.0}, r"--tv-weight \(tv_weight\) must be in \[0, "),
@@ -200,7 +200,7 @@ def test_unknown_layer_suggests_nearest(content, styles):
 def test_objective_matches_straightforward_reference(content, styles):
     """The normalised Gram/content objective equals a plain autograd implementation (value and gradient)."""
     options = tiny()
-    layers = [*options.content_layers, *options.style_layers]
+    layers = [*options.content_layers, *options.all_style_layers()]
     enc = load_encoder("tiny", layers)
     objective = opt._Objective(enc, lambda x: x, content, [styles[0]], options)
     x = _image(40, 56, 9).requires_grad_(True)
@@ -212,8 +212,8 @@ def test_objective_matches_straightforward_reference(content, styles):
     c_term = sum(((fy[k] - fc[k]) ** 2).mean() / (fc[k] ** 2).mean() for k in options.content_layers)
     s_term = 0.0
     block = {"relu1_1": 0.01, "relu2_1": 1.0, "relu3_1": 1.0, "relu4_1": 0.05, "relu5_1": 0.01}  # the default profile
-    total_weight = sum(block[k] for k in options.style_layers)
-    for k in options.style_layers:
+    total_weight = sum(block[k] for k in options.all_style_layers())
+    for k in options.all_style_layers():
         target = gram_matrix(fs[k])
         n, ch, h, w = fy[k].shape
         flat = fy[k].reshape(n, ch, h * w)
@@ -238,7 +238,7 @@ def test_ratio_sets_style_weight():
 
 def test_default_style_layer_weights_follow_the_block_profile():
     """None: relu2/relu3 carry the style, relu1/relu4/relu5 a little; the weights sum to 1 for any layer list."""
-    default = layer_weights(opt.Options().style_layers, None, opt.style_layer_prior)
+    default = layer_weights(opt.Options().all_style_layers(), None, opt.style_layer_prior)
     assert list(default) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
     assert default["relu2_1"] == default["relu3_1"] == pytest.approx(1 / 2.06)
     assert default["relu1_1"] == pytest.approx(0.01 / 2.06) and default["relu4_1"] == pytest.approx(0.05 / 2.06)

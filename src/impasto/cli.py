@@ -234,7 +234,7 @@ def _build_stylize() -> click.Command:
         options_cls = api.resolve_options(method, None).__class__
         fields = given_fields(options_cls, values, f"--method {method}")
         if "layer_sources" in fields:
-            style_layers = fields.get("style_layers") or options_cls().style_layers
+            style_layers = options_cls(**{k: v for k, v in fields.items() if k != "layer_sources"}).all_style_layers()
             fields["layer_sources"] = _expand_layer_sources(fields["layer_sources"], list(style_layers))
         inputs = [("content image", content), *((f"style image {i + 1}", s) for i, s in enumerate(styles)),
                   *_file_options(fields)]

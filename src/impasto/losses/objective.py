@@ -14,7 +14,7 @@ from torch import Tensor
 
 from impasto.errors import InvalidOptionError
 from impasto.losses.content import content_loss
-from impasto.losses.registry import StyleLoss, get_style_loss, parse_style_losses
+from impasto.losses.registry import StyleLoss, get_style_loss
 from impasto.ops.regions import Region
 
 EPS = 1e-8  # keeps an all-zero target (a black image's activations) from dividing by zero
@@ -176,13 +176,15 @@ class StyleTerm:
 
 
 class StyleSum:
-    """Several registered style losses, each a ``StyleTerm`` over the same layers, summed with weights
-    (``--style-loss gram+mrf --style-loss-weights 1,0.5``)."""
+    """Several registered style losses summed with weights (``--style-loss gram+mrf --style-loss-weights 1,0.5``),
+    each a ``StyleTerm`` over its own layers: ``parts`` is [(loss, weight, {layer: weight})]."""
 
-    def __init__(self, spec: str, loss_weights: Sequence[float] | None, weights: Mapping[str, float],
+    def __init__(self, parts: Sequence[tuple[StyleLoss, float, Mapping[str, float]]],
                  per_style: Sequence[Mapping[str, Tensor]], **kwargs) -> None:
-        self.terms = [(StyleTerm(loss, weights, per_style, **kwargs), w)
-                      for loss, w in parse_style_losses(spec, loss_weights)]
+        regions = kwargs.pop("regions", None)
+        self.terms = [(StyleTerm(loss, weights, per_style, **kwargs,
+                                 regions=None if regions is None else {k: regions[k] for k in weights}), w)
+                      for loss, w, weights in parts]
 
     def __call__(self, features: Mapping[str, Tensor], which: Tensor | None = None) -> Tensor:
         total = None

@@ -44,6 +44,7 @@ class StyleLoss:
     blend: str = "linear"
     positional: bool = False  # compares neighbourhoods (patches): masked regions (lists of positions) do not apply
     normalised: bool = True  # divide by the target's mean square; False for a loss that is scale-free already
+    layers: tuple[str, ...] | None = None  # the style layers it is meant for, used when none are given
 
 
 STYLE_LOSSES: dict[str, StyleLoss] = {}
@@ -126,11 +127,12 @@ register_style_loss(StyleLoss(
     distance=lambda f, t: sliced_wasserstein_loss(f, t[0]),
 ))
 register_style_loss(StyleLoss(
-    "mrf", "nearest-neighbour 3x3 patches (Li & Wand 2016); slow at shallow layers: use --style-layers relu3_1 relu4_1",
+    "mrf", "nearest-neighbour 3x3 patches (Li & Wand 2016), at relu3_1 and relu4_1 unless --style-layers says otherwise",
     statistics=patch_bank,
     distance=lambda f, t: mrf_loss(f, t[0]),
     blend="pool",
     positional=True,
+    layers=("relu3_1", "relu4_1"),  # Li & Wand's; shallow maps have too many patches to match
 ))
 register_style_loss(StyleLoss(
     "gram_shifted", "Gram of the features with copies shifted 4 positions right and down: long-range structure "

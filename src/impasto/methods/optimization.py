@@ -40,7 +40,7 @@ from impasto.result import Result
 from impasto.validation import check_fields, check_image_side, check_memory
 from impasto.losses.content import laplacian, laplacian_loss
 from impasto.losses.objective import StyleSum, content_term, layer_weights
-from impasto.losses.registry import parse_style_losses, style_loss_help
+from impasto.losses.registry import StyleLoss, parse_style_losses, style_loss_help
 from impasto.losses.regularizers import tv_loss
 from impasto.ops import color as color_ops
 from impasto.ops.geometry import resize, scale_schedule, size_for_long_side
@@ -50,6 +50,9 @@ INITS = ("content", "noise", "style")  # or a path to an image file
 COLOR_MODES = ("style", "luminance", "match", "color_only")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 RESUMABLE = True  # run() takes checkpoint/resume (api.check_call refuses them for the other methods)
+
+
+DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class Options:
     pooling: str = option("max", "Encoder pooling: max or avg.")
     content_layers: tuple[str, ...] = option(("relu4_2",), "Layers whose activations the result must keep from the content image.")
     content_layer_weights: tuple[float, ...] | None = option(None, "One weight per content layer (default: equal, summing to 1).", range=WEIGHT)
-    style_layers: tuple[str, ...] = option(("relu1_1", "relu2_1", "relu3_1", "relu4_1"), "Layers whose statistics the result must take from the style image(s).")
+    style_layers: tuple[str, ...] | None = option(None, "Layers whose statistics the result must take from the style image(s) (default: relu1_1,relu2_1,relu3_1,relu4_1, or the style loss's own, e.g. relu3_1,relu4_1 for mrf).")
     style_layer_weights: tuple[float, ...] | None = option(None, "One weight per style layer (default: by VGG block, relu1 0.01, relu2 1, relu3 1, relu4 0.05, relu5 0.01, scaled to sum to 1).", range=WEIGHT)
     content_weight: float = option(1.0, "alpha: weight of the content loss.", range=WEIGHT)
     style_weight: float = option(200.0, "beta: weight of the style loss.", range=WEIGHT)
@@ -91,6 +94,16 @@ class Options:
     def resolved_style_weight(self) -> float:
         return self.content_weight / self.ratio if self.ratio else self.style_weight
 
+    def style_parts(self) -> list[tuple[StyleLoss, float, tuple[str, ...]]]:
+        """(loss, its weight, its layers) for each loss of ``style_loss``: ``style_layers`` when given, else
+        the loss's own layers, else DEFAULT_STYLE_LAYERS."""
+        return [(loss, w, tuple(self.style_layers if self.style_layers is not None else loss.layers or DEFAULT_STYLE_LAYERS))
+                for loss, w in parse_style_losses(self.style_loss, self.style_loss_weights)]
+
+    def all_style_layers(self) -> tuple[str, ...]:
+        """Every style layer any loss uses, in order of first use."""
+        return tuple(dict.fromkeys(layer for _, _, layers in self.style_parts() for layer in layers))
+
 
 def _choice(value: str, choices: Sequence[str], what: str) -> None:
     if value not in choices:
@@ -107,8 +120,11 @@ def validate(options: Options, n_styles: int) -> None:
     _choice(options.pooling, POOLING, "pooling")
     if options.init not in INITS and not Path(options.init).is_file():
         raise InvalidOptionError(f"init must be one of {', '.join(INITS)} or an existing image file, got '{options.init}'")
+    if options.style_layer_weights is not None and options.style_layers is None:
+        raise InvalidOptionError("--style-layer-weights needs --style-layers: one weight per listed layer")
     for layers, weights, what in ((options.content_layers, options.content_layer_weights, "content"),
-                                  (options.style_layers, options.style_layer_weights, "style")):
+                                  (options.style_layers if options.style_layers is not None else options.all_style_layers(),
+                                   options.style_layer_weights, "style")):
         if not layers:
             raise InvalidOptionError(f"at least one {what} layer is needed")
         if weights is not None and len(weights) != len(layers):
@@ -123,10 +139,10 @@ def validate(options: Options, n_styles: int) -> None:
     if options.layer_sources and options.content_mask:
         raise InvalidOptionError("--layer-sources and --content-mask cannot be combined; use one of them")
     for layer, index in options.layer_sources:
-        if layer not in options.style_layers:
+        if layer not in options.all_style_layers():
             raise InvalidOptionError(
-                f"layer source '{layer}' is not a style layer ({', '.join(options.style_layers)})"
-                f"{suggest(layer, options.style_layers)}"
+                f"layer source '{layer}' is not a style layer ({', '.join(options.all_style_layers())})"
+                f"{suggest(layer, options.all_style_layers())}"
             )
         if not 0 <= index < n_styles:
             raise InvalidOptionError(f"layer source {layer}={index}: style index must be in 0..{n_styles - 1}")
@@ -210,14 +226,15 @@ class _Objective:
             self.content_targets = {k: feats[k] for k in options.content_layers}
             self.laplacian = laplacian(content, options.laplacian_pool) if options.laplacian_weight > 0 else None
             style_feats = [encoder(prepare(s)) for s in styles]
-        weights = layer_weights(options.style_layers, options.style_layer_weights, style_layer_prior)
+        parts = [(loss, w, layer_weights(layers, options.style_layer_weights, style_layer_prior))
+                 for loss, w, layers in options.style_parts()]
         regions = None
         if maps is not None and maps.mode != "none":
             blend = blend_weights(options.style_blend, len(styles))
             regions = {k: maps.regions([f[k] for f in style_feats], blend, tuple(feats[k].shape[-2:]))
-                       for k in options.style_layers}
-        self.style = StyleSum(options.style_loss, options.style_loss_weights, weights, style_feats,
-                              mix=options.style_blend, layer_sources=dict(options.layer_sources), regions=regions)
+                       for k in options.all_style_layers()}
+        self.style = StyleSum(parts, style_feats, mix=options.style_blend,
+                              layer_sources=dict(options.layer_sources), regions=regions)
 
     def __call__(self, image: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         o = self.options
@@ -275,7 +292,7 @@ def run(
     torch.manual_seed(options.seed)
     fp = fingerprint(content, styles, options)
 
-    layers = list(dict.fromkeys([*options.content_layers, *options.style_layers]))
+    layers = list(dict.fromkeys([*options.content_layers, *options.all_style_layers()]))
     encoder = encoder.with_layers(layers) if encoder is not None else load_encoder(options.encoder, layers, pooling=options.pooling)
     weights_name, weights_sha = encoder.weights_name, encoder.weights_sha256
     bf16 = use_bf16(options.precision)

@@ -138,7 +138,8 @@ def train(
     with torch.no_grad():
         per_style = [encoder(prepare(resize(s, size_for_long_side(s.shape[-2], s.shape[-1], options.style_size))))
                      for s in style_images]
-    style = StyleSum(options.style_loss, options.style_loss_weights, layer_weights(options.style_layers, None),
+    weights = layer_weights(options.style_layers, None)
+    style = StyleSum([(loss, w, weights) for loss, w in parse_style_losses(options.style_loss, options.style_loss_weights)],
                      per_style, per_sample=True)
 
     net = TransformerNet(n_styles=len(style_images), width=options.width, n_residual=options.residual_blocks)
