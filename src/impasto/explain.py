@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Stage
+from impasto.io.plot import labelled_grid, to_pil
 from impasto.methods import optimization
 from impasto.options import Range, SEED, option
 from impasto.validation import check_fields
@@ -86,35 +87,14 @@ def _quiet_stages(callback: Callback | None) -> Callback | None:
     return lambda event: None if isinstance(event, Stage) else callback(event)
 
 
-def _to_pil(image: Tensor) -> Image.Image:
-    array = (image[0].clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy()
-    return Image.fromarray(array, "RGB")
-
-
 def sheet(content: Tensor, style: Tensor, cells: Sequence[Cell], height: int = 160) -> Image.Image:
     """The grid: the photo then its content cells, the painting then its style cells; a label over each."""
-    label_h, gap = 34, 8
     rows = [("content", content, "photo"), ("style", style, "painting")]
-    tiles: list[list[tuple[Image.Image, str, str]]] = []
+    grid = []
     for row, source, name in rows:
-        line = [(_to_pil(source), name, "")]
+        line = [(to_pil(source), name, "")]
         for c in (c for c in cells if c.row == row):
             what = f"content at {c.level}" if row == "content" else f"style up to {c.level}"
-            line.append((_to_pil(c.image), what, f"loss {c.loss:.3g}"))
-        tiles.append(line)
-
-    def fit(im: Image.Image) -> Image.Image:
-        return im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
-
-    tiles = [[(fit(im), a, b) for im, a, b in line] for line in tiles]
-    width = max(sum(im.width for im, _, _ in line) + gap * (len(line) + 1) for line in tiles)
-    out = Image.new("RGB", (width, len(tiles) * (height + label_h + gap) + gap), "white")
-    draw = ImageDraw.Draw(out)
-    for r, line in enumerate(tiles):
-        x, y = gap, gap + r * (height + label_h + gap)
-        for im, a, b in line:
-            draw.text((x, y), a, fill="black")
-            draw.text((x, y + 15), b, fill=(90, 90, 90))
-            out.paste(im, (x, y + label_h))
-            x += im.width + gap
-    return out
+            line.append((to_pil(c.image), what, f"loss {c.loss:.3g}"))
+        grid.append(line)
+    return labelled_grid(grid, height)

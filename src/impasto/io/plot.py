@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+from torch import Tensor
 
 _COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189))
 
@@ -51,3 +52,30 @@ def save_loss_curve(series: Mapping[str, Sequence[float]], path: str | os.PathLi
     img.save(tmp)
     os.replace(tmp, path)
     return path
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """A (1, 3, H, W) tensor in [0, 1] as an 8-bit RGB PIL image."""
+    array = (image[0].detach().float().clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def labelled_grid(rows: Sequence[Sequence[tuple[Image.Image, str, str]]], height: int = 160) -> Image.Image:
+    """Rows of (image, title, subtitle) cells on white, every image scaled to ``height``, text above each."""
+    label_h, gap = 34, 8
+
+    def fit(im: Image.Image) -> Image.Image:
+        return im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS)
+
+    scaled = [[(fit(im), a, b) for im, a, b in row] for row in rows]
+    width = max((sum(im.width for im, _, _ in row) + gap * (len(row) + 1) for row in scaled), default=gap)
+    out = Image.new("RGB", (width, len(scaled) * (height + label_h + gap) + gap), "white")
+    draw = ImageDraw.Draw(out)
+    for r, row in enumerate(scaled):
+        x, y = gap, gap + r * (height + label_h + gap)
+        for im, a, b in row:
+            draw.text((x, y), a, fill="black")
+            draw.text((x, y + 15), b, fill=(90, 90, 90))
+            out.paste(im, (x, y + label_h))
+            x += im.width + gap
+    return out
