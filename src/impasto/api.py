@@ -28,7 +28,7 @@ from torch import Tensor
 from impasto.errors import ImageSizeError, InvalidImageError, InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken
 from impasto.io.image import load_image, load_image_with_alpha, read_recipe, save_image, to_pil
-from impasto.methods import arbitrary, feedforward, optimization, photoreal, wct
+from impasto.methods import arbitrary, exemplars, feedforward, optimization, photoreal, wct
 from impasto.ops.geometry import resize
 from impasto.options import options_from_dict
 
@@ -36,6 +36,7 @@ ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | Tensor
 
 METHODS: dict[str, types.ModuleType] = {
     "optimization": optimization, "feedforward": feedforward, "adain": arbitrary, "wct": wct, "photowct": photoreal,
+    "exemplars": exemplars,
 }
 RECIPE_FORMAT = 1
 

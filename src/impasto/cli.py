@@ -105,7 +105,8 @@ def _param_for(name: str, annotation: Any, helptext: str, defaults: dict[str, An
         optional, annotation = True, args[0]
         origin = typing.get_origin(annotation)
     values = list(defaults.items())
-    shown = _shown(values[0][1]) if len(values) == 1 else ", ".join(f"{_shown(v)} ({m})" for m, v in values)
+    same = all(_shown(v) == _shown(values[0][1]) for _, v in values)  # methods that agree show it once
+    shown = _shown(values[0][1]) if same else ", ".join(f"{_shown(v)} ({m})" for m, v in values)
     helptext = f"{helptext}  [default: {shown}]"  # click would wrap a custom show_default in parentheses
     if name == "layer_sources":
         return click.Option([name, flag], multiple=True, default=None, metavar="LAYER[-LAYER]=INDEX",

@@ -199,17 +199,18 @@ def style_size(style: Tensor, output: tuple[int, int], style_scale: float) -> tu
     return size_for_long_side(style.shape[-2], style.shape[-1], max(1, round(max(output) * style_scale)))
 
 
-def check_sizes(plan: list[tuple[tuple[int, int], int]], styles: Sequence[Tensor], options: Options) -> None:
+def check_sizes(plan: list[tuple[tuple[int, int], int]], styles: Sequence[Tensor], options: Options,
+                method: str = "optimization") -> None:
     """Every scale's images are large enough for the encoder and the finest scale fits in memory."""
     final = plan[-1][0]
     for size, _ in plan:
-        check_image_side(*size, "content image", "optimization")
+        check_image_side(*size, "content image", method)
         for i, s in enumerate(styles):
             h, w = style_size(s, size, options.style_scale)
-            check_image_side(h, w, f"style image {i + 1}", "optimization",
+            check_image_side(h, w, f"style image {i + 1}", method,
                              hint="raise --style-scale or --size, or crop the style image less thin")
     pixels = [final[0] * final[1], *(math.prod(style_size(s, final, options.style_scale)) for s in styles)]
-    check_memory("--method optimization", "--size", options.size or max(final), pixels, BYTES_PER_PIXEL)
+    check_memory(f"--method {method}", "--size", options.size or max(final), pixels, BYTES_PER_PIXEL)
 
 
 class _Objective:

@@ -1,0 +1,152 @@
+"""Several exemplars of one style (Song et al. 2017, "Stylizing face images via multiple exemplars").
+
+One photo and several exemplar paintings of the same style: the result is optimised so that each patch of
+its features (relu3_1, relu4_1) is close to its best match in the pooled patch bank of all exemplars (the
+MRF loss of Li & Wand 2016) while its relu4_2 features keep the photo's content. Regions therefore take
+patches from whichever exemplar fits them best. Where neighbouring regions took different exemplars the
+seams are cleaned by an edge-preserving guided filter guided by the photo, applied only in a band around
+the seams. ``show_sources`` writes a map of which exemplar each region came from.
+
+Differs from the paper: Song et al. match facial components with landmarks first; here every patch is
+matched freely (no landmark model offline), which works for portraits and any other subject.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from impasto.errors import InvalidOptionError
+from impasto.events import Callback, CancelToken, Done, Stage
+from impasto.features.vgg import load_encoder
+from impasto.io.image import save_image
+from impasto.losses.patch import bank_stride, nearest_patches, patches
+from impasto.methods import optimization
+from impasto.ops.geometry import resize
+from impasto.ops.smoothing import smooth_fast
+from impasto.options import Range, SEED, SIDE, WEIGHT, option
+from impasto.result import Result
+from impasto.validation import check_fields
+
+RESUMABLE = True  # the optimisation inside takes checkpoint/resume
+
+# Distinct colours for the source map (exemplar i gets PALETTE[i % len]).
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240),
+           (245, 130, 48), (240, 50, 230))
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every default of the multi-exemplar method."""
+
+    size: int | None = option(512, "Long side of the output in pixels.", range=SIDE)
+    iterations: int = option(300, "Optimiser steps over all scales.", range=Range(1, 100_000))
+    min_size: int = option(256, "Smallest long side of the coarse-to-fine schedule.", range=SIDE)
+    patch_layers: tuple[str, ...] = option(("relu3_1", "relu4_1"), "Layers whose 3x3 patches are matched in the exemplars' pooled bank.")
+    content_weight: float = option(1.0, "Weight of the photo's relu4_2 content term.", range=WEIGHT)
+    style_weight: float = option(1.0, "Weight of the patch (MRF) term.", range=WEIGHT)
+    cleanup: str = option("guided", "Seam cleanup where exemplar sources change: guided (filter guided by the photo) or none.")
+    cleanup_radius: int = option(6, "Guided-filter radius and half-width of the band around seams, in pixels.", range=Range(1, 64))
+    cleanup_eps: float = option(1e-3, "Guided-filter regularisation (larger: smoother).", range=Range(1e-8, 1.0))
+    show_sources: str | None = option(None, "Also write the exemplar source map (one colour per exemplar) to this PNG.")
+    encoder: str = option("auto", "Pretrained features: auto, vgg16, vgg19, tiny (tests).")
+    precision: str = option("auto", "auto, fp32 or bf16.")
+    seed: int = option(0, "Random seed.", range=SEED)
+
+
+def validate(options: Options, n_styles: int) -> None:
+    check_fields(options)
+    if options.cleanup not in ("guided", "none"):
+        raise InvalidOptionError(f"cleanup must be guided or none, got '{options.cleanup}'")
+    if n_styles < 1:
+        raise InvalidOptionError("give the exemplars as style images (at least one; several is the point)")
+    if not options.patch_layers:
+        raise InvalidOptionError("at least one patch layer is needed")
+    if options.show_sources is not None and not options.show_sources.lower().endswith(".png"):
+        raise InvalidOptionError(f"--show-sources writes a PNG; give a path ending in .png, got '{options.show_sources}'")
+
+
+def _optimization_options(options: Options) -> optimization.Options:
+    return optimization.Options(size=options.size, iterations=options.iterations, min_size=options.min_size,
+                                content_weight=options.content_weight, style_weight=options.style_weight,
+                                style_loss="mrf", style_layers=options.patch_layers, encoder=options.encoder,
+                                precision=options.precision, seed=options.seed)
+
+
+def source_map(result: Tensor, exemplars: Sequence[Tensor], encoder, layer: str) -> Tensor:
+    """(H, W) int64: for each pixel of ``result``, the exemplar whose patch at ``layer`` matched it best."""
+    with torch.no_grad():
+        query = patches(encoder(result)[layer].float())[0]
+        banks, owner = [], []
+        for i, ex in enumerate(exemplars):
+            ex_feats = encoder(resize(ex, optimization.style_size(ex, tuple(result.shape[-2:]), 1.0)))[layer].float()
+            stride = bank_stride(*ex_feats.shape[-2:])
+            bank = F.unfold(ex_feats, 3, stride=stride).transpose(1, 2)[0]
+            banks.append(bank)
+            owner.append(torch.full((bank.shape[0],), i, dtype=torch.long))
+        idx = nearest_patches(query, torch.cat(banks))
+        labels = torch.cat(owner)[idx]
+        h, w = encoder(result)[layer].shape[-2:]
+    grid = labels.reshape(h - 2, w - 2).double()
+    grid = F.pad(grid[None, None], (1, 1, 1, 1), mode="replicate")  # patch centres -> the whole map
+    return F.interpolate(grid, size=tuple(result.shape[-2:]), mode="nearest")[0, 0].long()
+
+
+def seams(sources: Tensor, radius: int) -> Tensor:
+    """(H, W) bool: pixels within ``radius`` of a change of source."""
+    edge = torch.zeros_like(sources, dtype=torch.bool)
+    edge[:, 1:] |= sources[:, 1:] != sources[:, :-1]
+    edge[:, :-1] |= sources[:, 1:] != sources[:, :-1]
+    edge[1:, :] |= sources[1:, :] != sources[:-1, :]
+    edge[:-1, :] |= sources[1:, :] != sources[:-1, :]
+    band = F.max_pool2d(edge[None, None].float(), 2 * radius + 1, stride=1, padding=radius)[0, 0]
+    return band > 0
+
+
+def colour_map(sources: Tensor) -> Tensor:
+    """(H, W) labels -> (1, 3, H, W) image with one PALETTE colour per exemplar."""
+    palette = torch.tensor(PALETTE, dtype=torch.float32) / 255
+    return palette[sources % len(PALETTE)].permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def run(content: Tensor, style: Tensor | Sequence[Tensor], options: Options | None = None, *,
+        callback: Callback | None = None, cancel: CancelToken | None = None, checkpoint: str | Path | None = None,
+        checkpoint_every: int = 50, resume: bool = False) -> Result:
+    """Stylise ``content`` with several exemplars of one style (each (1, 3, H, W) in [0, 1]).
+
+    ``checkpoint``/``resume`` work as in the optimisation method (the cleanup after it is quick)."""
+    options = options or Options()
+    exemplars = [style] if isinstance(style, Tensor) else list(style)
+    validate(options, len(exemplars))
+    started = time.perf_counter()
+    opt_options = _optimization_options(options)
+    optimization.validate(opt_options, len(exemplars))
+    plan = optimization.scale_plan(opt_options, content.shape[-2], content.shape[-1])
+    optimization.check_sizes(plan, exemplars, opt_options, method="exemplars")  # named as the user called it
+    result = optimization.run(content, exemplars, opt_options, callback=callback, cancel=cancel,
+                              checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+    image = result.image
+    if callback:
+        callback(Stage(name="seams", index=0, total=1, size=tuple(image.shape[-2:])))
+    encoder = load_encoder(options.encoder, list(options.patch_layers))
+    sources = source_map(image, exemplars, encoder, options.patch_layers[0])
+    losses = dict(result.final_losses, exemplars_used=float(len(torch.unique(sources))))
+    if options.cleanup == "guided":
+        band = seams(sources, options.cleanup_radius)
+        if bool(band.any()):
+            photo = resize(content, tuple(image.shape[-2:]))
+            smooth = smooth_fast(image, photo, radius=options.cleanup_radius, eps=options.cleanup_eps)
+            image = torch.where(band[None, None], smooth, image).clamp(0, 1).contiguous()
+        losses["seam_share"] = float(band.float().mean())
+    if options.show_sources:
+        save_image(colour_map(sources), Path(options.show_sources))
+    seconds = time.perf_counter() - started
+    if callback:
+        callback(Done(seconds=seconds, steps=result.steps))
+    return replace(result, image=image, seconds=seconds, final_losses=losses)

@@ -1,0 +1,71 @@
+"""The multi-exemplar method (Song et al. 2017): pooled patch bank, source map, seam cleanup, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from impasto.cli import main
+from impasto.errors import InvalidOptionError
+from impasto.features.vgg import load_encoder
+from impasto.io.image import load_image, save_image
+from impasto.methods import exemplars as ex
+
+
+def _texture(seed: int, h: int = 48, w: int = 48) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.interpolate(torch.rand(1, 3, h // 4, w // 4, generator=g), size=(h, w),
+                                           mode="nearest")
+
+
+def test_the_source_map_takes_each_half_from_the_exemplar_that_fits_it():
+    a, b = _texture(1, 48, 96), _texture(2, 48, 96)  # the size of the result: the bank is built at its size
+    result = torch.cat([a[..., :48], b[..., 48:]], dim=3)  # left half from exemplar a, right half from b
+    encoder = load_encoder("tiny", ["relu3_1"])
+    sources = ex.source_map(result, [a, b], encoder, "relu3_1")
+    assert sources.shape == (48, 96)
+    left, right = sources[:, :40], sources[:, 56:]
+    assert (left == 0).float().mean() > 0.9 and (right == 1).float().mean() > 0.9
+
+
+def test_seams_are_a_band_around_source_changes():
+    sources = torch.zeros(10, 20, dtype=torch.long)
+    sources[:, 10:] = 1
+    band = ex.seams(sources, radius=2)
+    assert band[:, 7:13].all() and not band[:, :7].any() and not band[:, 13:].any()
+    assert not ex.seams(torch.zeros(10, 20, dtype=torch.long), 2).any()
+
+
+def test_run_uses_several_exemplars_cleans_seams_and_writes_the_map(tmp_path):
+    a, b = _texture(1, 48, 96), _texture(2, 48, 96)
+    content = torch.cat([a[..., :48], b[..., 48:]], dim=3)
+    options = ex.Options(size=96, iterations=8, min_size=96, encoder="tiny", precision="fp32",
+                         patch_layers=("relu2_1",), show_sources=str(tmp_path / "sources.png"))
+    result = ex.run(content, [a, b], options)
+    assert result.image.shape == (1, 3, 48, 96) and torch.isfinite(result.image).all()
+    assert result.final_losses["exemplars_used"] == 2.0
+    assert 0 < result.final_losses["seam_share"] < 0.6
+    sources = load_image(tmp_path / "sources.png")
+    assert sources.shape == (1, 3, 48, 96) and len(torch.unique(sources.reshape(3, -1), dim=1).T) == 2
+    plain = ex.run(content, [a, b], ex.Options(**{**options.__dict__, "cleanup": "none",
+                                                                        "show_sources": None}))
+    assert "seam_share" not in plain.final_losses and not torch.equal(plain.image, result.image)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(InvalidOptionError, match="cleanup must be"):
+        ex.run(_texture(1), [_texture(2)], ex.Options(cleanup="blur", encoder="tiny"))
+    with pytest.raises(InvalidOptionError, match="writes a PNG"):
+        ex.run(_texture(1), [_texture(2)], ex.Options(show_sources="map.jpg", encoder="tiny"))
+
+
+def test_cli(tmp_path, capsys):
+    face = save_image(_texture(3), tmp_path / "face.png")
+    exemplar_files = [str(save_image(_texture(10 + i), tmp_path / f"ex{i}.png")) for i in range(3)]
+    out = tmp_path / "out.png"
+    args = ["stylize", str(face), *exemplar_files, "--method", "exemplars", "--size", "48", "--iterations", "3",
+            "--min-size", "48", "--encoder", "tiny", "--precision", "fp32", "--patch-layers", "relu2_1",
+            "--show-sources", str(tmp_path / "map.png"), "--checkpoint", str(tmp_path / "run.ckpt"),
+            "-o", str(out), "-q"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert out.is_file() and (tmp_path / "map.png").is_file()  # --checkpoint accepted: the optimisation inside resumes
