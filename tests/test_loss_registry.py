@@ -212,3 +212,13 @@ def test_each_loss_takes_its_own_layers_unless_style_layers_are_given():
         opt.validate(opt.Options(style_layer_weights=(1.0,)), 1)
     with pytest.raises(InvalidOptionError, match="at least one style layer"):
         opt.validate(opt.Options(style_layers=()), 1)
+
+
+def test_a_loss_gain_scales_its_term(encoder):
+    style, x = encoder(_image(1)), encoder(_image(3))
+    plain = registry.StyleLoss("g1", "gram, gain 1", registry.STYLE_LOSSES["gram"].statistics,
+                               registry.STYLE_LOSSES["gram"].distance)
+    quiet = registry.StyleLoss("g2", "gram, gain 0.1", plain.statistics, plain.distance, gain=0.1)
+    weights = {"relu2_1": 1.0}
+    assert StyleTerm(quiet, weights, [style])(x).item() == pytest.approx(0.1 * StyleTerm(plain, weights, [style])(x).item())
+    assert registry.get_style_loss("mrf").gain < registry.get_style_loss("gram").gain

@@ -172,7 +172,7 @@ class StyleTerm:
             term = w * distance / self.norm[layer]
             total = term if total is None else total + term
         assert total is not None
-        return total
+        return total * self.loss.gain if self.loss.gain != 1.0 else total
 
 
 class StyleSum:

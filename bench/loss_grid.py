@@ -1,0 +1,59 @@
+"""One labelled grid of every registered style loss on a few pairs: rows are pairs, columns are losses.
+
+Each cell is the optimisation method with its defaults except ``--style-loss``; the losses are looked at,
+not scored (what each keeps and loses is in the README of bench/ and in the issue notes).
+
+    IMPASTO_OFFLINE=1 PYTHONPATH=src python bench/loss_grid.py [--size 512] [--iterations 300]
+        [--losses gram histogram ...] [--out bench/out/loss_grid.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("IMPASTO_DATA") or HERE.parents[1] / "shared" / "data")
+PAIRS = (("content/kodim23.jpg", "style/vangogh_starry_night.jpg"),
+         ("content/skimage_astronaut.jpg", "style/hokusai_great_wave.jpg"),
+         ("content/kodim13.jpg", "style/kandinsky_composition_vii.jpg"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--losses", nargs="+", help="default: every registered loss")
+    parser.add_argument("--pairs", type=int, default=len(PAIRS), help="first N of the three pairs")
+    parser.add_argument("--out", default=str(HERE / "out" / "loss_grid.png"))
+    args = parser.parse_args(argv)
+
+    from impasto.io.image import load_image
+    from impasto.io.plot import labelled_grid, to_pil
+    from impasto.losses.registry import style_loss_names
+    from impasto.methods.optimization import Options, run
+
+    names = args.losses or list(style_loss_names())
+    rows = []
+    for content_name, style_name in PAIRS[: args.pairs]:
+        content, style = load_image(DATA / content_name), load_image(DATA / style_name)
+        row = [(to_pil(content), Path(content_name).stem, ""), (to_pil(style), Path(style_name).stem, "")]
+        for name in names:
+            started = time.perf_counter()
+            result = run(content, style, Options(size=args.size, iterations=args.iterations, style_loss=name))
+            seconds = time.perf_counter() - started
+            print(f"{Path(content_name).stem:20} {name:20} {seconds:6.1f} s  load {os.getloadavg()[0]:.2f}", flush=True)
+            row.append((to_pil(result.image), name, f"{seconds:.0f} s"))
+        rows.append(row)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(rows, height=min(args.size, 256)).save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
