@@ -222,3 +222,14 @@ def test_a_loss_gain_scales_its_term(encoder):
     weights = {"relu2_1": 1.0}
     assert StyleTerm(quiet, weights, [style])(x).item() == pytest.approx(0.1 * StyleTerm(plain, weights, [style])(x).item())
     assert registry.get_style_loss("mrf").gain < registry.get_style_loss("gram").gain
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_normalised_losses_do_not_depend_on_the_activation_scale(encoder, name):
+    """VGG in caffe units has activations in the hundreds, the tiny encoder about 1: a style weight must mean
+    the same for both. w2 divided features^2 by features^4 and was 1/4000 of Gram's at caffe scale."""
+    photo, style = encoder(_image(1)), encoder(_image(7))
+    weights = layer_weights(LAYERS, None)
+    small = StyleTerm(name, weights, [style])(photo).item()
+    big = StyleTerm(name, weights, [{k: 100 * v for k, v in style.items()}])({k: 100 * v for k, v in photo.items()}).item()
+    assert big == pytest.approx(small, rel=2e-3)

@@ -46,6 +46,10 @@ def content_term(features: Mapping[str, Tensor], targets: Mapping[str, Tensor], 
 def _mean_square(stats: Sequence[Tensor] | list[tuple[Tensor, ...]], loss: StyleLoss | None = None) -> float:
     if loss is not None and not loss.normalised:
         return 1.0
+    if loss is not None and loss.scale is not None:
+        if isinstance(stats, list):
+            return sum(loss.scale(s) for s in stats) / len(stats) + EPS
+        return loss.scale(stats) + EPS
     if isinstance(stats, list):  # per-style statistics of different shapes: their mean
         return sum(_mean_square(s) for s in stats) / len(stats)
     return float(sum(t.pow(2).mean() for t in stats)) + EPS
