@@ -88,16 +88,23 @@ def centered_gram_loss(features: Tensor, target_cov: Tensor) -> Tensor:
 
 
 class _TargetLoss(nn.Module):
-    """A loss against a target computed once and kept as a buffer."""
+    """A loss against a target computed once and kept as buffers: one tensor (``target``) or a tuple
+    (``target0``, ``target1``, ...), passed to ``fn`` as it was given."""
 
     fn = staticmethod(histogram_loss)
 
-    def __init__(self, target: Tensor) -> None:
+    def __init__(self, target: Tensor | tuple[Tensor, ...]) -> None:
         super().__init__()
-        self.register_buffer("target", target.detach().clone())
+        self.single = isinstance(target, Tensor)
+        parts = (target,) if self.single else tuple(target)
+        names = ["target"] if self.single else [f"target{i}" for i in range(len(parts))]
+        for name, t in zip(names, parts, strict=True):
+            self.register_buffer(name, t.detach().clone())
+        self.names = names
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.fn(features, self.target)
+        parts = tuple(getattr(self, name) for name in self.names)
+        return self.fn(features, parts[0] if self.single else parts)
 
 
 class HistogramLoss(_TargetLoss):
@@ -200,19 +207,10 @@ def mmd_gaussian_loss(features: Tensor, target: tuple[Tensor, Tensor]) -> Tensor
 class ShiftedGramLoss(_TargetLoss):
     fn = staticmethod(shifted_gram_loss)
 
-    def __init__(self, target: tuple[Tensor, ...]) -> None:
-        nn.Module.__init__(self)
-        for i, t in enumerate(target):
-            self.register_buffer(f"target{i}", t.detach().clone())
-        self.n = len(target)
 
-    def forward(self, features: Tensor) -> Tensor:
-        return self.fn(features, tuple(getattr(self, f"target{i}") for i in range(self.n)))
-
-
-class PyramidGramLoss(ShiftedGramLoss):
+class PyramidGramLoss(_TargetLoss):
     fn = staticmethod(pyramid_gram_loss)
 
 
-class MMDGaussianLoss(ShiftedGramLoss):
+class MMDGaussianLoss(_TargetLoss):
     fn = staticmethod(mmd_gaussian_loss)

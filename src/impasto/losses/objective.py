@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError
+from impasto.features.transfer import blend_weights
 from impasto.losses.content import content_loss
 from impasto.losses.registry import StyleLoss, get_style_loss
 from impasto.ops.regions import Region
@@ -43,16 +44,14 @@ def content_term(features: Mapping[str, Tensor], targets: Mapping[str, Tensor], 
     return sum(w * normalised_mse(features[k], targets[k]) for k, w in weights.items())
 
 
-def _mean_square(stats: Sequence[Tensor] | list[tuple[Tensor, ...]], loss: StyleLoss | None = None) -> float:
-    if loss is not None and not loss.normalised:
-        return 1.0
-    if loss is not None and loss.scale is not None:
-        if isinstance(stats, list):
-            return sum(loss.scale(s) for s in stats) / len(stats) + EPS
-        return loss.scale(stats) + EPS
-    if isinstance(stats, list):  # per-style statistics of different shapes: their mean
-        return sum(_mean_square(s) for s in stats) / len(stats)
-    return float(sum(t.pow(2).mean() for t in stats)) + EPS
+def _target_scale(loss: StyleLoss, target: tuple[Tensor, ...] | list[tuple[Tensor, ...]]) -> float:
+    """What a layer's loss is divided by: ``loss.scale`` of the target, by default its mean square
+    (for per-style targets of different shapes, the mean over styles)."""
+    if isinstance(target, list):
+        return sum(_target_scale(loss, t) for t in target) / len(target)
+    if loss.scale is not None:
+        return loss.scale(target) + EPS
+    return float(sum(t.pow(2).mean() for t in target)) + EPS
 
 
 class StyleTerm:
@@ -103,15 +102,14 @@ class StyleTerm:
                 else:
                     target = self._blend(layer, stats, self._mix(layer, n, mix, sources))
                 self.targets[layer] = target
-                self.norm[layer] = _mean_square(target, self.loss)
+                self.norm[layer] = _target_scale(self.loss, target)
 
     def _mix(self, layer: str, n: int, mix: Sequence[float] | None, sources: Mapping[str, int]) -> list[float]:
         if layer in sources:
             share = [0.0] * n
             share[sources[layer]] = 1.0
             return share
-        blend = torch.tensor(list(mix) if mix is not None else [1.0] * n, dtype=torch.float64)
-        return (blend / blend.sum()).tolist()
+        return blend_weights(mix, n)
 
     def _region_targets(self, layer: str, regions: Sequence[Region]) -> list[tuple[Tensor, tuple[Tensor, ...], float]]:
         """(content positions, blended target, its mean square) per region that has positions and a style."""
@@ -122,7 +120,7 @@ class StyleTerm:
                 continue
             stats = [self.loss.statistics(f.reshape(1, f.shape[0], -1, 1)) for f, _ in targets]
             target = self._blend(layer, stats, [w / total for _, w in targets])
-            out.append((where, target, _mean_square(target, self.loss)))
+            out.append((where, target, _target_scale(self.loss, target)))
         return out
 
     def _masked(self, layer: str, features: Tensor) -> Tensor:

@@ -22,10 +22,10 @@ MATCH_CHUNK = 1024  # result patches matched per matrix product
 MAX_BANK = 16384  # style patches kept per style and layer: a larger map keeps every s-th patch each way
 
 
-def patches(features: Tensor, size: int = PATCH) -> Tensor:
-    """(N, C, H, W) -> (N, L, C * size * size): every size x size patch (stride 1, no padding)."""
+def patches(features: Tensor, size: int = PATCH, stride: int = 1) -> Tensor:
+    """(N, C, H, W) -> (N, L, C * size * size): the size x size patches every ``stride`` positions (no padding)."""
     f = features.to(torch.promote_types(features.dtype, torch.float32))
-    return F.unfold(f, size).transpose(1, 2)
+    return F.unfold(f, size, stride=stride).transpose(1, 2)
 
 
 def bank_stride(height: int, width: int, size: int = PATCH, limit: int | None = None) -> int:
@@ -40,9 +40,7 @@ def bank_stride(height: int, width: int, size: int = PATCH, limit: int | None = 
 def patch_bank(features: Tensor, size: int = PATCH) -> tuple[Tensor]:
     """The style's patches, (N, L, C size^2), at most MAX_BANK of them (strided on large maps: matching
     costs result patches x bank patches); several styles' banks are concatenated along L."""
-    stride = bank_stride(*features.shape[-2:], size)
-    f = features.to(torch.promote_types(features.dtype, torch.float32))
-    return (F.unfold(f, size, stride=stride).transpose(1, 2),)
+    return (patches(features, size, bank_stride(*features.shape[-2:], size)),)
 
 
 @torch.no_grad()

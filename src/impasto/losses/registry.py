@@ -43,11 +43,11 @@ class StyleLoss:
     distance: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
     blend: str = "linear"
     positional: bool = False  # compares neighbourhoods (patches): masked regions (lists of positions) do not apply
-    normalised: bool = True  # divide by the target's mean square; False for a loss that is scale-free already
     layers: tuple[str, ...] | None = None  # the style layers it is meant for, used when none are given
     gain: float = 1.0  # multiplies the normalised loss, so that one --style-weight gives comparable strength
     scale: Callable[[tuple[Tensor, ...]], float] | None = None  # the target's size in the loss's own units
-    # (default: mean square of the statistics, right for losses that square differences of statistics)
+    # (default: mean square of the statistics, right for losses that square differences of statistics; a
+    # scale-free loss returns 1)
 
 
 STYLE_LOSSES: dict[str, StyleLoss] = {}
@@ -162,5 +162,5 @@ register_style_loss(StyleLoss(
     statistics=mmd_stats,
     distance=mmd_gaussian_loss,
     blend="none",
-    normalised=False,
+    scale=lambda t: 1.0,  # already scale-free (kernel width from the style's own distances)
 ))

@@ -26,7 +26,7 @@ from impasto.errors import InvalidOptionError
 from impasto.events import Callback, CancelToken, Done, Stage
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
-from impasto.losses.patch import bank_stride, nearest_patches, patches
+from impasto.losses.patch import nearest_patches, patch_bank, patches
 from impasto.methods import optimization
 from impasto.ops.geometry import resize
 from impasto.ops.smoothing import smooth_fast
@@ -82,17 +82,15 @@ def _optimization_options(options: Options) -> optimization.Options:
 def source_map(result: Tensor, exemplars: Sequence[Tensor], encoder, layer: str) -> Tensor:
     """(H, W) int64: for each pixel of ``result``, the exemplar whose patch at ``layer`` matched it best."""
     with torch.no_grad():
-        query = patches(encoder(result)[layer].float())[0]
+        feats = encoder(result)[layer]
+        h, w = feats.shape[-2:]
+        query = patches(feats)[0]
         banks, owner = [], []
         for i, ex in enumerate(exemplars):
-            ex_feats = encoder(resize(ex, optimization.style_size(ex, tuple(result.shape[-2:]), 1.0)))[layer].float()
-            stride = bank_stride(*ex_feats.shape[-2:])
-            bank = F.unfold(ex_feats, 3, stride=stride).transpose(1, 2)[0]
-            banks.append(bank)
-            owner.append(torch.full((bank.shape[0],), i, dtype=torch.long))
-        idx = nearest_patches(query, torch.cat(banks))
-        labels = torch.cat(owner)[idx]
-        h, w = encoder(result)[layer].shape[-2:]
+            (bank,) = patch_bank(encoder(resize(ex, optimization.style_size(ex, tuple(result.shape[-2:]), 1.0)))[layer])
+            banks.append(bank[0])
+            owner.append(torch.full((bank.shape[1],), i, dtype=torch.long))
+        labels = torch.cat(owner)[nearest_patches(query, torch.cat(banks))]
     grid = labels.reshape(h - 2, w - 2).double()
     grid = F.pad(grid[None, None], (1, 1, 1, 1), mode="replicate")  # patch centres -> the whole map
     return F.interpolate(grid, size=tuple(result.shape[-2:]), mode="nearest")[0, 0].long()
