@@ -6,8 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from impasto.features.decoder import Decoder, decoder_architecture
+from impasto.features.vgg import load_encoder
 from impasto.io import weights
+from impasto.io.models import save_model
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +50,19 @@ def vgg16_cache(vgg16_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point ``IMPASTO_HOME`` at the session's VGG-16 cache for one test."""
     monkeypatch.setenv("IMPASTO_HOME", str(vgg16_home))
     return vgg16_home
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders(tmp_path_factory):
+    """Random-weight decoders for the tiny encoder at relu1_1..relu3_1, nearest and unpooling."""
+    root = tmp_path_factory.mktemp("decoders")
+    enc = load_encoder("tiny", ["relu1_1"])
+    files = {}
+    for unpool in (False, True):
+        for i, level in enumerate(("relu1_1", "relu2_1", "relu3_1")):
+            torch.manual_seed(i)
+            dec = Decoder(level, "vgg16", unpool, enc.channels)
+            meta = {"name": f"{level}_{unpool}", "architecture": decoder_architecture(dec), "encoder": "tiny",
+                    "encoder_sha256": enc.weights_sha256}
+            files[level, unpool] = str(save_model(root / f"{level}_{int(unpool)}.safetensors", dec.state_dict(), meta))
+    return files

@@ -64,7 +64,7 @@ def test_layering_check_catches_a_violation(tmp_path):
 
 
 def test_public_api():
-    expected = {"stylize", "load_image", "save_image", "load_recipe", "rerun", "Stylized", "METHODS",
+    expected = {"stylize", "stylize_video", "prepare", "load_image", "save_image", "load_recipe", "rerun", "Stylized", "METHODS",
                 "ImpastoError", "InvalidImageError", "InvalidOptionError", "WeightsError", "WeightsUnavailableError",
                 "CheckpointError", "CancelledError", "CancelToken", "Progress", "Stage", "Done"}
     assert set(impasto.__all__) == expected

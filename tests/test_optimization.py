@@ -202,7 +202,8 @@ def test_objective_matches_straightforward_reference(content, styles):
     options = tiny()
     layers = [*options.content_layers, *options.all_style_layers()]
     enc = load_encoder("tiny", layers)
-    objective = opt._Objective(enc, lambda x: x, content, [styles[0]], options)
+    style = opt._style_term(enc, lambda x: x, [styles[0]], options, None, {})
+    objective = opt._Objective(enc, lambda x: x, content, style, options)
     x = _image(40, 56, 9).requires_grad_(True)
     total, _ = objective(x)
     (grad,) = torch.autograd.grad(total, x)

@@ -8,11 +8,10 @@ import torch
 
 from impasto import api
 from impasto.errors import InvalidOptionError
-from impasto.features.decoder import Decoder, decoder_architecture, ordered_levels
+from impasto.features.decoder import ordered_levels
 from impasto.features.transfer import FeatureTransfer
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
-from impasto.io.models import save_model
 from impasto.methods import photoreal, wct
 from impasto.ops.regions import UNCOVERED, binary_codes, colour_codes, resize_codes
 from impasto.ops.smoothing import matting_affinity, smooth_exact
@@ -161,22 +160,6 @@ def test_level_order_and_errors():
 
 
 # ------------------------------------------------------------------ methods end to end, tiny decoders
-
-@pytest.fixture(scope="module")
-def tiny_decoders(tmp_path_factory):
-    """Random-weight decoders for the tiny encoder at relu1_1..relu3_1, nearest and unpooling."""
-    root = tmp_path_factory.mktemp("decoders")
-    enc = load_encoder("tiny", ["relu1_1"])
-    files = {}
-    for unpool in (False, True):
-        for i, level in enumerate(("relu1_1", "relu2_1", "relu3_1")):
-            torch.manual_seed(i)
-            dec = Decoder(level, "vgg16", unpool, enc.channels)
-            meta = {"name": f"{level}_{unpool}", "architecture": decoder_architecture(dec), "encoder": "tiny",
-                    "encoder_sha256": enc.weights_sha256}
-            files[level, unpool] = str(save_model(root / f"{level}_{int(unpool)}.safetensors", dec.state_dict(), meta))
-    return files
-
 
 LEVELS3 = ("relu3_1", "relu2_1", "relu1_1")
 

@@ -7,7 +7,7 @@
 Nothing runs at import time beyond importing torch.
 """
 
-from impasto.api import METHODS, Stylized, load_recipe, rerun, stylize
+from impasto.api import METHODS, Stylized, load_recipe, prepare, rerun, stylize, stylize_video
 from impasto.errors import (
     CancelledError,
     CheckpointError,
@@ -36,7 +36,9 @@ __all__ = [
     "WeightsUnavailableError",
     "load_image",
     "load_recipe",
+    "prepare",
     "rerun",
     "save_image",
     "stylize",
+    "stylize_video",
 ]

@@ -125,6 +125,18 @@ class _naming_inputs:
         return False
 
 
+def prepare(style: ImageInput | Sequence[ImageInput] | None = None, method: str = "optimization", options: Any = None) -> Any:
+    """Load a method's weights and compute its style targets once: the returned callable stylises
+    content tensors ((1, 3, H, W) in [0, 1]) one after another (``callback=``, ``cancel=``; the
+    optimisation methods also take ``init=``, ``iterations=`` and ``extra_loss=``) and returns a
+    ``Result``. What video, batch jobs and a service worker use."""
+    opts = resolve_options(method, options)
+    styles_in = [] if style is None else list(style) if isinstance(style, (list, tuple)) else [style]
+    check_call(method, len(styles_in))
+    with _naming_inputs("", styles_in):
+        return METHODS[method].prepare([_load(s)[0] for s in styles_in], opts)
+
+
 def stylize(
     content: ImageInput,
     style: ImageInput | Sequence[ImageInput] | None = None,
@@ -152,10 +164,10 @@ def stylize(
     content_t, alpha, content_info = _load(content, keep_alpha)
     loaded = [_load(s) for s in styles_in]
     with _naming_inputs(content, styles_in):
-        result = METHODS[method].run(
-            content_t, [s[0] for s in loaded], opts, callback=callback, cancel=cancel,
-            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-        )
+        module = METHODS[method]
+        resumable = {"checkpoint": checkpoint, "checkpoint_every": checkpoint_every, "resume": resume} \
+            if getattr(module, "RESUMABLE", False) else {}  # check_call refused them for the others
+        result = module.run(content_t, [s[0] for s in loaded], opts, callback=callback, cancel=cancel, **resumable)
     if alpha is not None:
         alpha = resize(alpha, tuple(result.image.shape[-2:]))
     recipe = {

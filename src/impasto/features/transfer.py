@@ -8,8 +8,10 @@ styles and mixes the result with the content by ``alpha``.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -150,6 +152,7 @@ class RegionMaps:
 
     def __init__(self, size: tuple[int, int], styles: Sequence[Tensor], content_mask: Sequence[Any] = (),
                  style_mask: Sequence[Any] = ()) -> None:
+        self.size = size
         self.mode = mask_mode(len(content_mask), len(style_mask), len(styles))
         self.content_codes: Tensor | None = None
         self.style_codes: list[Tensor | None] = [None] * len(styles)
@@ -190,7 +193,14 @@ class FeatureTransfer:
         enc = encoder.with_layers(levels)
         with torch.inference_mode():  # float32 statistics whatever precision the encoder runs in
             self.style_feats = [{k: v.float() for k, v in enc(input_for(encoder, s)).items()} for s in styles]
+        self.styles = list(styles)
         self.maps = RegionMaps(tuple(content.shape[-2:]), styles, content_mask, style_mask)
+
+    def for_size(self, size: tuple[int, int], content_mask: Sequence[Any] = (), style_mask: Sequence[Any] = ()) -> FeatureTransfer:
+        """The same transfer (style features reused) for content images of another (h, w)."""
+        other = copy.copy(self)
+        other.maps = RegionMaps(size, self.styles, content_mask, style_mask)
+        return other
 
     def regions(self, level: str, size: tuple[int, int]) -> list[Region]:
         """The regions at one level: content positions and their style targets (flattened (C, M'))."""
@@ -204,11 +214,57 @@ class FeatureTransfer:
         return mixed.reshape(n, c, h, w).to(content.dtype)
 
 
-def run_levels(content: Tensor, styles: Sequence[Tensor], o: Any, unpool_levels: Collection[str], stage: str,
-               callback: Callback | None, cancel: CancelToken | None) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+class LevelTransfer:
+    """One-pass transfer prepared once: encoder and decoders loaded, style features computed; each call
+    stylises one content image (a photo, or frame after frame of a video) without reloading anything.
+
+    ``decoders`` run in the given order (each one level); ``kind``: "adain" or "wct". ``o`` holds the
+    shared one-pass options (alpha, style_blend, masks, size, style_size). Masks are loaded for the
+    first content size and again only when a later content image has another size.
+    """
+
+    def __init__(self, encoder: VGGEncoder, decoders: Sequence[Any], metas: list[dict[str, Any]],
+                 styles: Sequence[Tensor], o: Any, stage: str, kind: str) -> None:
+        self.encoder, self.decoders, self.metas, self.o, self.stage, self.kind = encoder, list(decoders), metas, o, stage, kind
+        self.levels = [d.level for d in self.decoders]
+        self.styles = [sized(s, o.style_size) for s in styles]
+        self.weights = blend_weights(o.style_blend, len(styles))
+        self._change: FeatureTransfer | None = None
+
+    def change_for(self, image: Tensor) -> FeatureTransfer:
+        """The feature transform for content of ``image``'s size (style features computed on first use)."""
+        size = tuple(image.shape[-2:])
+        if self._change is None:
+            self._change = FeatureTransfer(self.encoder, self.levels, image, self.styles, self.weights, self.o.alpha,
+                                           self.kind, self.o.content_mask, self.o.style_mask)
+        elif tuple(self._change.maps.size) != size:
+            self._change = self._change.for_size(size, self.o.content_mask, self.o.style_mask)
+        return self._change
+
+    def __call__(self, content: Tensor, callback: Callback | None = None,
+                 cancel: CancelToken | None = None) -> tuple[Tensor, Tensor]:
+        """(sized content, stylised image before the colour mode) for (1, 3, H, W) ``content`` in [0, 1]."""
+        check_sizes(content, self.styles, replace_style_size(self.o), self.stage, BYTES_PER_PIXEL[self.stage])
+        image = sized(content, self.o.size)
+        change = self.change_for(image)
+
+        def on_level(level: str) -> None:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            if callback:
+                callback(Stage(name=f"{self.stage} {level}", size=tuple(image.shape[-2:])))
+
+        return image, cascade(self.encoder, self.decoders, image, change, on_level)
+
+
+def replace_style_size(o: Any) -> Any:
+    """``o`` as seen by ``check_sizes`` once the styles are already sized (style_size None)."""
+    return replace(o, style_size=None)
+
+
+def prepare_levels(styles: Sequence[Tensor], o: Any, unpool_levels: Collection[str], stage: str) -> LevelTransfer:
     """Multi-level transfer for WCT and PhotoWCT from their options ``o`` (levels, order, decoders, alpha,
-    style_blend, masks, size, style_size, precision) -> (sized content, stylised image before colour mode, decoder metas)."""
-    check_sizes(content, styles, o, stage, BYTES_PER_PIXEL[stage])
+    style_blend, masks, size, style_size, precision): loads the decoders and encoder once."""
     by_level = dict(zip(o.levels, o.decoders, strict=True)) if o.decoders else {}
     levels = ordered_levels(o.levels, o.order)
     decoders, metas = load_decoders(levels, [by_level[lv] for lv in levels] if by_level else [], unpool_levels)
@@ -218,15 +274,4 @@ def run_levels(content: Tensor, styles: Sequence[Tensor], o: Any, unpool_levels:
     if use_bf16(o.precision):
         encoder = to_bf16(encoder)
         decoders = [to_bf16(d) for d in decoders]
-    image = sized(content, o.size)
-    styles = [sized(s, o.style_size) for s in styles]
-    change = FeatureTransfer(encoder, levels, image, styles, blend_weights(o.style_blend, len(styles)), o.alpha,
-                             "wct", o.content_mask, o.style_mask)
-
-    def on_level(level: str) -> None:
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        if callback:
-            callback(Stage(name=f"{stage} {level}", size=tuple(image.shape[-2:])))
-
-    return image, cascade(encoder, decoders, image, change, on_level), metas
+    return LevelTransfer(encoder, decoders, metas, styles, o, stage, "wct")

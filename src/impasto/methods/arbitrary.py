@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import Tensor
 
-from impasto.events import Callback, CancelToken, Done, Stage
+from impasto.events import Callback, CancelToken, Done
 from impasto.features.decoder import Decoder, cascade, check_encoder, load_decoder, shipped_decoder
 from impasto.features.precision import to_bf16, use_bf16
-from impasto.features.transfer import BYTES_PER_PIXEL, FeatureTransfer, blend_weights, check_sizes, finish, sized, style_list, validate_common
+from impasto.features.transfer import BYTES_PER_PIXEL, FeatureTransfer, LevelTransfer, check_sizes, finish, style_list, validate_common
 from impasto.features.vgg import VGGEncoder, load_encoder
 from impasto.options import SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
@@ -56,29 +56,42 @@ def transfer(encoder: VGGEncoder, decoder: Decoder, content: Tensor, styles: Seq
     return cascade(encoder, [decoder], content, change)
 
 
-def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
-        callback: Callback | None = None, cancel: CancelToken | None = None, **_: Any) -> Result:
-    """Stylise ``content`` with one or several style images in one pass."""
+class Prepared:
+    """AdaIN with its decoder loaded and the style features computed once; call it per content image."""
+
+    def __init__(self, styles: Sequence[Tensor], options: Options) -> None:
+        self.options = options
+        decoder, meta = load_decoder(shipped_decoder(DEFAULT_LEVEL, False) if options.decoder == "auto" else options.decoder)
+        encoder = load_encoder(meta.get("encoder", "auto"), [decoder.level])
+        check_encoder(encoder, meta)
+        if use_bf16(options.precision):
+            encoder, decoder = to_bf16(encoder), to_bf16(decoder)
+        self.transfer = LevelTransfer(encoder, [decoder], [meta], styles, options, "adain", "adain")
+        self.weights, self.weights_sha256 = meta.get("name", meta["path"]), meta["sha256"]
+
+    def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
+        started = time.perf_counter()
+        image, out = self.transfer(content, callback, cancel)
+        out = finish(out, image, self.options.color)
+        seconds = time.perf_counter() - started
+        if callback:
+            callback(Done(seconds=seconds, steps=1))
+        return Result(image=out, weights=self.weights, weights_sha256=self.weights_sha256, steps=1, seconds=seconds)
+
+
+def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:
+    """Load the decoder and compute the style features once (for many content images or frames)."""
     options = options or Options()
     styles = style_list(style)
     validate(options, len(styles))
-    check_sizes(content, styles, options, "adain", BYTES_PER_PIXEL["adain"])
-    started = time.perf_counter()
-    decoder, meta = load_decoder(shipped_decoder(DEFAULT_LEVEL, False) if options.decoder == "auto" else options.decoder)
-    encoder = load_encoder(meta.get("encoder", "auto"), [decoder.level])
-    check_encoder(encoder, meta)
-    if use_bf16(options.precision):
-        encoder, decoder = to_bf16(encoder), to_bf16(decoder)
-    image = sized(content, options.size)
-    styles = [sized(s, options.style_size) for s in styles]
-    if callback:
-        callback(Stage(name="adain", size=tuple(image.shape[-2:])))
-    if cancel is not None:
-        cancel.raise_if_cancelled()
-    out = transfer(encoder, decoder, image, styles, blend_weights(options.style_blend, len(styles)), options.alpha,
-                   options.content_mask, options.style_mask)
-    out = finish(out, image, options.color)
-    seconds = time.perf_counter() - started
-    if callback:
-        callback(Done(seconds=seconds, steps=1))
-    return Result(image=out, weights=meta.get("name", meta["path"]), weights_sha256=meta["sha256"], steps=1, seconds=seconds)
+    return Prepared(styles, options)
+
+
+def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
+        callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
+    """Stylise ``content`` with one or several style images in one pass (prepare + one call)."""
+    options = options or Options()
+    styles = style_list(style)
+    validate(options, len(styles))
+    check_sizes(content, styles, options, "adain", BYTES_PER_PIXEL["adain"])  # before any weights load
+    return prepare(styles, options)(content, callback=callback, cancel=cancel)

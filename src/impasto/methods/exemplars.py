@@ -113,38 +113,66 @@ def colour_map(sources: Tensor) -> Tensor:
     return palette[sources % len(PALETTE)].permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
+class Prepared:
+    """The exemplars' patch banks' encoder loaded once; call it per content image (or video frame)."""
+
+    def __init__(self, exemplars: list[Tensor], options: Options) -> None:
+        self.options, self.exemplars = options, exemplars
+        self.opt_options = _optimization_options(options)
+        self.optimise = optimization.prepare(exemplars, self.opt_options)
+        self.encoder = load_encoder(options.encoder, list(options.patch_layers))
+
+    def __call__(self, content: Tensor, *, init: Tensor | None = None, extra_loss: optimization.ExtraLoss | None = None,
+                 iterations: int | None = None, callback: Callback | None = None, cancel: CancelToken | None = None,
+                 checkpoint: str | Path | None = None, checkpoint_every: int = 50, resume: bool = False) -> Result:
+        """``init``/``extra_loss``/``iterations`` and ``checkpoint``/``resume`` work as in the optimisation method
+        (the seam cleanup after it is quick)."""
+        options, exemplars = self.options, self.exemplars
+        started = time.perf_counter()
+        plan = self.optimise.plan(content, init, iterations)
+        optimization.check_sizes(plan, exemplars, self.opt_options, method="exemplars")  # named as the user called it
+        result = self.optimise(content, init=init, extra_loss=extra_loss, iterations=iterations, callback=callback,
+                               cancel=cancel, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+        image = result.image
+        if callback:
+            callback(Stage(name="seams", index=0, total=1, size=tuple(image.shape[-2:])))
+        sources = source_map(image, exemplars, self.encoder, options.patch_layers[0])
+        losses = dict(result.final_losses, exemplars_used=float(len(torch.unique(sources))))
+        if options.cleanup == "guided":
+            band = seams(sources, options.cleanup_radius)
+            if bool(band.any()):
+                photo = resize(content, tuple(image.shape[-2:]))
+                smooth = smooth_fast(image, photo, radius=options.cleanup_radius, eps=options.cleanup_eps)
+                image = torch.where(band[None, None], smooth, image).clamp(0, 1).contiguous()
+            losses["seam_share"] = float(band.float().mean())
+        if options.show_sources:
+            save_image(colour_map(sources), Path(options.show_sources))
+        seconds = time.perf_counter() - started
+        if callback:
+            callback(Done(seconds=seconds, steps=result.steps))
+        return replace(result, image=image, seconds=seconds, final_losses=losses)
+
+
+def prepare(style: Tensor | Sequence[Tensor], options: Options | None = None) -> Prepared:
+    """Load the encoder once for many content images or frames."""
+    options = options or Options()
+    exemplars = [style] if isinstance(style, Tensor) else list(style)
+    validate(options, len(exemplars))
+    return Prepared(exemplars, options)
+
+
 def run(content: Tensor, style: Tensor | Sequence[Tensor], options: Options | None = None, *,
         callback: Callback | None = None, cancel: CancelToken | None = None, checkpoint: str | Path | None = None,
         checkpoint_every: int = 50, resume: bool = False) -> Result:
-    """Stylise ``content`` with several exemplars of one style (each (1, 3, H, W) in [0, 1]).
+    """Stylise ``content`` with several exemplars of one style (each (1, 3, H, W) in [0, 1]): prepare + one call.
 
     ``checkpoint``/``resume`` work as in the optimisation method (the cleanup after it is quick)."""
     options = options or Options()
     exemplars = [style] if isinstance(style, Tensor) else list(style)
     validate(options, len(exemplars))
-    started = time.perf_counter()
     opt_options = _optimization_options(options)
     optimization.validate(opt_options, len(exemplars))
     plan = optimization.scale_plan(opt_options, content.shape[-2], content.shape[-1])
-    optimization.check_sizes(plan, exemplars, opt_options, method="exemplars")  # named as the user called it
-    result = optimization.run(content, exemplars, opt_options, callback=callback, cancel=cancel,
-                              checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
-    image = result.image
-    if callback:
-        callback(Stage(name="seams", index=0, total=1, size=tuple(image.shape[-2:])))
-    encoder = load_encoder(options.encoder, list(options.patch_layers))
-    sources = source_map(image, exemplars, encoder, options.patch_layers[0])
-    losses = dict(result.final_losses, exemplars_used=float(len(torch.unique(sources))))
-    if options.cleanup == "guided":
-        band = seams(sources, options.cleanup_radius)
-        if bool(band.any()):
-            photo = resize(content, tuple(image.shape[-2:]))
-            smooth = smooth_fast(image, photo, radius=options.cleanup_radius, eps=options.cleanup_eps)
-            image = torch.where(band[None, None], smooth, image).clamp(0, 1).contiguous()
-        losses["seam_share"] = float(band.float().mean())
-    if options.show_sources:
-        save_image(colour_map(sources), Path(options.show_sources))
-    seconds = time.perf_counter() - started
-    if callback:
-        callback(Done(seconds=seconds, steps=result.steps))
-    return replace(result, image=image, seconds=seconds, final_losses=losses)
+    optimization.check_sizes(plan, exemplars, opt_options, method="exemplars")  # before any weights load
+    return prepare(exemplars, options)(content, callback=callback, cancel=cancel, checkpoint=checkpoint,
+                                       checkpoint_every=checkpoint_every, resume=resume)

@@ -358,30 +358,50 @@ def stylize_tensor(net: TransformerNet | OnnxTransformer, image: Tensor, mix: Te
 
 
 
-def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
-        callback: Callback | None = None, cancel: CancelToken | None = None, **_: Any) -> Result:
-    """Stylise ``content`` (1, 3, H, W) in [0, 1] with a trained network. ``style`` images are not used
-    (the style lives in the model); passing some is allowed so every method shares one call shape."""
+class Prepared:
+    """A trained network loaded once (and its style mix resolved); call it per content image or frame."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        net, meta = load_network(options.model)
+        if use_bf16(options.precision) and isinstance(net, TransformerNet):
+            net = net.to(torch.bfloat16)
+        self.net, self.mix = net, style_mix(meta, options.style, options.style_weights)
+        self.weights, self.weights_sha256 = meta.get("name", meta["path"]), meta.get("sha256", "")
+
+    def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
+        options = self.options
+        check_sizes(content, options)
+        started = time.perf_counter()
+        image = content
+        if options.size is not None:
+            image = resize(image, size_for_long_side(image.shape[-2], image.shape[-1], options.size))
+        if callback:
+            callback(Stage(name="stylize", size=tuple(image.shape[-2:])))
+        styled = stylize_tensor(self.net, image, self.mix, tile_size=options.tile_size, tile_overlap=options.tile_overlap,
+                                stats_size=options.stats_size, callback=callback, cancel=cancel).clamp(0, 1)
+        if options.color == "luminance":
+            styled = color_ops.combine_luminance_chroma(styled, image)
+        out = (options.strength * styled + (1 - options.strength) * image).clamp(0, 1)
+        seconds = time.perf_counter() - started
+        if callback:
+            callback(Done(seconds=seconds, steps=1))
+        return Result(image=out.contiguous(), weights=self.weights, weights_sha256=self.weights_sha256, steps=1, seconds=seconds)
+
+
+def prepare(style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None) -> Prepared:
+    """Load the network once (for many content images or frames). ``style`` images are not used."""
     options = options or Options()
     validate(options)
-    check_sizes(content, options)
-    started = time.perf_counter()
-    net, meta = load_network(options.model)
-    if use_bf16(options.precision) and isinstance(net, TransformerNet):
-        net = net.to(torch.bfloat16)
-    mix = style_mix(meta, options.style, options.style_weights)
-    image = content
-    if options.size is not None:
-        image = resize(image, size_for_long_side(image.shape[-2], image.shape[-1], options.size))
-    if callback:
-        callback(Stage(name="stylize", size=tuple(image.shape[-2:])))
-    styled = stylize_tensor(net, image, mix, tile_size=options.tile_size, tile_overlap=options.tile_overlap,
-                            stats_size=options.stats_size, callback=callback, cancel=cancel).clamp(0, 1)
-    if options.color == "luminance":
-        styled = color_ops.combine_luminance_chroma(styled, image)
-    out = (options.strength * styled + (1 - options.strength) * image).clamp(0, 1)
-    seconds = time.perf_counter() - started
-    if callback:
-        callback(Done(seconds=seconds, steps=1))
-    return Result(image=out.contiguous(), weights=meta.get("name", meta["path"]), weights_sha256=meta.get("sha256", ""),
-                  steps=1, seconds=seconds)
+    return Prepared(options)
+
+
+def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
+        callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
+    """Stylise ``content`` (1, 3, H, W) in [0, 1] with a trained network (prepare + one call). ``style``
+    images are not used (the style lives in the model); passing some is allowed so every method shares
+    one call shape."""
+    options = options or Options()
+    validate(options)
+    check_sizes(content, options)  # before the network loads
+    return prepare(style, options)(content, callback=callback, cancel=cancel)

@@ -21,7 +21,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -213,29 +213,39 @@ def check_sizes(plan: list[tuple[tuple[int, int], int]], styles: Sequence[Tensor
     check_memory(f"--method {method}", "--size", options.size or max(final), pixels, BYTES_PER_PIXEL)
 
 
-class _Objective:
-    """Targets for one scale, computed once; ``__call__`` gives the weighted losses of an image."""
+ExtraLoss = Callable[[Tensor], dict[str, Tensor]]  # image -> named, already weighted terms added to the objective
 
-    def __init__(self, encoder: VGGEncoder, prepare, content: Tensor, styles: list[Tensor], options: Options,
-                 maps: RegionMaps | None = None) -> None:
+
+def _style_term(encoder: VGGEncoder, prepare: Callable[[Tensor], Tensor], styles: list[Tensor], options: Options,
+                maps: RegionMaps | None, feature_sizes: dict[str, tuple[int, int]]) -> StyleSum:
+    """The style targets of one scale (computed once): ``feature_sizes`` are the content's feature sizes per layer."""
+    with torch.no_grad():
+        style_feats = [encoder(prepare(s)) for s in styles]
+    parts = [(loss, w, layer_weights(layers, options.style_layer_weights, style_layer_prior))
+             for loss, w, layers in options.style_parts()]
+    regions = None
+    if maps is not None and maps.mode != "none":
+        blend = blend_weights(options.style_blend, len(styles))
+        regions = {k: maps.regions([f[k] for f in style_feats], blend, feature_sizes[k]) for k in options.all_style_layers()}
+    return StyleSum(parts, style_feats, mix=options.style_blend, layer_sources=dict(options.layer_sources), regions=regions)
+
+
+class _Objective:
+    """Content targets for one scale, computed once, with that scale's style term; ``__call__`` gives the
+    weighted losses of an image (plus ``extra_loss``'s terms, e.g. temporal ones for video)."""
+
+    def __init__(self, encoder: VGGEncoder, prepare: Callable[[Tensor], Tensor], content: Tensor, style: StyleSum,
+                 options: Options, extra_loss: ExtraLoss | None = None) -> None:
         self.encoder = encoder
         self.prepare = prepare
         self.options = options
+        self.style = style
+        self.extra_loss = extra_loss
         self.content_weights = layer_weights(options.content_layers, options.content_layer_weights)
         with torch.no_grad():
             feats = encoder(prepare(content))
             self.content_targets = {k: feats[k] for k in options.content_layers}
             self.laplacian = laplacian(content, options.laplacian_pool) if options.laplacian_weight > 0 else None
-            style_feats = [encoder(prepare(s)) for s in styles]
-        parts = [(loss, w, layer_weights(layers, options.style_layer_weights, style_layer_prior))
-                 for loss, w, layers in options.style_parts()]
-        regions = None
-        if maps is not None and maps.mode != "none":
-            blend = blend_weights(options.style_blend, len(styles))
-            regions = {k: maps.regions([f[k] for f in style_feats], blend, tuple(feats[k].shape[-2:]))
-                       for k in options.all_style_layers()}
-        self.style = StyleSum(parts, style_feats, mix=options.style_blend,
-                              layer_sources=dict(options.layer_sources), regions=regions)
 
     def __call__(self, image: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         o = self.options
@@ -248,6 +258,10 @@ class _Objective:
         if self.laplacian is not None:
             parts["laplacian"] = laplacian_loss(image, self.laplacian, o.laplacian_pool)
             total = total + o.laplacian_weight * parts["laplacian"]
+        if self.extra_loss is not None:
+            for name, term in self.extra_loss(image).items():
+                parts[name] = term
+                total = total + term
         return total, parts
 
 
@@ -259,6 +273,180 @@ def fingerprint(content: Tensor, styles: Sequence[Tensor], options: Options) -> 
     return digest.hexdigest()
 
 
+
+
+def _check_tensors(content: Tensor | None, styles: Sequence[Tensor]) -> None:
+    for name, t in [*([("content", content)] if content is not None else []), *((f"style {i}", s) for i, s in enumerate(styles))]:
+        if t.dim() != 4 or t.shape[:2] != (1, 3):
+            raise InvalidOptionError(f"{name} must be a (1, 3, H, W) tensor, got {tuple(t.shape)}")
+
+
+class Prepared:
+    """The optimisation method with its encoder loaded once; style targets are computed once per scale size
+    and reused for every later content image of that size (frames of a video), unless the colour mode
+    makes them depend on the content (luminance, match). Call it per content image."""
+
+    def __init__(self, styles: Sequence[Tensor], options: Options, encoder: VGGEncoder | None = None) -> None:
+        self.options = options
+        self.styles = list(styles)
+        layers = list(dict.fromkeys([*options.content_layers, *options.all_style_layers()]))
+        encoder = encoder.with_layers(layers) if encoder is not None else load_encoder(options.encoder, layers, pooling=options.pooling)
+        self.weights, self.weights_sha256 = encoder.weights_name, encoder.weights_sha256
+        bf16 = use_bf16(options.precision)
+        self.encoder = to_bf16(encoder) if bf16 else encoder
+        self.prepare_input: Callable[[Tensor], Tensor] = bf16_input if bf16 else (lambda x: x)
+        self._styles_by_size: dict[tuple[int, int], StyleSum] = {}
+        self._maps: RegionMaps | None = None
+
+    def _targets(self, content: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Colour control acts on the inputs once, before any scale."""
+        o = self.options
+        if o.color == "luminance":
+            return color_ops.luminance(content), [color_ops.match_luminance(s, content) for s in self.styles]
+        if o.color == "match":
+            return content, [color_ops.match_color(s, content) for s in self.styles]
+        return content, self.styles
+
+    def _style(self, size: tuple[int, int], c_k: Tensor, s_k: list[Tensor], maps: RegionMaps, reuse: bool) -> StyleSum:
+        if reuse and size in self._styles_by_size:
+            return self._styles_by_size[size]
+        with torch.no_grad():
+            feature_sizes = {k: tuple(v.shape[-2:]) for k, v in self.encoder(self.prepare_input(c_k)).items()}
+        term = _style_term(self.encoder, self.prepare_input, s_k, self.options, maps, feature_sizes)
+        if reuse:
+            self._styles_by_size[size] = term
+        return term
+
+    def plan(self, content: Tensor, init: Tensor | None = None, iterations: int | None = None) -> list[tuple[tuple[int, int], int]]:
+        """The scales this call runs: the coarse-to-fine plan, or with ``init`` only the finest scale
+        (``iterations`` steps, default the finest scale's share)."""
+        plan = scale_plan(self.options, content.shape[-2], content.shape[-1])
+        if init is not None:
+            plan = [(plan[-1][0], iterations if iterations is not None else plan[-1][1])]
+        elif iterations is not None:
+            raise InvalidOptionError("iterations overrides the step count of a warm start only; pass init as well")
+        return plan
+
+    def __call__(self, content: Tensor, *, init: Tensor | None = None, extra_loss: ExtraLoss | None = None,
+                 iterations: int | None = None, callback: Callback | None = None, cancel: CancelToken | None = None,
+                 checkpoint: str | Path | None = None, checkpoint_every: int = 50, resume: bool = False) -> Result:
+        """Stylise ``content`` (1, 3, H, W) in [0, 1].
+
+        ``init``: a start image (any size; resized to the output's), e.g. the previous video frame's result
+        warped by the optical flow; the run is then single-scale at the output size with ``iterations``
+        steps. ``extra_loss``: image -> named, already weighted loss terms added to the objective (the
+        temporal losses). ``checkpoint``/``resume`` as in ``run`` (not with ``init`` or ``extra_loss``).
+        """
+        options, styles = self.options, self.styles
+        _check_tensors(content, [] if init is None else [init])
+        if checkpoint is not None and (init is not None or extra_loss is not None):
+            raise InvalidOptionError("checkpoint/resume cannot be combined with init or extra_loss (video frames are cached per frame instead)")
+        plan = self.plan(content, init, iterations)
+        check_sizes(plan, styles, options)  # before any memory is taken
+        if self._maps is None or self._maps.size != tuple(content.shape[-2:]):
+            self._maps = RegionMaps(tuple(content.shape[-2:]), styles, options.content_mask, options.style_mask)
+        maps = self._maps
+        started = time.perf_counter()
+        torch.manual_seed(options.seed)
+        fp = fingerprint(content, styles, options)
+        target_content, target_styles = self._targets(content)
+        reuse = target_styles is styles
+        total_steps = sum(n for _, n in plan)
+        lr = options.learning_rate or DEFAULT_LR[options.optimizer]
+
+        start_scale, start_step, image, opt_state = 0, 0, None, None
+        if init is not None:
+            image = resize(init, plan[0][0]) if tuple(init.shape[-2:]) != plan[0][0] else init
+        if resume:
+            if checkpoint is None:
+                raise CheckpointError("resume needs a checkpoint path")
+            state = load_checkpoint(checkpoint)
+            if state.get("fingerprint") != fp:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} belongs to a different run (other inputs or options); "
+                    "use the same command, or delete the checkpoint to start fresh"
+                )
+            start_scale, start_step, image, opt_state = _resume_point(state, plan, str(checkpoint))
+
+        done = sum(n for _, n in plan[:start_scale]) + start_step
+        losses: dict[str, float] = {}
+        for k in range(start_scale, len(plan)):
+            size, steps = plan[k]
+            if callback:
+                callback(Stage(name="scale", index=k, total=len(plan), size=size))
+            c_k = resize(target_content, size)
+            s_k = [resize(s, style_size(s, size, options.style_scale)) for s in target_styles]
+            objective = _Objective(self.encoder, self.prepare_input, c_k, self._style(size, c_k, s_k, maps, reuse),
+                                   options, extra_loss)
+            if image is None:
+                image = _initial_image(options, c_k, s_k[0])
+            elif tuple(image.shape[-2:]) != size:
+                image = torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False)
+            x = image.detach().clone().contiguous().requires_grad_(True)
+            if options.optimizer == "lbfgs":
+                opt: torch.optim.Optimizer = torch.optim.LBFGS([x], lr=lr, max_iter=1, history_size=options.lbfgs_history,
+                                                               tolerance_grad=0.0, tolerance_change=0.0)
+            else:
+                opt = torch.optim.Adam([x], lr=lr)
+            if opt_state:  # empty: the checkpoint was taken between scales, start a fresh optimiser
+                opt.load_state_dict(opt_state)
+                opt_state = None
+            current: dict[str, Tensor] = {}
+
+            def closure() -> Tensor:
+                opt.zero_grad(set_to_none=True)
+                total, parts = objective(x)
+                total.backward()
+                current.update({k: v.detach() for k, v in parts.items()}, total=total.detach())
+                return total
+
+            def save(step_in_scale: int) -> None:
+                if checkpoint is not None:
+                    save_checkpoint(checkpoint, {"fingerprint": fp, "scale_index": k, "step": step_in_scale,
+                                                 "image": x.detach().clone(), "optimizer": opt.state_dict()})
+
+            for i in range(start_step, steps):
+                if cancel is not None and cancel.cancelled:
+                    save(i)
+                    cancel.raise_if_cancelled()
+                opt.step(closure)
+                done += 1
+                losses = {name: float(v) for name, v in current.items()}
+                if callback:
+                    callback(Progress(step=done, total=total_steps, scale_index=k, scale_total=len(plan), losses=losses))
+                if checkpoint is not None and checkpoint_every > 0 and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
+                    save(i + 1)
+            start_step = 0
+            image = x.detach()
+            if k + 1 < len(plan):
+                nxt = plan[k + 1][0]
+                image = torch.nn.functional.interpolate(image, size=nxt, mode="bicubic", align_corners=False)
+                if checkpoint is not None:
+                    save_checkpoint(checkpoint, {"fingerprint": fp, "scale_index": k + 1, "step": 0,
+                                                 "image": image.clone(), "optimizer": {}})
+                    # an empty optimiser state means "fresh optimiser" at the next scale
+        assert image is not None
+        result = image.clamp(0, 1).float()
+        if options.color == "luminance":
+            result = color_ops.combine_luminance_chroma(result, resize(content, tuple(result.shape[-2:])))
+        elif options.color == "color_only":
+            result = color_ops.combine_luminance_chroma(resize(content, tuple(result.shape[-2:])), result)
+        seconds = time.perf_counter() - started
+        if callback:
+            callback(Done(seconds=seconds, steps=done))
+        return Result(image=result.contiguous(), weights=self.weights, weights_sha256=self.weights_sha256,
+                      steps=done, seconds=seconds, final_losses=losses)
+
+
+def prepare(style: Tensor | Sequence[Tensor], options: Options | None = None, *, encoder: VGGEncoder | None = None) -> Prepared:
+    """Load the encoder once for many content images or frames (``Prepared``'s call takes ``init`` and
+    ``extra_loss`` for video). Raises ``InvalidOptionError`` for bad options, ``WeightsError`` when no
+    encoder can be loaded."""
+    options = options or Options()
+    styles = [style] if isinstance(style, Tensor) else list(style)
+    validate(options, len(styles))
+    _check_tensors(None, styles)
+    return Prepared(styles, options, encoder)
 
 
 def run(
@@ -273,7 +461,7 @@ def run(
     resume: bool = False,
     encoder: VGGEncoder | None = None,
 ) -> Result:
-    """Stylise ``content`` (1, 3, H, W) in [0, 1] with ``style`` (one image or several).
+    """Stylise ``content`` (1, 3, H, W) in [0, 1] with ``style`` (one image or several): prepare + one call.
 
     ``checkpoint``: file written every ``checkpoint_every`` steps, at the end of each scale and
     on cancellation; with ``resume=True`` the run continues from it (same inputs and options
@@ -283,114 +471,11 @@ def run(
     options = options or Options()
     styles = [style] if isinstance(style, Tensor) else list(style)
     validate(options, len(styles))
-    for name, t in [("content", content), *((f"style {i}", s) for i, s in enumerate(styles))]:
-        if t.dim() != 4 or t.shape[:2] != (1, 3):
-            raise InvalidOptionError(f"{name} must be a (1, 3, H, W) tensor, got {tuple(t.shape)}")
-    plan = scale_plan(options, content.shape[-2], content.shape[-1])
-    check_sizes(plan, styles, options)  # before any weights load or memory is taken
-    maps = RegionMaps(tuple(content.shape[-2:]), styles, options.content_mask, options.style_mask)
-    started = time.perf_counter()
-    torch.manual_seed(options.seed)
-    fp = fingerprint(content, styles, options)
-
-    layers = list(dict.fromkeys([*options.content_layers, *options.all_style_layers()]))
-    encoder = encoder.with_layers(layers) if encoder is not None else load_encoder(options.encoder, layers, pooling=options.pooling)
-    weights_name, weights_sha = encoder.weights_name, encoder.weights_sha256
-    bf16 = use_bf16(options.precision)
-    if bf16:
-        encoder = to_bf16(encoder)
-    prepare = bf16_input if bf16 else (lambda x: x)
-
-    # Colour control acts on the inputs once, before any scale.
-    target_content, target_styles = content, styles
-    if options.color == "luminance":
-        target_content = color_ops.luminance(content)
-        target_styles = [color_ops.match_luminance(s, content) for s in styles]
-    elif options.color == "match":
-        target_styles = [color_ops.match_color(s, content) for s in styles]
-
-    total_steps = sum(n for _, n in plan)
-    lr = options.learning_rate or DEFAULT_LR[options.optimizer]
-
-    start_scale, start_step, image, opt_state = 0, 0, None, None
-    if resume:
-        if checkpoint is None:
-            raise CheckpointError("resume needs a checkpoint path")
-        state = load_checkpoint(checkpoint)
-        if state.get("fingerprint") != fp:
-            raise CheckpointError(
-                f"checkpoint {checkpoint} belongs to a different run (other inputs or options); "
-                "use the same command, or delete the checkpoint to start fresh"
-            )
-        start_scale, start_step, image, opt_state = _resume_point(state, plan, str(checkpoint))
-
-    done = sum(n for _, n in plan[:start_scale]) + start_step
-    losses: dict[str, float] = {}
-    for k in range(start_scale, len(plan)):
-        size, steps = plan[k]
-        if callback:
-            callback(Stage(name="scale", index=k, total=len(plan), size=size))
-        c_k = resize(target_content, size)
-        s_k = [resize(s, style_size(s, size, options.style_scale)) for s in target_styles]
-        objective = _Objective(encoder, prepare, c_k, s_k, options, maps)
-        if image is None:
-            image = _initial_image(options, c_k, s_k[0])
-        elif tuple(image.shape[-2:]) != size:
-            image = torch.nn.functional.interpolate(image, size=size, mode="bicubic", align_corners=False)
-        x = image.detach().clone().contiguous().requires_grad_(True)
-        if options.optimizer == "lbfgs":
-            opt: torch.optim.Optimizer = torch.optim.LBFGS([x], lr=lr, max_iter=1, history_size=options.lbfgs_history,
-                                                           tolerance_grad=0.0, tolerance_change=0.0)
-        else:
-            opt = torch.optim.Adam([x], lr=lr)
-        if opt_state:  # empty: the checkpoint was taken between scales, start a fresh optimiser
-            opt.load_state_dict(opt_state)
-            opt_state = None
-        current: dict[str, Tensor] = {}
-
-        def closure() -> Tensor:
-            opt.zero_grad(set_to_none=True)
-            total, parts = objective(x)
-            total.backward()
-            current.update({k: v.detach() for k, v in parts.items()}, total=total.detach())
-            return total
-
-        def save(step_in_scale: int) -> None:
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, {"fingerprint": fp, "scale_index": k, "step": step_in_scale,
-                                             "image": x.detach().clone(), "optimizer": opt.state_dict()})
-
-        for i in range(start_step, steps):
-            if cancel is not None and cancel.cancelled:
-                save(i)
-                cancel.raise_if_cancelled()
-            opt.step(closure)
-            done += 1
-            losses = {name: float(v) for name, v in current.items()}
-            if callback:
-                callback(Progress(step=done, total=total_steps, scale_index=k, scale_total=len(plan), losses=losses))
-            if checkpoint is not None and checkpoint_every > 0 and (i + 1) % checkpoint_every == 0 and i + 1 < steps:
-                save(i + 1)
-        start_step = 0
-        image = x.detach()
-        if k + 1 < len(plan):
-            nxt = plan[k + 1][0]
-            image = torch.nn.functional.interpolate(image, size=nxt, mode="bicubic", align_corners=False)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, {"fingerprint": fp, "scale_index": k + 1, "step": 0,
-                                             "image": image.clone(), "optimizer": {}})
-                # an empty optimiser state means "fresh optimiser" at the next scale
-    assert image is not None
-    result = image.clamp(0, 1).float()
-    if options.color == "luminance":
-        result = color_ops.combine_luminance_chroma(result, resize(content, tuple(result.shape[-2:])))
-    elif options.color == "color_only":
-        result = color_ops.combine_luminance_chroma(resize(content, tuple(result.shape[-2:])), result)
-    seconds = time.perf_counter() - started
-    if callback:
-        callback(Done(seconds=seconds, steps=done))
-    return Result(image=result.contiguous(), weights=weights_name, weights_sha256=weights_sha,
-                  steps=done, seconds=seconds, final_losses=losses)
+    _check_tensors(content, styles)
+    check_sizes(scale_plan(options, content.shape[-2], content.shape[-1]), styles, options)  # before any weights load
+    RegionMaps(tuple(content.shape[-2:]), styles, options.content_mask, options.style_mask)  # bad masks before weights
+    return prepare(styles, options, encoder=encoder)(content, callback=callback, cancel=cancel, checkpoint=checkpoint,
+                                                     checkpoint_every=checkpoint_every, resume=resume)
 
 
 def _resume_point(state: dict, plan: list[tuple[tuple[int, int], int]], where: str) -> tuple[int, int, Tensor, dict]:

@@ -22,13 +22,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Done, Stage
-from impasto.features.transfer import finish, run_levels, style_list, validate_common, validate_levels
+from impasto.features.transfer import BYTES_PER_PIXEL, LevelTransfer, check_sizes, finish, prepare_levels, style_list, validate_common, validate_levels
 from impasto.ops.smoothing import AFFINITIES, smooth_exact, smooth_fast
 from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
@@ -79,22 +77,46 @@ def smooth(stylized: Tensor, content: Tensor, o: Options) -> tuple[Tensor, dict[
     return stylized, {}
 
 
-def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
-        callback: Callback | None = None, cancel: CancelToken | None = None, **_: Any) -> Result:
-    """Photorealistic stylisation of ``content`` with one or several style photos."""
+class Prepared:
+    """PhotoWCT with its decoders loaded and the style features computed once; call it per content image."""
+
+    def __init__(self, styles: Sequence[Tensor], options: Options) -> None:
+        self.options = options
+        self.transfer: LevelTransfer = prepare_levels(styles, options, options.levels, "photowct")
+        metas = self.transfer.metas
+        self.weights, self.weights_sha256 = "+".join(m.get("name", m["path"]) for m in metas), metas[0]["sha256"]
+
+    def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
+        started = time.perf_counter()
+        options = self.options
+        image, out = self.transfer(content, callback, cancel)
+        if callback and options.smooth != "none":
+            callback(Stage(name=f"smooth {options.smooth}", size=tuple(image.shape[-2:])))
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        out, figures = smooth(out, image, options)
+        out = finish(out, image, options.color)
+        seconds = time.perf_counter() - started
+        steps = len(self.transfer.decoders)
+        if callback:
+            callback(Done(seconds=seconds, steps=steps))
+        return Result(image=out, weights=self.weights, weights_sha256=self.weights_sha256, steps=steps,
+                      seconds=seconds, final_losses=figures)
+
+
+def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:
+    """Load the decoders and compute the style features once (for many content images or frames)."""
     options = options or Options()
     styles = style_list(style)
     validate(options, len(styles))
-    started = time.perf_counter()
-    image, out, metas = run_levels(content, styles, options, options.levels, "photowct", callback, cancel)
-    if callback and options.smooth != "none":
-        callback(Stage(name=f"smooth {options.smooth}", size=tuple(image.shape[-2:])))
-    if cancel is not None:
-        cancel.raise_if_cancelled()
-    out, figures = smooth(out, image, options)
-    out = finish(out, image, options.color)
-    seconds = time.perf_counter() - started
-    if callback:
-        callback(Done(seconds=seconds, steps=len(metas)))
-    return Result(image=out, weights="+".join(m.get("name", m["path"]) for m in metas),
-                  weights_sha256=metas[0]["sha256"], steps=len(metas), seconds=seconds, final_losses=figures)
+    return Prepared(styles, options)
+
+
+def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
+        callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
+    """Photorealistic stylisation of ``content`` with one or several style photos (prepare + one call)."""
+    options = options or Options()
+    styles = style_list(style)
+    validate(options, len(styles))
+    check_sizes(content, styles, options, "photowct", BYTES_PER_PIXEL["photowct"])  # before any weights load
+    return prepare(styles, options)(content, callback=callback, cancel=cancel)

@@ -22,14 +22,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Done
 from impasto.features.decoder import LEVELS
-from impasto.features.transfer import finish, run_levels, style_list, validate_common, validate_levels
+from impasto.features.transfer import BYTES_PER_PIXEL, LevelTransfer, check_sizes, finish, prepare_levels, style_list, validate_common, validate_levels
 from impasto.options import SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
@@ -61,17 +59,39 @@ def validate(o: Options, n_styles: int) -> None:
             raise InvalidOptionError(f"unpool_levels: unknown level '{level}'; choose from {', '.join(LEVELS)}.{suggest(level, LEVELS)}")
 
 
-def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
-        callback: Callback | None = None, cancel: CancelToken | None = None, **_: Any) -> Result:
-    """Stylise ``content`` with one or several style images by multi-level WCT."""
+class Prepared:
+    """WCT with its decoders loaded and the style features computed once; call it per content image."""
+
+    def __init__(self, styles: Sequence[Tensor], options: Options) -> None:
+        self.options = options
+        self.transfer: LevelTransfer = prepare_levels(styles, options, options.unpool_levels, "wct")
+        metas = self.transfer.metas
+        self.weights, self.weights_sha256 = "+".join(m.get("name", m["path"]) for m in metas), metas[0]["sha256"]
+
+    def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
+        started = time.perf_counter()
+        image, out = self.transfer(content, callback, cancel)
+        out = finish(out, image, self.options.color)
+        seconds = time.perf_counter() - started
+        steps = len(self.transfer.decoders)
+        if callback:
+            callback(Done(seconds=seconds, steps=steps))
+        return Result(image=out, weights=self.weights, weights_sha256=self.weights_sha256, steps=steps, seconds=seconds)
+
+
+def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:
+    """Load the decoders and compute the style features once (for many content images or frames)."""
     options = options or Options()
     styles = style_list(style)
     validate(options, len(styles))
-    started = time.perf_counter()
-    image, out, metas = run_levels(content, styles, options, options.unpool_levels, "wct", callback, cancel)
-    out = finish(out, image, options.color)
-    seconds = time.perf_counter() - started
-    if callback:
-        callback(Done(seconds=seconds, steps=len(metas)))
-    return Result(image=out, weights="+".join(m.get("name", m["path"]) for m in metas),
-                  weights_sha256=metas[0]["sha256"], steps=len(metas), seconds=seconds)
+    return Prepared(styles, options)
+
+
+def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options: Options | None = None, *,
+        callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
+    """Stylise ``content`` with one or several style images by multi-level WCT (prepare + one call)."""
+    options = options or Options()
+    styles = style_list(style)
+    validate(options, len(styles))
+    check_sizes(content, styles, options, "wct", BYTES_PER_PIXEL["wct"])  # before any weights load
+    return prepare(styles, options)(content, callback=callback, cancel=cancel)
