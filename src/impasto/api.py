@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -270,6 +272,8 @@ class VideoSummary:
     copied: list[str] = field(default_factory=list)  # bad frames replaced by the previous stylised frame
     skipped: list[str] = field(default_factory=list)  # bad frames left out
     problems: list[str] = field(default_factory=list)  # why each bad frame was bad
+    warping_errors: list[float] = field(default_factory=list)  # per temporally tied frame (methods.video)
+    video: Path | None = None  # the mp4 written, if one was asked for
 
     def line(self) -> str:
         parts = [f"{len(self.frames)} frames: {self.made} stylised"]
@@ -316,59 +320,132 @@ def _made_by(target: Path, fingerprint: str, frame_sha: str) -> bool:
     return recipe.get("video_fingerprint") == fingerprint and inputs.get("frame_pixels_sha256") == frame_sha
 
 
+TEMPORAL_LOSS_METHODS = ("optimization", "exemplars")  # prepared calls that take init/iterations/extra_loss
+DEFAULT_FPS = 24.0  # for an mp4 made from a frame folder or GIF when --fps is not given
+
+
+@dataclass(frozen=True)
+class VideoCut:
+    """Which frames of a video file: from ``start`` seconds, for ``duration`` seconds, every ``every``-th."""
+
+    start: float = 0.0
+    duration: float | None = None
+    every: int = 1
+
+    def check(self) -> None:
+        if not (self.start >= 0 and math.isfinite(self.start)):
+            raise InvalidOptionError(f"--start must be 0 or more seconds, got {self.start}")
+        if self.duration is not None and not (self.duration > 0 and math.isfinite(self.duration)):
+            raise InvalidOptionError(f"--duration must be more than 0 seconds, got {self.duration}")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise InvalidOptionError(f"--every must be a whole number of at least 1, got {self.every!r}")
+
+
+def _frame_stream(source: str | os.PathLike[str], cut: VideoCut) -> tuple[Any, int | None, Any]:
+    """(iterator of (name, frame or InvalidImageError), frame count if known, VideoInfo or None) for any source."""
+    from impasto.io.video import decode_video, frame_sources, probe_video, read_frames
+
+    path = Path(source)
+    if not (path.is_dir() or (path.suffix.lower() == ".gif" and path.is_file())):  # a video file, or refused as one
+        info = probe_video(source)
+        total = info.frames
+        if cut.start or cut.duration is not None:
+            span = max(0.0, min(info.seconds, cut.start + (cut.duration or info.seconds)) - cut.start)
+            total = round(span * float(info.fps))
+        return decode_video(source, start=cut.start, duration=cut.duration, every=cut.every), -(-total // cut.every), info
+    if cut != VideoCut():
+        raise InvalidOptionError("--start, --duration and --every cut video files; for a frame folder or GIF pass "
+                                 "the frames you want")
+    return read_frames(source), len(frame_sources(source)), None
+
+
 def stylize_video(
-    frames: str | os.PathLike[str],
-    output_dir: str | os.PathLike[str],
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
     style: ImageInput | Sequence[ImageInput] | None = None,
     method: str = "feedforward",
     options: Any = None,
     *,
+    temporal: Any = None,
+    cut: VideoCut | None = None,
+    fps: float | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+    keep_frames: bool = False,
     callback: Callback | None = None,
-    on_frame: Callable[[int, int], None] | None = None,
+    on_frame: Callable[[int, int | None], None] | None = None,
     cancel: CancelToken | None = None,
     on_bad_frame: str = "stop",
     overwrite: bool = False,
 ) -> VideoSummary:
-    """Stylise every frame of a folder (or GIF) independently into ``output_dir`` as PNGs.
+    """Stylise a video (mp4/mov/mkv/webm/avi file, frame folder or GIF) into an mp4 or a folder of PNG frames.
 
-    Method-agnostic: any method in METHODS runs per frame (temporal consistency is a separate
-    layer, to come). Each PNG carries its recipe with a fingerprint of what made it (method,
-    options, style pixels, model files) and its frame's pixel hash: a frame already in
-    ``output_dir`` is kept only when both match (an interrupted run continues where it stopped),
-    and is stylised again otherwise.
+    ``output`` ending in .mp4: an h264 file with the source's frame rate (divided by ``cut.every``) and
+    its audio packets copied unchanged, written atomically at the end; the frames are made in
+    ``work_dir`` (default ``OUTPUT.frames``) and removed afterwards unless ``keep_frames``. Any other
+    ``output``: a folder of PNG frames. ``temporal``: ``methods.video.Options`` or a dict of its
+    fields (temporal mode, flow, weights); ``cut`` the part of a video file to stylise.
 
-    ``on_bad_frame``: a frame that cannot be decoded stops the run (``stop``, the finished frames
-    are kept), is left out (``skip``), or is replaced by the previous stylised frame (``copy``: the
-    clip keeps its length and timing). ``output_dir`` may not be the input folder or inside it
-    unless ``overwrite``.
+    The method is prepared once (weights, style targets) and called per frame. Each PNG frame carries
+    a fingerprint of what made it (method, options, temporal options, cut, style pixels, model files)
+    and its source frame's pixel hash: a run that was stopped (even killed) continues at the first
+    frame not yet made, and gives the same frames as an uninterrupted run (each result is carried
+    forward as stored, in 8 bits).
+
+    ``on_bad_frame``: a frame of a folder or GIF that cannot be decoded stops the run (``stop``, the
+    finished frames are kept), is left out (``skip``), or is replaced by the previous stylised frame
+    (``copy``); the temporal chain starts again after it. A video file that breaks off stops the run.
     """
-    from impasto.io.video import frame_path, frame_sources, read_frames
+    from impasto.io.video import VideoWriter, frame_path
+    from impasto.methods import video as video_method
     from impasto.validation import check_output
 
     if on_bad_frame not in BAD_FRAME_POLICIES:
         raise InvalidOptionError(f"--on-bad-frame must be one of {', '.join(BAD_FRAME_POLICIES)}, got '{on_bad_frame}'"
                                  f"{suggest(on_bad_frame, BAD_FRAME_POLICIES)}")
+    cut = cut or VideoCut()
+    cut.check()
     opts = resolve_options(method, options)
+    vopts = temporal if isinstance(temporal, video_method.Options) else \
+        options_from_dict(video_method.Options, temporal) if isinstance(temporal, dict) else video_method.Options()
+    takes_loss = method in TEMPORAL_LOSS_METHODS
+    video_method.validate(vopts, takes_loss, method)
+    if fps is not None and not (0 < fps <= 1000 and math.isfinite(fps)):
+        raise InvalidOptionError(f"--fps must be in (0, 1000], got {fps}")
     styles_in = [] if style is None else list(style) if isinstance(style, (list, tuple)) else [style]
     check_call(method, len(styles_in))
-    check_output(output_dir, [("input frames", frames),
-                              *((f"style image {i + 1}", s if isinstance(s, (str, os.PathLike)) else None)
-                                for i, s in enumerate(styles_in))], overwrite=overwrite, folder=True)
-    names = frame_sources(frames)
+    output = Path(output)
+    to_mp4 = output.suffix.lower() in (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+    if to_mp4 and output.suffix.lower() != ".mp4":
+        raise InvalidOptionError(f"{output}: impasto writes h264 .mp4 files; name the output .mp4 (or a folder for PNG frames)")
+    frames_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".frames") if to_mp4 else output
+    inputs = [("input video", source), *((f"style image {i + 1}", s if isinstance(s, (str, os.PathLike)) else None)
+                                         for i, s in enumerate(styles_in))]
+    check_output(frames_dir, inputs, overwrite=overwrite, folder=True)
+    if to_mp4:
+        check_output(output, inputs, overwrite=overwrite)
+    stream, total, info = _frame_stream(source, cut)
+    if to_mp4 and info is None and fps is None:
+        fps = DEFAULT_FPS
     loaded = [_load(s) for s in styles_in]
-    fingerprint = video_fingerprint(method, opts, [s[2]["pixels_sha256"] for s in loaded])
+    fingerprint = hashlib.sha256(json.dumps({
+        "frames": video_fingerprint(method, opts, [s[2]["pixels_sha256"] for s in loaded]),
+        "temporal": dataclasses.asdict(vopts), "cut": dataclasses.asdict(cut)}, sort_keys=True).encode()).hexdigest()
+    with _naming_inputs("", styles_in):
+        prepared = METHODS[method].prepare([s[0] for s in loaded], opts)
+    layer = video_method.Temporal(prepared, vopts, takes_loss=takes_loss, method=method)
     summary = VideoSummary()
     previous: Path | None = None
-    for index, (name, frame) in enumerate(read_frames(frames)):
-        target = frame_path(output_dir, index)
+    for index, (name, frame) in enumerate(stream):
+        target = frame_path(frames_dir, index)
         if on_frame:
-            on_frame(index, len(names))
+            on_frame(index, total)
         if cancel is not None:
             cancel.raise_if_cancelled()
         if isinstance(frame, InvalidImageError):
             summary.problems.append(str(frame))
+            layer.past.clear()  # the chain of consistent frames breaks here
             if on_bad_frame == "stop":
-                raise InvalidImageError(f"{frame}; the {len(summary.frames)} frames before it are in {output_dir}. "
+                raise InvalidImageError(f"{frame}; the {len(summary.frames)} frames before it are in {frames_dir}. "
                                         "Fix or remove the frame, or add --on-bad-frame skip (or copy) to go on without it")
             if on_bad_frame == "copy" and previous is not None:
                 shutil.copyfile(previous, target)
@@ -382,22 +459,89 @@ def stylize_video(
         frame_sha = pixel_hash(frame)
         existed = target.exists()
         if existed and _made_by(target, fingerprint, frame_sha):
+            layer.remember(frame, load_image(target))
             summary.reused += 1
             summary.frames.append(target)
             previous = target
             continue
-        with _naming_inputs(name if not name.startswith("gif:") else f"{frames} {name}", styles_in):
-            result = METHODS[method].run(frame, [s[0] for s in loaded], opts, callback=callback, cancel=cancel)
+        with _naming_inputs(name if not name.startswith("gif:") else f"{source} {name}", styles_in):
+            result, facts = layer.step(frame, callback=callback, cancel=cancel)
         recipe = {"impasto_recipe": RECIPE_FORMAT, "method": method, "options": dataclasses.asdict(opts),
                   "seed": opts.seed, "video_fingerprint": fingerprint,
-                  "inputs": {"frames": str(frames), "frame": name, "frame_pixels_sha256": frame_sha,
+                  "temporal": {**dataclasses.asdict(vopts), "mode": facts.mode, "reliable": round(facts.reliable, 4),
+                               "warping_error": facts.warping_error},
+                  "inputs": {"frames": str(source), "frame": name, "frame_pixels_sha256": frame_sha,
                              "styles": [s[2] for s in loaded]},
                   "weights": {"name": result.weights, "sha256": result.weights_sha256},
                   "versions": {"impasto": _version(), "torch": torch.__version__}}
         summary.frames.append(save_image(result.image, target, recipe=recipe))
+        layer.remember(frame, load_image(target))  # carried forward as stored, so a resumed run matches
+        if facts.warping_error is not None:
+            summary.warping_errors.append(facts.warping_error)
         previous = target
         if existed:
             summary.redone += 1
         else:
             summary.made += 1
+    if to_mp4:
+        rate = Fraction(fps).limit_denominator(100_000) if fps is not None else info.fps / cut.every
+        with VideoWriter(output, rate, audio_from=info.path if info is not None and cut.every == 1 else None,
+                         start=cut.start, duration=cut.duration) as writer:
+            for path in summary.frames:
+                writer.write(load_image(path))
+            summary.video = writer.close()
+        if not keep_frames and work_dir is None:
+            shutil.rmtree(frames_dir)
     return summary
+
+
+def _frames_of(source: str | os.PathLike[str]) -> Any:
+    """(name, frame) pairs of a video file, frame folder or GIF, refusing undecodable frames."""
+    stream, _, _ = _frame_stream(source, VideoCut())
+    for name, frame in stream:
+        if isinstance(frame, InvalidImageError):
+            raise frame
+        yield name, frame
+
+
+def evaluate_video(source: str | os.PathLike[str], runs: Sequence[str | os.PathLike[str]], *, flow: str = "dis-robust",
+                   long_term: int = 0, on_frame: Callable[[int, int | None], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Temporal consistency of stylised versions of ``source`` (Lai et al. 2018): for each run (a video file,
+    frame folder or GIF of the same frames), the short-term warping error of every frame against the
+    previous one (flow and masks from the source frames), and with ``long_term`` k > 1 against the frame
+    k back. Returns {run: {"short": [per frame], "long": [...], "mean_short": .., "mean_long": ..}}."""
+    from impasto.features.flow import FLOW_METHODS
+    from impasto.methods.video import pair_warping_error
+
+    if flow not in FLOW_METHODS:
+        raise InvalidOptionError(f"--flow must be one of {', '.join(FLOW_METHODS)}, got '{flow}'{suggest(flow, FLOW_METHODS)}")
+    if not runs:
+        raise InvalidOptionError("give at least one stylised video to evaluate")
+    if long_term == 1 or long_term < 0:
+        raise InvalidOptionError(f"--long-term is a frame distance of at least 2 (0: none), got {long_term}")
+    back = max(1, long_term)
+    report: dict[str, dict[str, Any]] = {}
+    for run_path in runs:
+        short: list[float] = []
+        long: list[float] = []
+        history: list[tuple[Tensor, Tensor]] = []
+        sources = _frames_of(source)
+        for i, (_, out) in enumerate(_frames_of(run_path)):
+            try:
+                _, src = next(sources)
+            except StopIteration:
+                raise InvalidOptionError(f"{run_path} has more frames than {source}; evaluate a stylised version of the same clip") from None
+            if on_frame:
+                on_frame(i, None)
+            if history:
+                short.append(pair_warping_error(history[-1][0], src, history[-1][1], out, flow))
+            if long_term and len(history) >= long_term:
+                long.append(pair_warping_error(history[-long_term][0], src, history[-long_term][1], out, flow))
+            history.append((src, out))
+            del history[:-back]
+        if next(sources, None) is not None:
+            raise InvalidOptionError(f"{run_path} has fewer frames than {source}; evaluate a stylised version of the whole clip")
+        report[str(run_path)] = {"short": short, "long": long,
+                                 "mean_short": sum(short) / len(short) if short else 0.0,
+                                 "mean_long": sum(long) / len(long) if long else 0.0}
+    return report
