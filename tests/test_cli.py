@@ -205,8 +205,9 @@ def test_stylize_video_frame_folder_and_gif(tmp_path, capsys):
     capsys.readouterr()
     mp4 = tmp_path / "clip.mp4"
     mp4.write_bytes(b"\x00" * 10)
-    assert main(["stylize-video", str(mp4), "-o", str(out), "--model", str(model), "-q"]) == 2
-    assert "ffmpeg" in _one_error_line(capsys)
+    assert main(["stylize-video", str(mp4), "-o", str(tmp_path / "o.mp4"), "--model", str(model), "-q"]) == 3
+    assert "cannot be opened as a video" in _one_error_line(capsys)  # a damaged file: one line, no output
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "o.mp4.part").exists()
 
 
 def test_train_decoder_takes_unpool_as_a_flag_and_style_dirs(tmp_path, capsys):

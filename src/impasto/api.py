@@ -347,7 +347,7 @@ def _frame_stream(source: str | os.PathLike[str], cut: VideoCut) -> tuple[Any, i
 
     path = Path(source)
     if not (path.is_dir() or (path.suffix.lower() == ".gif" and path.is_file())):  # a video file, or refused as one
-        info = probe_video(source)
+        info = probe_video(source, start=cut.start, duration=cut.duration, every=cut.every)
         total = info.frames
         if cut.start or cut.duration is not None:
             span = max(0.0, min(info.seconds, cut.start + (cut.duration or info.seconds)) - cut.start)
@@ -418,7 +418,7 @@ def stylize_video(
     if to_mp4 and output.suffix.lower() != ".mp4":
         raise InvalidOptionError(f"{output}: impasto writes h264 .mp4 files; name the output .mp4 (or a folder for PNG frames)")
     frames_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".frames") if to_mp4 else output
-    inputs = [("input video", source), *((f"style image {i + 1}", s if isinstance(s, (str, os.PathLike)) else None)
+    inputs = [("input video" if Path(source).is_file() else "input frames", source), *((f"style image {i + 1}", s if isinstance(s, (str, os.PathLike)) else None)
                                          for i, s in enumerate(styles_in))]
     check_output(frames_dir, inputs, overwrite=overwrite, folder=True)
     if to_mp4:
@@ -485,7 +485,7 @@ def stylize_video(
             summary.made += 1
     if to_mp4:
         rate = Fraction(fps).limit_denominator(100_000) if fps is not None else info.fps / cut.every
-        with VideoWriter(output, rate, audio_from=info.path if info is not None and cut.every == 1 else None,
+        with VideoWriter(output, rate, audio_from=info.path if info is not None and cut.every == 1 and fps is None else None,
                          start=cut.start, duration=cut.duration) as writer:
             for path in summary.frames:
                 writer.write(load_image(path))

@@ -555,12 +555,17 @@ def export_cmd(model: str, onnx_path: str) -> None:
 
 
 def _build_stylize_video() -> click.Command:
-    classes = {name: module.Options for name, module in api.METHODS.items()}
+    from impasto.methods import video as video_method
 
-    def callback(frames: str, styles: tuple[str, ...], output: str, method: str, on_bad_frame: str, overwrite: bool,
-                 quiet: bool, **values: Any) -> None:
+    classes = {name: module.Options for name, module in api.METHODS.items()}
+    temporal_names = {f.name for f in dataclasses.fields(video_method.Options)}
+
+    def callback(source: str, styles: tuple[str, ...], output: str, method: str, on_bad_frame: str, overwrite: bool,
+                 start: float, duration: float | None, every: int, fps: float | None, work_dir: str | None,
+                 keep_frames: bool, quiet: bool, **values: Any) -> None:
         options_cls = api.resolve_options(method, None).__class__
-        fields = given_fields(options_cls, values, f"--method {method}")
+        temporal = given_fields(video_method.Options, {k: v for k, v in values.items() if k in temporal_names}, "stylize-video")
+        fields = given_fields(options_cls, {k: v for k, v in values.items() if k not in temporal_names}, f"--method {method}")
         progress = Progress(TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TextColumn("eta"), TimeRemainingColumn(), console=console, disable=quiet, transient=True)
         token = CancelToken()
@@ -568,35 +573,97 @@ def _build_stylize_video() -> click.Command:
         try:
             with progress:
                 task = progress.add_task("frames", total=None)
-                summary = api.stylize_video(frames, output, list(styles) or None, method=method, options=fields,
-                                            cancel=token, on_bad_frame=on_bad_frame, overwrite=overwrite,
+                summary = api.stylize_video(source, output, list(styles) or None, method=method, options=fields,
+                                            temporal=temporal, cut=api.VideoCut(start, duration, every), fps=fps,
+                                            work_dir=work_dir, keep_frames=keep_frames, cancel=token,
+                                            on_bad_frame=on_bad_frame, overwrite=overwrite,
                                             on_frame=lambda i, n: progress.update(task, completed=i, total=n))
         except CancelledError as exc:
-            raise CancelledError(f"{exc}; finished frames are kept in {output}, run the same command to continue") from None
+            raise CancelledError(f"{exc}; finished frames are kept, run the same command to continue") from None
         finally:
             signal.signal(signal.SIGINT, previous)
         if not quiet or summary.skipped or summary.copied:
-            console.print(f"{output}: {summary.line()}", soft_wrap=True)
+            where = summary.video or output
+            line = summary.line()
+            if summary.warping_errors:
+                line += f"; mean warping error {sum(summary.warping_errors) / len(summary.warping_errors):.5f}"
+            console.print(f"{where}: {line}", soft_wrap=True)
         for problem in summary.problems if not quiet else ():
             console.print(f"  bad frame: {problem}", soft_wrap=True)
 
     params: list[click.Parameter] = [
-        click.Argument(["frames"], type=click.Path()),
+        click.Argument(["source"], type=click.Path()),
         click.Argument(["styles"], nargs=-1, type=click.Path(dir_okay=False)),
-        click.Option(["-o", "--output"], required=True, help="Folder for the stylised frames (PNG)."),
+        click.Option(["-o", "--output"], required=True, help="An .mp4 to write (h264, the source's frame rate and audio), or a folder for PNG frames."),
         click.Option(["--method"], default="feedforward", show_default=True, help=f"Method: {', '.join(api.METHODS)}."),
+        click.Option(["--start"], type=float, default=0.0, show_default=True, help="Video files: first second to stylise."),
+        click.Option(["--duration"], type=float, default=None, help="Video files: seconds to stylise from --start (default: to the end)."),
+        click.Option(["--every"], type=int, default=1, show_default=True, help="Video files: stylise every N-th frame (the output's frame rate is divided by N; audio is then left out)."),
+        click.Option(["--fps"], type=float, default=None, help=f"Frame rate of an mp4 made from a frame folder or GIF (default {api.DEFAULT_FPS:g}); overrides a video's own."),
+        click.Option(["--work-dir"], default=None, help="Folder for the frames of an mp4 run (default: OUTPUT.frames; kept there if given)."),
+        click.Option(["--keep-frames"], is_flag=True, default=False, help="Keep the PNG frames of an mp4 run (default: removed once the mp4 is written)."),
         click.Option(["--on-bad-frame"], type=click.Choice(api.BAD_FRAME_POLICIES), default="stop", show_default=True,
-                     help="A frame that cannot be decoded: stop (keep the frames done), skip it, or copy the previous stylised frame in its place."),
+                     help="A frame of a folder or GIF that cannot be decoded: stop (keep the frames done), skip it, or copy the previous stylised frame in its place."),
         click.Option(["--overwrite"], is_flag=True, default=False, help="Allow -o to be the input folder or inside it."),
         click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
+        *options_params({"temporal": video_method.Options}),
         *options_params(classes),
     ]
     return click.Command("stylize-video", callback=callback, params=params,
-                         help="Stylise every frame of FRAMES (a folder of images or a GIF) into -o DIR, frame by frame.",
+                         help="Stylise SOURCE (an mp4/mov/mkv/webm/avi file, a folder of frames or a GIF) into -o "
+                              "(an mp4 or a folder of PNG frames), with temporal consistency (--temporal). A stopped "
+                              "run continues where it stopped when run again.",
+                         context_settings={"max_content_width": 120})
+
+
+def _build_eval_video() -> click.Command:
+    from impasto.features.flow import FLOW_METHODS
+
+    def callback(source: str, runs: tuple[str, ...], flow: str, long_term: int, plot: str | None, as_json: bool,
+                 quiet: bool) -> None:
+        progress = Progress(TextColumn("[bold]frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console, disable=quiet or as_json, transient=True)
+        with progress:
+            task = progress.add_task("frames", total=None)
+            report = api.evaluate_video(source, runs, flow=flow, long_term=long_term,
+                                        on_frame=lambda i, n: progress.update(task, completed=i))
+        if plot:
+            from impasto.io.plot import save_loss_curve
+
+            save_loss_curve({Path(k).name: v["short"] for k, v in report.items()}, plot,
+                            title="short-term warping error per frame pair (log scale)")
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+            return
+        base = next(iter(report.values()))["mean_short"]
+        out.print(f"{'run':<40} {'short-term':>11} {'vs first':>9}" + (f" {'long-term':>11}" if long_term else ""))
+        for name, row in report.items():
+            ratio = f"{row['mean_short'] / base:.2f}x" if base > 0 else "-"
+            extra = f" {row['mean_long']:>11.5f}" if long_term else ""
+            out.print(f"{name:<40} {row['mean_short']:>11.5f} {ratio:>9}{extra}", soft_wrap=True)
+        if plot:
+            out.print(f"wrote {plot}")
+
+    params: list[click.Parameter] = [
+        click.Argument(["source"], type=click.Path()),
+        click.Argument(["runs"], nargs=-1, required=True, type=click.Path()),
+        click.Option(["--flow"], type=click.Choice(FLOW_METHODS), default="dis-robust", show_default=True,
+                     help="Optical flow between the source frames."),
+        click.Option(["--long-term"], type=int, default=0, show_default=True,
+                     help="Also the warping error against the frame this many back (0: short-term only)."),
+        click.Option(["--plot"], default=None, help="Write a PNG of the error per frame for each run."),
+        click.Option(["--json"], "as_json", is_flag=True, default=False, help="Print every figure as JSON."),
+        click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
+    ]
+    return click.Command("eval-video", callback=callback, params=params,
+                         help="Temporal consistency of stylised versions of SOURCE (Lai et al. 2018 warping error: each "
+                              "frame against its predecessor warped by the source's optical flow, where the flow is "
+                              "reliable). Lower is steadier; the first run is the baseline of the ratios.",
                          context_settings={"max_content_width": 120})
 
 
 cli.add_command(_build_stylize_video())
+cli.add_command(_build_eval_video())
 
 
 # ------------------------------------------------------------------ entry point

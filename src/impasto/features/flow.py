@@ -27,7 +27,7 @@ FLOW_METHODS = ("dis-robust", "dis-medium", "dis-fast", "dis-ultrafast", "farneb
 
 def _gray(frame: Tensor) -> np.ndarray:
     if frame.dim() != 4 or frame.shape[:2] != (1, 3):
-        raise ValueError(f"frames must be (1, 3, H, W) tensors, got {tuple(frame.shape)}")
+        raise InvalidOptionError(f"frames must be (1, 3, H, W) tensors, got {tuple(frame.shape)}")
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=frame.dtype).view(1, 3, 1, 1)
     gray = (frame.clamp(0, 1) * weights).sum(1)[0]
     return (gray * 255 + 0.5).to(torch.uint8).numpy()
@@ -141,7 +141,7 @@ def estimate_flow(a: Tensor, b: Tensor, method: str = "dis-robust") -> Tensor:
     if method not in FLOW_METHODS:
         raise InvalidOptionError(f"flow method must be one of {', '.join(FLOW_METHODS)}, got '{method}'.{suggest(method, FLOW_METHODS)}")
     if a.shape != b.shape:
-        raise ValueError(f"frames differ in size: {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InvalidOptionError(f"frames differ in size: {tuple(a.shape)} and {tuple(b.shape)}")
     ga, gb = _gray(a), _gray(b)
     if method == "dis-robust":
         flow = _robust(ga, gb)

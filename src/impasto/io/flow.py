@@ -34,7 +34,7 @@ def read_flo(path: str | os.PathLike[str]) -> Tensor:
 def write_flo(flow: Tensor, path: str | os.PathLike[str]) -> Path:
     """Write a (1, 2, H, W) flow as a .flo file (atomically: a temporary file renamed into place)."""
     if flow.dim() != 4 or flow.shape[:2] != (1, 2):
-        raise ValueError(f"flow must be a (1, 2, H, W) tensor, got {tuple(flow.shape)}")
+        raise InvalidOptionError(f"flow must be a (1, 2, H, W) tensor, got {tuple(flow.shape)}")
     path = Path(path)
     _, _, h, w = flow.shape
     body = flow[0].permute(1, 2, 0).detach().float().contiguous().numpy().astype("<f4")

@@ -141,12 +141,15 @@ def _ffmpeg_reason(exc: BaseException) -> str:
     return str(getattr(exc, "strerror", None) or exc).splitlines()[0][:200]
 
 
-def probe_video(source: str | os.PathLike[str], *, max_pixels: int | None = None, max_frames: int = MAX_FRAMES,
-                max_seconds: float = MAX_SECONDS) -> VideoInfo:
-    """Check a video file from its header: local regular file, one video stream, frames and duration and
-    pixels per frame under the caps. Raises InvalidOptionError / InvalidImageError / ImageTooLargeError."""
+def probe_video(source: str | os.PathLike[str], *, start: float = 0.0, duration: float | None = None, every: int = 1,
+                max_pixels: int | None = None, max_frames: int | None = None, max_seconds: float | None = None) -> VideoInfo:
+    """Check a video file from its header: local regular file, a video stream, and the part to stylise (from
+    ``start`` for ``duration`` seconds, every ``every``-th frame) under the caps on frames, seconds and
+    pixels per frame. Raises InvalidOptionError / InvalidImageError / ImageTooLargeError."""
     path = check_local_video(source)
     cap = _resolve_max_pixels(max_pixels)
+    max_frames = MAX_FRAMES if max_frames is None else max_frames
+    max_seconds = MAX_SECONDS if max_seconds is None else max_seconds
     with _open(path) as container:
         if not container.streams.video:
             raise InvalidImageError(f"{path} holds no video stream")
@@ -167,12 +170,14 @@ def probe_video(source: str | os.PathLike[str], *, max_pixels: int | None = None
         else:
             seconds = 0.0
         frames = stream.frames or round(seconds * fps)
-        if seconds > max_seconds:
-            raise InvalidOptionError(f"{path} lasts {seconds:.0f} s; at most {max_seconds:.0f} s are stylised in one run: "
+        span = max(0.0, min(seconds, start + duration) - start) if duration is not None else max(0.0, seconds - start)
+        wanted = -(-round(span * fps) // every) if (start or duration is not None) else -(-frames // every)
+        if span > max_seconds:
+            raise InvalidOptionError(f"{path}: {span:.0f} s to stylise; at most {max_seconds:.0f} s are stylised in one run: "
                                      "cut it with --start/--duration")
-        if frames > max_frames:
-            raise InvalidOptionError(f"{path} has {frames} frames; at most {max_frames} are stylised in one run: cut it "
-                                     "with --start/--duration or thin it with --every")
+        if wanted > max_frames:
+            raise InvalidOptionError(f"{path}: {wanted} frames to stylise; at most {max_frames} are stylised in one run: "
+                                     "cut it with --start/--duration or thin it with --every")
         return VideoInfo(path, width, height, fps, int(frames), seconds, bool(container.streams.audio))
 
 
@@ -182,13 +187,14 @@ def _frame_tensor(frame) -> Tensor:
 
 
 def decode_video(source: str | os.PathLike[str], *, start: float = 0.0, duration: float | None = None, every: int = 1,
-                 max_pixels: int | None = None, max_frames: int = MAX_FRAMES) -> Iterator[tuple[str, Tensor]]:
+                 max_pixels: int | None = None, max_frames: int | None = None) -> Iterator[tuple[str, Tensor]]:
     """Yield ("frame N", (1, 3, H, W) float in [0, 1]) for the frames from ``start`` seconds for ``duration``
     seconds, every ``every``-th one, one at a time. A stream that breaks off mid-way raises InvalidImageError
     naming the last good frame."""
     import av
 
-    info = probe_video(source, max_pixels=max_pixels, max_frames=max_frames * every)
+    max_frames = MAX_FRAMES if max_frames is None else max_frames
+    info = probe_video(source, start=start, duration=duration, every=every, max_pixels=max_pixels, max_frames=max_frames)
     path = info.path
     end = None if duration is None else start + duration
     taken = kept = 0

@@ -13,13 +13,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from impasto.errors import InvalidOptionError
+
 
 def temporal_loss(image: Tensor, warped: Tensor, weights: Tensor) -> Tensor:
     """(1/D) sum c (x - w)^2 for (1, C, H, W) ``image`` and ``warped`` and (1, 1, H, W) ``weights`` c."""
     if image.shape != warped.shape:
-        raise ValueError(f"image {tuple(image.shape)} and warped frame {tuple(warped.shape)} differ in shape")
+        raise InvalidOptionError(f"image {tuple(image.shape)} and warped frame {tuple(warped.shape)} differ in shape")
     if weights.shape[-2:] != image.shape[-2:] or weights.shape[1] != 1:
-        raise ValueError(f"weights must be (1, 1, H, W) of the image's size, got {tuple(weights.shape)}")
+        raise InvalidOptionError(f"weights must be (1, 1, H, W) of the image's size, got {tuple(weights.shape)}")
     return (weights * (image - warped) ** 2).mean()  # the mean over C*H*W is the 1/D sum
 
 

@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from impasto.errors import InvalidOptionError
+
 
 def _check_flow(flow: Tensor, what: str = "flow") -> None:
     if flow.dim() != 4 or flow.shape[:2] != (1, 2):
-        raise ValueError(f"{what} must be a (1, 2, H, W) tensor, got {tuple(flow.shape)}")
+        raise InvalidOptionError(f"{what} must be a (1, 2, H, W) tensor, got {tuple(flow.shape)}")
 
 
 def sample_grid(flow: Tensor) -> Tensor:
@@ -39,7 +41,7 @@ def warp(image: Tensor, flow: Tensor) -> Tensor:
     take the nearest border pixel (see ``inside`` for where that happened). ``image`` (N, C, H, W) of the
     flow's size."""
     if tuple(image.shape[-2:]) != tuple(flow.shape[-2:]):
-        raise ValueError(f"image {tuple(image.shape[-2:])} and flow {tuple(flow.shape[-2:])} differ in size")
+        raise InvalidOptionError(f"image {tuple(image.shape[-2:])} and flow {tuple(flow.shape[-2:])} differ in size")
     grid = sample_grid(flow.to(image.dtype)).expand(image.shape[0], -1, -1, -1)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
