@@ -474,7 +474,7 @@ def stylize_video(
                              "styles": [s[2] for s in loaded]},
                   "weights": {"name": result.weights, "sha256": result.weights_sha256},
                   "versions": {"impasto": _version(), "torch": torch.__version__}}
-        summary.frames.append(save_image(result.image, target, recipe=recipe))
+        summary.frames.append(save_image(result.image, target, recipe=recipe, png_compression=1))
         layer.remember(frame, load_image(target))  # carried forward as stored, so a resumed run matches
         if facts.warping_error is not None:
             summary.warping_errors.append(facts.warping_error)

@@ -6,7 +6,7 @@ earlier ones along the optical flow, with per-pixel weights c that are 0 where t
 (disocclusion by the forward-backward check, motion boundaries: ``ops.flow``):
 
 - ``loss`` (methods whose prepared call takes ``init``/``extra_loss``: optimization, exemplars): frame i
-  starts from frame i-1's result warped onto it (the frame itself where c = 0) and is optimised for
+  starts from frame i-1's result warped onto it and is optimised for
   ``warm_iterations`` steps with the temporal loss over the earlier frames ``long_term`` (short-term: (1,)).
 - ``blend`` (every method, no retraining): the new result is pulled towards the warped previous result,
   ``out = styled + strength * c * (warp(prev) - styled)``, where c also drops to 0 where the warped
@@ -42,10 +42,10 @@ class Options:
     """Every default of the temporal layer (``impasto stylize-video``)."""
 
     temporal: str = option("auto", "none (frames independently), blend (pull each result towards the warped previous one; any method), loss (temporal loss with a warm start; optimization and exemplars) or auto (loss where the method takes it, else blend).")
-    flow: str = option("dis-robust", "Optical flow: dis-robust (DIS from several start hypotheses: holds up under large motion), dis-medium, dis-fast, dis-ultrafast or farneback.")
+    flow: str = option("auto", "Optical flow: dis-robust (DIS from several start hypotheses: holds up under large motion, about 5x slower), dis-medium, dis-fast, dis-ultrafast, farneback, or auto (dis-robust for --temporal loss, dis-medium for blend, whose colour check already drops pixels the flow got wrong).")
     blend_strength: float = option(0.8, "blend: how far each result moves towards the warped previous result where the flow is reliable (0 none, 1 all the way).", range=UNIT)
     blend_tolerance: float = option(0.08, "blend: mean colour difference (RGB in [0, 1]) between this frame and the warped previous frame at which a pixel stops being blended (keeps moving objects sharp).", range=Range(0, 1, low_open=True))
-    temporal_weight: float = option(1e4, "loss: weight of the temporal loss (gamma; the content and style terms keep their method's weights).", range=WEIGHT)
+    temporal_weight: float = option(500.0, "loss: weight of the temporal loss (gamma; the content and style terms keep their method's weights).", range=WEIGHT)
     long_term: tuple[int, ...] = option((1, 2, 4), "loss: earlier frames j each result is tied to (Ruder et al.'s J); (1,) is the short-term loss.", range=Range(1, 32))
     warm_iterations: int = option(60, "loss: optimiser steps for every frame after the first (which gets the method's full schedule).", range=Range(0, 100_000))
 
@@ -55,8 +55,9 @@ def validate(options: Options, takes_loss: bool, method: str) -> None:
     if options.temporal not in TEMPORAL_MODES:
         raise InvalidOptionError(f"--temporal must be one of {', '.join(TEMPORAL_MODES)}, got '{options.temporal}'"
                                  f"{suggest(options.temporal, TEMPORAL_MODES)}")
-    if options.flow not in FLOW_METHODS:
-        raise InvalidOptionError(f"--flow must be one of {', '.join(FLOW_METHODS)}, got '{options.flow}'{suggest(options.flow, FLOW_METHODS)}")
+    if options.flow not in ("auto", *FLOW_METHODS):
+        raise InvalidOptionError(f"--flow must be one of auto, {', '.join(FLOW_METHODS)}, got '{options.flow}'"
+                                 f"{suggest(options.flow, FLOW_METHODS)}")
     if options.temporal == "loss" and not takes_loss:
         raise InvalidOptionError(f"--temporal loss needs a method that optimises (optimization, exemplars); "
                                  f"--method {method} runs in one pass: use --temporal blend")
@@ -68,6 +69,12 @@ def resolve_mode(options: Options, takes_loss: bool) -> str:
     if options.temporal != "auto":
         return options.temporal
     return "loss" if takes_loss else "blend"
+
+
+def resolve_flow(options: Options, mode: str) -> str:
+    if options.flow != "auto":
+        return options.flow
+    return "dis-robust" if mode == "loss" else "dis-medium"
 
 
 @dataclass
@@ -104,6 +111,7 @@ class Temporal:
         validate(options, takes_loss, method)
         self.stylize, self.options, self.takes_loss = stylize, options, takes_loss
         self.mode = resolve_mode(options, takes_loss)
+        self.flow = resolve_flow(options, self.mode)
         self.offsets = sorted(set(options.long_term)) if self.mode == "loss" else [1]
         self.past: list[_Past] = []  # most recent last
 
@@ -117,8 +125,8 @@ class Temporal:
             if j > len(self.past):
                 break
             earlier = self.past[-j]
-            backward = estimate_flow(source, earlier.source, self.options.flow)  # this frame -> earlier one
-            forward = estimate_flow(earlier.source, source, self.options.flow)
+            backward = estimate_flow(source, earlier.source, self.flow)  # this frame -> earlier one
+            forward = estimate_flow(earlier.source, source, self.flow)
             c = consistency_weights(forward, backward)
             links[j] = (warp(earlier.result, backward), warp(earlier.source, backward), c)
         return links
@@ -146,8 +154,10 @@ class Temporal:
             result.image = image.contiguous()
             facts = FrameFacts(mode="blend", reliable=float(c.mean()), warping_error=warping_error(image, warped, c))
             return result, facts
-        # loss: warm start from the warped previous result, temporal loss over the long-term frames
-        init = c * warped + (1 - c) * source
+        # loss: warm start from the warped previous result everywhere (Ruder et al.'s initialisation; filling
+        # the c = 0 pixels from the photo left thin unstylised streaks along motion boundaries after the few
+        # warm steps), temporal loss over the long-term frames
+        init = warped
         weights = long_term_weights({j: link[2] for j, link in links.items()}, self.offsets)
         term = TemporalLoss([(links[j][0], weights[j]) for j in weights])
         gamma = self.options.temporal_weight
