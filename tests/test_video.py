@@ -152,6 +152,26 @@ def test_temporal_options_are_checked_with_the_fix(tiny_model, tmp_path, clip, c
     assert "dis-robust" in _one_error_line(capsys)
 
 
+def test_eval_video_prints_a_table_and_writes_a_plot(clip, tiny_model, tmp_path, capsys):
+    runs = []
+    for mode in ("none", "blend"):
+        runs.append(tmp_path / f"{mode}.mp4")
+        api.stylize_video(clip, runs[-1], options={"model": tiny_model}, temporal={"temporal": mode})
+    capsys.readouterr()
+    plot = tmp_path / "errors.png"
+    assert main(["eval-video", str(clip), *map(str, runs), "--plot", str(plot), "--long-term", "2", "-q"]) == 0
+    table = capsys.readouterr().out
+    assert "none.mp4" in table and "blend.mp4" in table and "1.00x" in table and plot.is_file()
+    assert main(["eval-video", str(clip), *map(str, runs), "--json"]) == 0
+    report = __import__("json").loads(capsys.readouterr().out)
+    none, blend = (report[str(r)] for r in runs)
+    assert len(none["short"]) == 5 and blend["mean_short"] < none["mean_short"]
+    short = tmp_path / "short.mp4"
+    api.stylize_video(clip, short, options={"model": tiny_model}, cut=api.VideoCut(duration=3 / 12))
+    assert main(["eval-video", str(clip), str(short)]) == 2
+    assert "fewer frames" in _one_error_line(capsys)
+
+
 # ------------------------------------------------------------------ the temporal layer
 
 def _errors(sources, results):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from impasto.errors import InvalidOptionError
@@ -52,8 +51,3 @@ def warping_error(frame: Tensor, warped_previous: Tensor, weights: Tensor) -> fl
         return 0.0
     diff = ((frame - warped_previous) ** 2).mean(1, keepdim=True)
     return float((weights * diff).sum() / covered)
-
-
-def flicker(frames: Sequence[Tensor]) -> Tensor:
-    """Mean absolute frame-to-frame change of a sequence (no flow): a quick check in tests."""
-    return torch.stack([(b - a).abs().mean() for a, b in zip(frames, frames[1:], strict=False)]).mean()
