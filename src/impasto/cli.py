@@ -652,7 +652,7 @@ def _build_eval_video() -> click.Command:
         click.Option(["--long-term"], type=int, default=0, show_default=True,
                      help="Also the warping error against the frame this many back (0: short-term only)."),
         click.Option(["--plot"], default=None, help="Write a PNG of the error per frame for each run."),
-        click.Option(["--json"], "as_json", is_flag=True, default=False, help="Print every figure as JSON."),
+        click.Option(["--json", "as_json"], is_flag=True, default=False, help="Print every figure as JSON."),
         click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
     ]
     return click.Command("eval-video", callback=callback, params=params,
