@@ -261,3 +261,28 @@ def test_a_killed_run_resumes_and_gives_the_frames_of_an_uninterrupted_one(tmp_p
     assert main([*common[:3], "-o", str(killed), *common[3:]]) == 0
     for name in sorted(p.name for p in whole.glob("frame_*.png")):
         torch.testing.assert_close(load_image(killed / name), load_image(whole / name), rtol=0, atol=0)
+
+
+def test_multi_pass_refines_in_alternating_directions_and_resumes(tmp_path, butterfly):
+    frames = tmp_path / "frames"
+    for i, frame in enumerate(butterfly[:4]):
+        save_image(frame, frames / f"{i:03d}.png")
+    style = data_dir() / "style" / "vangogh_starry_night.jpg"
+    options = {"encoder": "tiny", "size": 64, "scale_iterations": (8,), "precision": "fp32"}
+    one = api.stylize_video(frames, tmp_path / "one", style, method="optimization", options=options,
+                            temporal={"warm_iterations": 4})
+    three = api.stylize_video(frames, tmp_path / "three", style, method="optimization", options=options,
+                              temporal={"warm_iterations": 4, "passes": 3, "pass_iterations": 3})
+    passes = [api.read_recipe(p)["pass"] for p in three.frames]
+    assert passes == [2, 3, 3, 3]  # pass 2 runs backwards from the last frame, pass 3 forwards from the first
+    assert not (tmp_path / "three" / ".sources").exists()
+    assert len(three.warping_errors) == len(one.warping_errors) + 6
+    a, b = load_image(three.frames[1]), load_image(one.frames[1])
+    assert not torch.equal(a, b)
+    # a finished multi-pass run is kept as it is when run again
+    stamp = {p.name: p.stat().st_mtime_ns for p in three.frames}
+    again = api.stylize_video(frames, tmp_path / "three", style, method="optimization", options=options,
+                              temporal={"warm_iterations": 4, "passes": 3, "pass_iterations": 3})
+    assert again.reused == 4 and {p.name: p.stat().st_mtime_ns for p in again.frames} == stamp
+    with pytest.raises(InvalidOptionError, match="--temporal loss"):
+        api.stylize_video(frames, tmp_path / "x", method="feedforward", temporal={"passes": 2})

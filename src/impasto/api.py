@@ -435,6 +435,7 @@ def stylize_video(
     layer = video_method.Temporal(prepared, vopts, takes_loss=takes_loss, method=method)
     summary = VideoSummary()
     previous: Path | None = None
+    sources_dir, names = frames_dir / ".sources", []
     for index, (name, frame) in enumerate(stream):
         target = frame_path(frames_dir, index)
         if on_frame:
@@ -457,6 +458,9 @@ def stylize_video(
                 summary.skipped.append(Path(name).name)
             continue
         frame_sha = pixel_hash(frame)
+        if vopts.passes > 1:  # later passes go backwards too: keep the source frames at hand
+            save_image(frame, sources_dir / target.name, png_compression=1)
+            names.append((name, frame_sha))
         existed = target.exists()
         if existed and _made_by(target, fingerprint, frame_sha):
             layer.remember(frame, load_image(target))
@@ -466,14 +470,7 @@ def stylize_video(
             continue
         with _naming_inputs(name if not name.startswith("gif:") else f"{source} {name}", styles_in):
             result, facts = layer.step(frame, callback=callback, cancel=cancel)
-        recipe = {"impasto_recipe": RECIPE_FORMAT, "method": method, "options": dataclasses.asdict(opts),
-                  "seed": opts.seed, "video_fingerprint": fingerprint,
-                  "temporal": {**dataclasses.asdict(vopts), "mode": facts.mode, "reliable": round(facts.reliable, 4),
-                               "warping_error": facts.warping_error},
-                  "inputs": {"frames": str(source), "frame": name, "frame_pixels_sha256": frame_sha,
-                             "styles": [s[2] for s in loaded]},
-                  "weights": {"name": result.weights, "sha256": result.weights_sha256},
-                  "versions": {"impasto": _version(), "torch": torch.__version__}}
+        recipe = _frame_recipe(method, opts, vopts, fingerprint, facts, result, source, name, frame_sha, loaded, 1)
         summary.frames.append(save_image(result.image, target, recipe=recipe, png_compression=1))
         layer.remember(frame, load_image(target))  # carried forward as stored, so a resumed run matches
         if facts.warping_error is not None:
@@ -483,6 +480,9 @@ def stylize_video(
             summary.redone += 1
         else:
             summary.made += 1
+    if vopts.passes > 1:
+        _later_passes(layer, vopts, summary, frames_dir, sources_dir, names, source, method, opts, fingerprint, loaded,
+                      callback, cancel, on_frame)
     if to_mp4:
         rate = Fraction(fps).limit_denominator(100_000) if fps is not None else info.fps / cut.every
         with VideoWriter(output, rate, audio_from=info.path if info is not None and cut.every == 1 and fps is None else None,
@@ -492,7 +492,52 @@ def stylize_video(
             summary.video = writer.close()
         if not keep_frames and work_dir is None:
             shutil.rmtree(frames_dir)
+    elif sources_dir.exists():
+        shutil.rmtree(sources_dir)
     return summary
+
+
+def _frame_recipe(method: str, opts: Any, vopts: Any, fingerprint: str, facts: Any, result: Any, source: Any, name: str,
+                  frame_sha: str, loaded: Sequence[Any], pass_number: int) -> dict[str, Any]:
+    """The recipe of one stylised video frame: what made it (for resuming) and what the temporal layer did."""
+    return {"impasto_recipe": RECIPE_FORMAT, "method": method, "options": dataclasses.asdict(opts),
+            "seed": opts.seed, "video_fingerprint": fingerprint, "pass": pass_number,
+            "temporal": {**dataclasses.asdict(vopts), "mode": facts.mode, "reliable": round(facts.reliable, 4),
+                         "warping_error": facts.warping_error},
+            "inputs": {"frames": str(source), "frame": name, "frame_pixels_sha256": frame_sha,
+                       "styles": [s[2] for s in loaded]},
+            "weights": {"name": result.weights, "sha256": result.weights_sha256},
+            "versions": {"impasto": _version(), "torch": torch.__version__}}
+
+
+def _later_passes(layer: Any, vopts: Any, summary: VideoSummary, frames_dir: Path, sources_dir: Path,
+                  names: list[tuple[str, str]],
+                  source: Any, method: str, opts: Any, fingerprint: str, loaded: Sequence[Any],
+                  callback: Callback | None, cancel: CancelToken | None,
+                  on_frame: Callable[[int, int | None], None] | None) -> None:
+    """Passes 2..P of the multi-pass algorithm over the frames on disk, alternating direction. A frame whose
+    recipe says it has been through pass k is not redone in pass k (a stopped run continues)."""
+    if summary.skipped or summary.copied:
+        raise InvalidOptionError(f"--passes {vopts.passes} needs every frame, but {len(summary.skipped) + len(summary.copied)} "
+                                 f"could not be decoded; the first pass is in {frames_dir}")
+    frames = list(summary.frames)
+    n = len(frames)
+    for k in range(2, vopts.passes + 1):
+        order = list(range(n))[::-1] if k % 2 == 0 else list(range(n))
+        for step, (before, index) in enumerate(zip(order, order[1:], strict=False)):
+            if on_frame:
+                on_frame(n * (k - 1) + step + 1, n * vopts.passes)
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            target = frames[index]
+            if read_recipe(target).get("pass", 1) >= k:
+                continue
+            frame = load_image(sources_dir / target.name)
+            result, facts = layer.refine(frame, load_image(target), load_image(sources_dir / frames[before].name),
+                                         load_image(frames[before]), callback=callback, cancel=cancel)
+            recipe = _frame_recipe(method, opts, vopts, fingerprint, facts, result, source, *names[index], loaded, k)
+            save_image(result.image, target, recipe=recipe, png_compression=1)
+            summary.warping_errors.append(facts.warping_error)
 
 
 def _frames_of(source: str | os.PathLike[str]) -> Any:

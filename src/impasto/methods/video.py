@@ -13,8 +13,13 @@ earlier ones along the optical flow, with per-pixel weights c that are 0 where t
   previous *source* frame does not match this frame (so a moving object is not smeared).
 - ``none``: frames independently.
 
-Differs from the paper: no multi-pass (one forward pass over the clip; the temporal loss is on from the
-second frame); flow from OpenCV DIS with several start hypotheses (``features.flow``), not DeepFlow.
+Multi-pass (``passes`` > 1): after the first pass, each further pass runs over the clip in the other
+direction and starts each frame from its current result blended with the warped neighbour refined just
+before it, then optimises ``pass_iterations`` steps with the temporal loss towards that neighbour.
+
+Differs from the paper: the first pass already uses the temporal loss and warm starts (Ruder et al.'s
+multi-pass starts from independent frames and switches the temporal loss on in later passes), so one
+pass is the default; flow from OpenCV DIS with several start hypotheses (``features.flow``), not DeepFlow.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class Options:
     temporal_weight: float = option(500.0, "loss: weight of the temporal loss (gamma; the content and style terms keep their method's weights).", range=WEIGHT)
     long_term: tuple[int, ...] = option((1, 2, 4), "loss: earlier frames j each result is tied to (Ruder et al.'s J); (1,) is the short-term loss.", range=Range(1, 32))
     warm_iterations: int = option(60, "loss: optimiser steps for every frame after the first (which gets the method's full schedule).", range=Range(0, 100_000))
+    passes: int = option(1, "loss: passes over the clip (Ruder et al.'s multi-pass); passes after the first alternate direction and refine each frame towards its already refined neighbour.", range=Range(1, 20))
+    pass_iterations: int = option(20, "loss: optimiser steps per frame in each pass after the first.", range=Range(0, 100_000))
+    pass_blend: float = option(0.5, "loss: share of the warped neighbour in a later pass's start image, where the flow is reliable (Ruder et al.'s 1 - delta).", range=UNIT)
 
 
 def validate(options: Options, takes_loss: bool, method: str) -> None:
@@ -63,6 +71,9 @@ def validate(options: Options, takes_loss: bool, method: str) -> None:
                                  f"--method {method} runs in one pass: use --temporal blend")
     if not options.long_term:
         raise InvalidOptionError("--long-term needs at least one earlier frame, e.g. 1")
+    if options.passes > 1 and resolve_mode(options, takes_loss) != "loss":
+        raise InvalidOptionError(f"--passes {options.passes} refines with the temporal loss: it needs --temporal loss and an "
+                                 "optimising method (optimization, exemplars)")
 
 
 def resolve_mode(options: Options, takes_loss: bool) -> str:
@@ -159,16 +170,39 @@ class Temporal:
         # warm steps), temporal loss over the long-term frames
         init = warped
         weights = long_term_weights({j: link[2] for j, link in links.items()}, self.offsets)
-        term = TemporalLoss([(links[j][0], weights[j]) for j in weights])
+        return self._optimise(frame, init, [(links[j][0], weights[j]) for j in weights], self.options.warm_iterations,
+                              warped, c, **call)
+
+    def _optimise(self, frame: Tensor, init: Tensor, pairs: list[tuple[Tensor, Tensor]], iterations: int,
+                  warped: Tensor, c: Tensor, **call: Any) -> tuple[Any, FrameFacts]:
+        """The method's warm-started call with the temporal loss over ``pairs`` (warped result, weights)."""
+        term = TemporalLoss(pairs)
         gamma = self.options.temporal_weight
 
         def extra_loss(image: Tensor) -> dict[str, Tensor]:
             return {"temporal": gamma * term(image)}
 
-        result = self.stylize(frame, init=init, iterations=self.options.warm_iterations, extra_loss=extra_loss, **call)
+        result = self.stylize(frame, init=init, iterations=iterations, extra_loss=extra_loss, **call)
         facts = FrameFacts(mode="loss", reliable=float(c.mean()), warping_error=warping_error(result.image, warped, c),
                            losses=dict(result.final_losses))
         return result, facts
+
+    def refine(self, frame: Tensor, own: Tensor, neighbour_frame: Tensor, neighbour: Tensor, **call: Any) -> tuple[Any, FrameFacts]:
+        """One frame of a later pass (Ruder et al.'s multi-pass): start from this frame's current result blended
+        with its neighbour's (the frame before it in this pass's direction, already refined in this pass)
+        warped onto it where the flow is reliable, ``pass_blend`` of the neighbour, and optimise
+        ``pass_iterations`` steps with the temporal loss towards the warped neighbour."""
+        if self.mode != "loss":
+            raise InvalidOptionError("--passes above 1 needs --temporal loss (an optimising method)")
+        size = tuple(own.shape[-2:])
+        source, other = self._sized(frame, size), self._sized(neighbour_frame, size)
+        backward = estimate_flow(source, other, self.flow)
+        forward = estimate_flow(other, source, self.flow)
+        c = consistency_weights(forward, backward)
+        warped = warp(neighbour, backward)
+        delta = self.options.pass_blend
+        init = own + delta * c * (warped - own)
+        return self._optimise(frame, init, [(warped, c)], self.options.pass_iterations, warped, c, **call)
 
 
 def pair_warping_error(earlier_source: Tensor, source: Tensor, earlier_result: Tensor, result: Tensor,
