@@ -420,9 +420,9 @@ def stylize_video(
     frames_dir = Path(work_dir) if work_dir is not None else output.with_name(output.name + ".frames") if to_mp4 else output
     inputs = [("input video" if Path(source).is_file() else "input frames", source), *((f"style image {i + 1}", s if isinstance(s, (str, os.PathLike)) else None)
                                          for i, s in enumerate(styles_in))]
-    check_output(frames_dir, inputs, overwrite=overwrite, folder=True)
     if to_mp4:
         check_output(output, inputs, overwrite=overwrite)
+    check_output(frames_dir, inputs, overwrite=overwrite, folder=True)
     stream, total, info = _frame_stream(source, cut)
     if to_mp4 and info is None and fps is None:
         fps = DEFAULT_FPS
@@ -559,7 +559,7 @@ def evaluate_video(source: str | os.PathLike[str], runs: Sequence[str | os.PathL
     from impasto.methods.video import pair_warping_error
 
     if flow not in FLOW_METHODS:
-        raise InvalidOptionError(f"--flow must be one of {', '.join(FLOW_METHODS)}, got '{flow}'{suggest(flow, FLOW_METHODS)}")
+        raise InvalidOptionError(f"--flow must be one of {', '.join(FLOW_METHODS)}, got '{flow}'.{suggest(flow, FLOW_METHODS)}")
     if not runs:
         raise InvalidOptionError("give at least one stylised video to evaluate")
     if long_term == 1 or long_term < 0:

@@ -62,10 +62,10 @@ def validate(options: Options, takes_loss: bool, method: str) -> None:
     check_fields(options)
     if options.temporal not in TEMPORAL_MODES:
         raise InvalidOptionError(f"--temporal must be one of {', '.join(TEMPORAL_MODES)}, got '{options.temporal}'"
-                                 f"{suggest(options.temporal, TEMPORAL_MODES)}")
+                                 f".{suggest(options.temporal, TEMPORAL_MODES)}")
     if options.flow not in ("auto", *FLOW_METHODS):
         raise InvalidOptionError(f"--flow must be one of auto, {', '.join(FLOW_METHODS)}, got '{options.flow}'"
-                                 f"{suggest(options.flow, FLOW_METHODS)}")
+                                 f".{suggest(options.flow, FLOW_METHODS)}")
     if options.temporal == "loss" and not takes_loss:
         raise InvalidOptionError(f"--temporal loss needs a method that optimises (optimization, exemplars); "
                                  f"--method {method} runs in one pass: use --temporal blend")
