@@ -284,5 +284,26 @@ def test_multi_pass_refines_in_alternating_directions_and_resumes(tmp_path, butt
     again = api.stylize_video(frames, tmp_path / "three", style, method="optimization", options=options,
                               temporal={"warm_iterations": 4, "passes": 3, "pass_iterations": 3})
     assert again.reused == 4 and {p.name: p.stat().st_mtime_ns for p in again.frames} == stamp
+    # a run cancelled inside pass 3 continues there and ends with the frames of the uninterrupted run
+    from impasto.errors import CancelledError
+    from impasto.events import CancelToken
+
+    token = CancelToken()
+    stop_at = 4 * 2 + 2  # on_frame's count: pass 3, its second refinement
+
+    def on_frame(i, n):
+        if i == stop_at:
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        api.stylize_video(frames, tmp_path / "stopped", style, method="optimization", options=options,
+                          temporal={"warm_iterations": 4, "passes": 3, "pass_iterations": 3}, cancel=token,
+                          on_frame=on_frame)
+    stopped = sorted((tmp_path / "stopped").glob("frame_*.png"))
+    assert [api.read_recipe(p)["pass"] for p in stopped] == [2, 3, 2, 1]  # stopped after refining frame 2
+    api.stylize_video(frames, tmp_path / "stopped", style, method="optimization", options=options,
+                      temporal={"warm_iterations": 4, "passes": 3, "pass_iterations": 3})
+    for done, whole in zip(stopped, three.frames, strict=True):
+        torch.testing.assert_close(load_image(done), load_image(whole), rtol=0, atol=0)
     with pytest.raises(InvalidOptionError, match="--temporal loss"):
         api.stylize_video(frames, tmp_path / "x", method="feedforward", temporal={"passes": 2})
