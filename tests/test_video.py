@@ -307,3 +307,26 @@ def test_multi_pass_refines_in_alternating_directions_and_resumes(tmp_path, butt
         torch.testing.assert_close(load_image(done), load_image(whole), rtol=0, atol=0)
     with pytest.raises(InvalidOptionError, match="--temporal loss"):
         api.stylize_video(frames, tmp_path / "x", method="feedforward", temporal={"passes": 2})
+
+
+def test_flows_are_estimated_once_and_kept_for_later_passes(tmp_path, butterfly, monkeypatch):
+    import impasto.methods.video as video_method
+    from impasto.io.flow import FlowCache
+
+    frames = tmp_path / "frames"
+    for i, frame in enumerate(butterfly[:4]):
+        save_image(frame, frames / f"{i:03d}.png")
+    calls = []
+    real = video_method.estimate_flow
+    monkeypatch.setattr(video_method, "estimate_flow", lambda a, b, m: calls.append(m) or real(a, b, m))
+    options = {"encoder": "tiny", "size": 64, "scale_iterations": (4,), "precision": "fp32"}
+    api.stylize_video(frames, tmp_path / "out", data_dir() / "style" / "vangogh_starry_night.jpg", method="optimization",
+                      options=options, temporal={"warm_iterations": 2, "long_term": (1,), "passes": 3, "pass_iterations": 2})
+    assert len(calls) == 6  # 3 neighbour pairs x 2 directions, all in the first pass; passes 2 and 3 read them back
+    assert not (tmp_path / "out" / ".flow").exists()  # scratch removed once every frame is made
+    cache = FlowCache(tmp_path / "cache")
+    a, b = butterfly[0], butterfly[1]
+    first = cache.get(a, b, "dis-fast", real)
+    (next((tmp_path / "cache").glob("*.flo"))).write_bytes(b"damaged")
+    torch.testing.assert_close(cache.get(a, b, "dis-fast", real), first)  # a damaged file is estimated again
+    assert cache.key(a, b, "dis-fast") != cache.key(b, a, "dis-fast") != cache.key(a, b, "dis-medium")

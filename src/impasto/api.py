@@ -395,6 +395,7 @@ def stylize_video(
     finished frames are kept), is left out (``skip``), or is replaced by the previous stylised frame
     (``copy``); the temporal chain starts again after it. A video file that breaks off stops the run.
     """
+    from impasto.io.flow import FlowCache
     from impasto.io.video import VideoWriter, frame_path
     from impasto.methods import video as video_method
     from impasto.validation import check_output
@@ -432,7 +433,8 @@ def stylize_video(
         "temporal": dataclasses.asdict(vopts), "cut": dataclasses.asdict(cut)}, sort_keys=True).encode()).hexdigest()
     with _naming_inputs("", styles_in):
         prepared = METHODS[method].prepare([s[0] for s in loaded], opts)
-    layer = video_method.Temporal(prepared, vopts, takes_loss=takes_loss, method=method)
+    flows_dir = frames_dir / ".flow"  # flows estimated once, kept for a resumed run and the later passes
+    layer = video_method.Temporal(prepared, vopts, takes_loss=takes_loss, method=method, flows=FlowCache(flows_dir))
     summary = VideoSummary()
     previous: Path | None = None
     sources_dir, names = frames_dir / ".sources", []
@@ -483,6 +485,9 @@ def stylize_video(
     if vopts.passes > 1:
         _later_passes(layer, vopts, summary, frames_dir, sources_dir, names, source, method, opts, fingerprint, loaded,
                       callback, cancel, on_frame)
+    for scratch in (sources_dir, flows_dir):  # every frame is made: the cached sources and flows are not needed
+        if scratch.exists():
+            shutil.rmtree(scratch)
     if to_mp4:
         rate = Fraction(fps).limit_denominator(100_000) if fps is not None else info.fps / cut.every
         with VideoWriter(output, rate, audio_from=info.path if info is not None and cut.every == 1 and fps is None else None,
@@ -492,8 +497,6 @@ def stylize_video(
             summary.video = writer.close()
         if not keep_frames and work_dir is None:
             shutil.rmtree(frames_dir)
-    elif sources_dir.exists():
-        shutil.rmtree(sources_dir)
     return summary
 
 

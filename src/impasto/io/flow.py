@@ -3,7 +3,9 @@ H x W x 2 float32 (u, v) in row order, little-endian."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +45,33 @@ def write_flo(flow: Tensor, path: str | os.PathLike[str]) -> Path:
         fh.write(np.array([FLO_MAGIC], "<f4").tobytes() + np.array([w, h], "<i4").tobytes() + body.tobytes())
     os.replace(tmp, path)
     return path
+
+
+class FlowCache:
+    """Optical flows kept on disk as .flo files beside a video's frames, keyed by the two frames' pixels and
+    the flow method, so a resumed run or a later pass never estimates the same flow twice. A damaged file
+    is estimated again and replaced."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    @staticmethod
+    def key(a: Tensor, b: Tensor, method: str) -> str:
+        digest = hashlib.sha256(method.encode())
+        for frame in (a, b):
+            digest.update(str(tuple(frame.shape)).encode())
+            digest.update(frame.detach().float().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def get(self, a: Tensor, b: Tensor, method: str, estimate: Callable[[Tensor, Tensor, str], Tensor]) -> Tensor:
+        """The flow a -> b by ``method``: from the cache, else ``estimate(a, b, method)``, stored."""
+        path = self.folder / f"{self.key(a, b, method)[:32]}.flo"
+        if path.is_file():
+            try:
+                return read_flo(path)
+            except InvalidOptionError:
+                pass
+        flow = estimate(a, b, method)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_flo(flow, path)
+        return flow

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
 from impasto.features.flow import FLOW_METHODS, estimate_flow
+from impasto.io.flow import FlowCache
 from impasto.losses.temporal import TemporalLoss, warping_error
 from impasto.ops.flow import consistency_weights, long_term_weights, warp
 from impasto.ops.geometry import resize
@@ -118,13 +119,18 @@ class Temporal:
     (a resumed run) without stylising. Only the last ``max(long_term)`` frames are kept (constant memory).
     """
 
-    def __init__(self, stylize: Callable[..., Any], options: Options, *, takes_loss: bool, method: str = "") -> None:
+    def __init__(self, stylize: Callable[..., Any], options: Options, *, takes_loss: bool, method: str = "",
+                 flows: FlowCache | None = None) -> None:
         validate(options, takes_loss, method)
-        self.stylize, self.options, self.takes_loss = stylize, options, takes_loss
+        self.stylize, self.options, self.takes_loss, self.flows = stylize, options, takes_loss, flows
         self.mode = resolve_mode(options, takes_loss)
         self.flow = resolve_flow(options, self.mode)
         self.offsets = sorted(set(options.long_term)) if self.mode == "loss" else [1]
         self.past: list[_Past] = []  # most recent last
+
+    def _flow(self, a: Tensor, b: Tensor) -> Tensor:
+        """The flow a -> b (from the cache on disk when there is one)."""
+        return self.flows.get(a, b, self.flow, estimate_flow) if self.flows is not None else estimate_flow(a, b, self.flow)
 
     def _sized(self, frame: Tensor, size: tuple[int, int]) -> Tensor:
         return frame if tuple(frame.shape[-2:]) == size else resize(frame, size)
@@ -136,8 +142,8 @@ class Temporal:
             if j > len(self.past):
                 break
             earlier = self.past[-j]
-            backward = estimate_flow(source, earlier.source, self.flow)  # this frame -> earlier one
-            forward = estimate_flow(earlier.source, source, self.flow)
+            backward = self._flow(source, earlier.source)  # this frame -> earlier one
+            forward = self._flow(earlier.source, source)
             c = consistency_weights(forward, backward)
             links[j] = (warp(earlier.result, backward), warp(earlier.source, backward), c)
         return links
@@ -196,8 +202,8 @@ class Temporal:
             raise InvalidOptionError("--passes above 1 needs --temporal loss (an optimising method)")
         size = tuple(own.shape[-2:])
         source, other = self._sized(frame, size), self._sized(neighbour_frame, size)
-        backward = estimate_flow(source, other, self.flow)
-        forward = estimate_flow(other, source, self.flow)
+        backward = self._flow(source, other)
+        forward = self._flow(other, source)
         c = consistency_weights(forward, backward)
         warped = warp(neighbour, backward)
         delta = self.options.pass_blend
