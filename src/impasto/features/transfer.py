@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
-from impasto.events import Callback, CancelToken, Stage
+from impasto.events import Callback, CancelToken, Done, Stage
 from impasto.features.decoder import cascade, check_encoder, load_decoders, ordered_levels
 from impasto.features.precision import input_for, to_bf16, use_bf16
 from impasto.features.vgg import VGGEncoder, load_encoder
@@ -36,6 +37,7 @@ from impasto.ops.regions import (
     transfer_regions,
 )
 from impasto.ops.stats import adain, whiten_colour
+from impasto.result import Result
 from impasto.validation import check_fields, check_image_side, check_memory
 
 COLOR_MODES = ("style", "luminance")
@@ -255,6 +257,27 @@ class LevelTransfer:
                 callback(Stage(name=f"{self.stage} {level}", size=tuple(image.shape[-2:])))
 
         return image, cascade(self.encoder, self.decoders, image, change, on_level)
+
+    @property
+    def weights_name(self) -> str:
+        """The decoders' names joined by + (what a recipe records)."""
+        return "+".join(m.get("name", m["path"]) for m in self.metas)
+
+    def result(self, content: Tensor, callback: Callback | None = None, cancel: CancelToken | None = None,
+               post: Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]] | None = None) -> Result:
+        """A method's Result for ``content``: the cascade, then ``post(stylised, sized content)`` (e.g. smoothing:
+        -> (image, figures for the result's losses)), then the colour mode; ``Done`` is sent at the end."""
+        started = time.perf_counter()
+        image, out = self(content, callback, cancel)
+        figures: dict[str, float] = {}
+        if post is not None:
+            out, figures = post(out, image)
+        out = finish(out, image, self.o.color)
+        seconds = time.perf_counter() - started
+        if callback:
+            callback(Done(seconds=seconds, steps=len(self.decoders)))
+        return Result(image=out, weights=self.weights_name, weights_sha256=self.metas[0]["sha256"], steps=len(self.decoders),
+                      seconds=seconds, final_losses=figures)
 
 
 def replace_style_size(o: Any) -> Any:

@@ -9,17 +9,16 @@ weight; masks restrict each content region to its matching style region (``featu
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from impasto.events import Callback, CancelToken, Done
+from impasto.events import Callback, CancelToken
 from impasto.features.decoder import Decoder, cascade, check_encoder, load_decoder, shipped_decoder
 from impasto.features.precision import to_bf16, use_bf16
-from impasto.features.transfer import BYTES_PER_PIXEL, FeatureTransfer, LevelTransfer, check_sizes, finish, style_list, validate_common
+from impasto.features.transfer import BYTES_PER_PIXEL, FeatureTransfer, LevelTransfer, check_sizes, style_list, validate_common
 from impasto.features.vgg import VGGEncoder, load_encoder
 from impasto.options import SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
@@ -60,23 +59,15 @@ class Prepared:
     """AdaIN with its decoder loaded and the style features computed once; call it per content image."""
 
     def __init__(self, styles: Sequence[Tensor], options: Options) -> None:
-        self.options = options
         decoder, meta = load_decoder(shipped_decoder(DEFAULT_LEVEL, False) if options.decoder == "auto" else options.decoder)
         encoder = load_encoder(meta.get("encoder", "auto"), [decoder.level])
         check_encoder(encoder, meta)
         if use_bf16(options.precision):
             encoder, decoder = to_bf16(encoder), to_bf16(decoder)
         self.transfer = LevelTransfer(encoder, [decoder], [meta], styles, options, "adain", "adain")
-        self.weights, self.weights_sha256 = meta.get("name", meta["path"]), meta["sha256"]
 
     def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
-        started = time.perf_counter()
-        image, out = self.transfer(content, callback, cancel)
-        out = finish(out, image, self.options.color)
-        seconds = time.perf_counter() - started
-        if callback:
-            callback(Done(seconds=seconds, steps=1))
-        return Result(image=out, weights=self.weights, weights_sha256=self.weights_sha256, steps=1, seconds=seconds)
+        return self.transfer.result(content, callback, cancel)
 
 
 def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:

@@ -19,14 +19,13 @@ reference's structure into the result and looked blotchier after smoothing than 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
-from impasto.events import Callback, CancelToken, Done, Stage
-from impasto.features.transfer import BYTES_PER_PIXEL, LevelTransfer, check_sizes, finish, prepare_levels, style_list, validate_common, validate_levels
+from impasto.events import Callback, CancelToken, Stage
+from impasto.features.transfer import BYTES_PER_PIXEL, LevelTransfer, check_sizes, prepare_levels, style_list, validate_common, validate_levels
 from impasto.ops.smoothing import AFFINITIES, smooth_exact, smooth_fast
 from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
@@ -83,25 +82,18 @@ class Prepared:
     def __init__(self, styles: Sequence[Tensor], options: Options) -> None:
         self.options = options
         self.transfer: LevelTransfer = prepare_levels(styles, options, options.levels, "photowct")
-        metas = self.transfer.metas
-        self.weights, self.weights_sha256 = "+".join(m.get("name", m["path"]) for m in metas), metas[0]["sha256"]
 
     def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
-        started = time.perf_counter()
         options = self.options
-        image, out = self.transfer(content, callback, cancel)
-        if callback and options.smooth != "none":
-            callback(Stage(name=f"smooth {options.smooth}", size=tuple(image.shape[-2:])))
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        out, figures = smooth(out, image, options)
-        out = finish(out, image, options.color)
-        seconds = time.perf_counter() - started
-        steps = len(self.transfer.decoders)
-        if callback:
-            callback(Done(seconds=seconds, steps=steps))
-        return Result(image=out, weights=self.weights, weights_sha256=self.weights_sha256, steps=steps,
-                      seconds=seconds, final_losses=figures)
+
+        def smoothed(out: Tensor, image: Tensor) -> tuple[Tensor, dict[str, float]]:
+            if callback and options.smooth != "none":
+                callback(Stage(name=f"smooth {options.smooth}", size=tuple(image.shape[-2:])))
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            return smooth(out, image, options)
+
+        return self.transfer.result(content, callback, cancel, post=smoothed)
 
 
 def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:

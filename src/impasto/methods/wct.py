@@ -19,15 +19,14 @@ relu5_1 decoder of your own for the paper's decoder, or ``levels`` from relu4_1 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from torch import Tensor
 
 from impasto.errors import InvalidOptionError, suggest
-from impasto.events import Callback, CancelToken, Done
+from impasto.events import Callback, CancelToken
 from impasto.features.decoder import LEVELS
-from impasto.features.transfer import BYTES_PER_PIXEL, LevelTransfer, check_sizes, finish, prepare_levels, style_list, validate_common, validate_levels
+from impasto.features.transfer import BYTES_PER_PIXEL, LevelTransfer, check_sizes, prepare_levels, style_list, validate_common, validate_levels
 from impasto.options import SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
@@ -63,20 +62,10 @@ class Prepared:
     """WCT with its decoders loaded and the style features computed once; call it per content image."""
 
     def __init__(self, styles: Sequence[Tensor], options: Options) -> None:
-        self.options = options
         self.transfer: LevelTransfer = prepare_levels(styles, options, options.unpool_levels, "wct")
-        metas = self.transfer.metas
-        self.weights, self.weights_sha256 = "+".join(m.get("name", m["path"]) for m in metas), metas[0]["sha256"]
 
     def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
-        started = time.perf_counter()
-        image, out = self.transfer(content, callback, cancel)
-        out = finish(out, image, self.options.color)
-        seconds = time.perf_counter() - started
-        steps = len(self.transfer.decoders)
-        if callback:
-            callback(Done(seconds=seconds, steps=steps))
-        return Result(image=out, weights=self.weights, weights_sha256=self.weights_sha256, steps=steps, seconds=seconds)
+        return self.transfer.result(content, callback, cancel)
 
 
 def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:
