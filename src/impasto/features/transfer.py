@@ -168,9 +168,9 @@ class RegionMaps:
 
     def regions(self, style_feats: Sequence[Tensor], weights: Sequence[float], size: tuple[int, int]) -> list[Region]:
         """Regions for content features of ``size`` (h, w); ``style_feats`` one (1, C, h', w') map per style."""
-        feats = [f[0].flatten(1) for f in style_feats]
+        feats = [f[0] for f in style_feats]
         if self.content_codes is None:
-            return [(torch.ones(size[0] * size[1], dtype=torch.bool), list(zip(feats, weights, strict=True)))]
+            return [(torch.ones(size[0] * size[1], dtype=torch.bool), [(f, None, w) for f, w in zip(feats, weights, strict=True)])]
         codes = resize_codes(self.content_codes, size).flatten()
         if self.mode == "per-style":
             return per_style_regions(codes, feats)

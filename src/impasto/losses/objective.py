@@ -16,7 +16,7 @@ from impasto.errors import InvalidOptionError
 from impasto.features.transfer import blend_weights
 from impasto.losses.content import content_loss
 from impasto.losses.registry import StyleLoss, get_style_loss
-from impasto.ops.regions import Region
+from impasto.ops.regions import Region, selected
 
 EPS = 1e-8  # keeps an all-zero target (a black image's activations) from dividing by zero
 
@@ -115,11 +115,11 @@ class StyleTerm:
         """(content positions, blended target, its mean square) per region that has positions and a style."""
         out = []
         for where, targets in regions:
-            total = sum(w for _, w in targets)
+            total = sum(t[2] for t in targets)
             if not bool(where.any()) or total <= 0:
                 continue
-            stats = [self.loss.statistics(f.reshape(1, f.shape[0], -1, 1)) for f, _ in targets]
-            target = self._blend(layer, stats, [w / total for _, w in targets])
+            stats = [self.loss.statistics(f.reshape(1, f.shape[0], -1, 1)) for f in map(selected, targets)]
+            target = self._blend(layer, stats, [t[2] / total for t in targets])
             out.append((where, target, _target_scale(self.loss, target)))
         return out
 

@@ -3,7 +3,9 @@
 A label map is an image whose flat colours name regions (PNG; anti-aliased or JPEG edges make
 extra labels). Content region ``L`` takes the statistics of style region ``L`` (same colour).
 Per-style masks (one binary mask per style) are the other form: region ``i`` takes style ``i``.
-Everything works on feature matrices ``(C, M)`` with one label per position ``(M,)``.
+Content features are matrices ``(C, M)`` with one label per position ``(M,)``. A region's style targets
+keep the style's feature map ``(C, h', w')`` with the positions the region takes from it, so that losses
+that compare neighbourhoods (patches) can still see which positions are next to each other.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FeatureTransform = Callable[[Tensor, Tensor], Tensor]  # (content (C, M), style (C, M')) -> (C, M)
-Region = tuple[Tensor, list[tuple[Tensor, float]]]  # (content positions (M,) bool, [(style features, weight)])
+StyleRegion = tuple[Tensor, Tensor | None, float]  # (style feature map (C, h', w'), its positions (h' w',) bool or None: all, weight)
+Region = tuple[Tensor, list[StyleRegion]]  # (content positions (M,) bool, the style targets of those positions)
 UNCOVERED = -1  # per-style masks: pixels in no mask keep the content
 
 
@@ -41,26 +44,34 @@ def resize_codes(codes: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(codes[None, None].double(), size=size, mode="nearest")[0, 0].long()
 
 
+def selected(target: StyleRegion) -> Tensor:
+    """A style target's features at its positions, (C, M')."""
+    feats, where, _ = target
+    flat = feats.flatten(1)
+    return flat if where is None else flat[:, where]
+
+
 def label_regions(content_codes: Tensor, styles: Sequence[tuple[Tensor, Tensor | None]],
                   weights: Sequence[float]) -> list[Region]:
     """Regions for label maps: each content label takes, from every style, its positions with the same
     label, or the whole style where that style has no such label (or no label map).
 
-    ``content_codes`` (M,); ``styles`` [(features (C, M'), codes (M',) or None)].
+    ``content_codes`` (M,); ``styles`` [(feature map (C, h', w'), codes (h' w',) or None)].
     """
     regions: list[Region] = []
     for label in torch.unique(content_codes).tolist():
         targets = []
         for (feats, codes), weight in zip(styles, weights, strict=True):
             sel = None if codes is None else codes == label
-            targets.append((feats if sel is None or not bool(sel.any()) else feats[:, sel], weight))
+            targets.append((feats, None if sel is None or not bool(sel.any()) else sel, weight))
         regions.append((content_codes == label, targets))
     return regions
 
 
 def per_style_regions(content_codes: Tensor, styles: Sequence[Tensor]) -> list[Region]:
-    """Regions for per-style masks: positions with code ``i`` take style ``i``; uncovered ones none."""
-    return [(content_codes == i, [(feats, 1.0)]) for i, feats in enumerate(styles)]
+    """Regions for per-style masks (``styles``: feature maps (C, h', w')): positions with code ``i`` take
+    the whole of style ``i``; uncovered ones none."""
+    return [(content_codes == i, [(feats, None, 1.0)]) for i, feats in enumerate(styles)]
 
 
 def transfer_regions(content: Tensor, regions: Sequence[Region], transform: FeatureTransform) -> Tensor:
@@ -69,15 +80,15 @@ def transfer_regions(content: Tensor, regions: Sequence[Region], transform: Feat
     Each region's result is the weight-normalised blend of the transform towards each of its targets.
     Regions with no positions (a label lost when the map was shrunk to the feature size) are skipped.
     """
-    def blend(part: Tensor, targets: list[tuple[Tensor, float]]) -> Tensor:
-        total = sum(w for _, w in targets)
-        return sum((w / total) * transform(part, feats) for feats, w in targets)
+    def blend(part: Tensor, targets: list[StyleRegion]) -> Tensor:
+        total = sum(t[2] for t in targets)
+        return sum((t[2] / total) * transform(part, selected(t)) for t in targets)
 
-    if len(regions) == 1 and bool(regions[0][0].all()) and sum(w for _, w in regions[0][1]) > 0:
+    if len(regions) == 1 and bool(regions[0][0].all()) and sum(t[2] for t in regions[0][1]) > 0:
         return blend(content, regions[0][1])  # no masks: no gather/scatter copies of the features
     out = content.clone()
     for where, targets in regions:
-        if not bool(where.any()) or sum(w for _, w in targets) <= 0:
+        if not bool(where.any()) or sum(t[2] for t in targets) <= 0:
             continue
         out[:, where] = blend(content[:, where], targets)
     return out
