@@ -68,3 +68,24 @@ def test_large_style_maps_keep_a_strided_bank_of_at_most_max_bank_patches(monkey
     assert bank.shape == (1, 12, 27)
     assert torch.equal(bank[0, 1], s[0, :, 0:3, 2:5].reshape(-1))  # the second patch starts 2 columns on
     assert 0 < patch.mrf_loss(s, bank).item() < patch.mrf_loss(s, patch.patch_bank(_feat(5))[0]).item()
+
+
+def test_a_masked_mrf_counts_only_the_region_and_passes_gradcheck():
+    s = _feat(1, dtype=torch.float64)
+    where = torch.zeros(8, 9, dtype=torch.bool)
+    where[2:6, 1:5] = True
+    (bank,) = patch.patch_bank(s, where=where.flatten())
+    assert bank.shape[1] == 4 * 4  # one patch per centre in the region (all of them interior)
+    centres = patch.centred_on(where.flatten(), 8, 9)
+    assert torch.equal(bank[0], patch.patches(s)[0, centres])
+    f = _feat(2, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: patch.mrf_loss(x, bank, where=where.flatten()), (f,))
+    patch.mrf_loss(f, bank, where=where.flatten()).backward()
+    assert torch.equal(f.grad[0, :, ~where], torch.zeros_like(f.grad[0, :, ~where]))
+    assert (f.grad[0, :, where] != 0).all()
+    full = torch.ones(72, dtype=torch.bool)  # a region of every position is the unmasked loss
+    assert torch.allclose(patch.mrf_loss(f, bank, where=full), patch.mrf_loss(f, bank))
+    edge = torch.zeros(8, 9, dtype=torch.bool)
+    edge[0] = True  # no patch is centred on the top row: nothing to compare, no style
+    assert patch.mrf_loss(f, bank, where=edge.flatten()).item() == 0
+    assert patch.patch_bank(s, where=edge.flatten())[0].shape[1] == 6 * 7  # no style patch there: the whole map

@@ -81,8 +81,8 @@ def test_mask_errors_are_clear(tmp_path):
     base = dict(encoder="tiny", size=W, scale_iterations=(2,), precision="fp32")
     with pytest.raises(InvalidOptionError, match="cannot be combined"):
         opt.run(content, style, opt.Options(**base, content_mask=(mask,), layer_sources=(("relu1_1", 0),)))
-    with pytest.raises(InvalidOptionError, match="does not take masks yet"):
-        opt.run(content, style, opt.Options(**base, content_mask=(mask,), style_loss="mrf",
+    with pytest.raises(InvalidOptionError, match="does not take masks; with --content-mask use one of gram.*mrf"):
+        opt.run(content, style, opt.Options(**base, content_mask=(mask,), style_loss="gram_shifted",
                                             style_layers=("relu2_1",)))
     with pytest.raises(InvalidOptionError, match="one --content-mask per style"):
         opt.run(content, [style, style], opt.Options(**base, content_mask=(mask,)))
@@ -106,3 +106,40 @@ def test_masks_from_the_cli(tmp_path, capsys):
     assert main(["stylize", str(content), str(style), "--content-mask", str(wrong), "--encoder", "tiny",
                  "--size", str(W), "--iterations", "3", "-o", str(tmp_path / "x.png"), "-q"]) != 0
     assert "aspect ratio" in capsys.readouterr().err
+
+
+def test_mrf_under_a_mask_gives_no_gradient_outside_it_and_only_style_region_patches(encoder):
+    from impasto.losses import patch
+
+    style = _image(3)
+    feats = encoder(style)["relu1_1"]
+    h, w = feats.shape[-2:]
+    maps = RegionMaps((H, W), [style], content_mask=[_half_mask(left=True)], style_mask=[_half_mask(left=False)])
+    regions = {"relu1_1": maps.regions([feats], [1.0], (h, w))}
+    term = StyleTerm("mrf", {"relu1_1": 1.0}, [{"relu1_1": feats}], regions=regions)
+    # the white (left) content region matches only patches centred in the style's white (right) half
+    banks = {bool(where.reshape(h, w)[0, 0]): target[0] for where, target, _ in term.regions["relu1_1"]}
+    right = torch.zeros(h, w, dtype=torch.bool)
+    right[:, w // 2:] = True
+    expected = patch.patches(feats)[:, patch.centred_on(right.flatten(), h, w)]
+    assert torch.equal(banks[True], expected) and banks[False].shape[1] == (h - 2) * (w // 2 - 1)
+    # a content mask with one style: the uncovered right half receives no gradient at all
+    maps = RegionMaps((H, W), [style], content_mask=[_half_mask(left=True)])
+    term = StyleTerm("mrf", {"relu1_1": 1.0}, [{"relu1_1": feats}], regions={"relu1_1": maps.regions([feats], [1.0], (h, w))})
+    x = encoder(_image(2))["relu1_1"].detach().requires_grad_(True)
+    term({"relu1_1": x}).backward()
+    assert x.grad[..., : w // 2].abs().sum() > 0
+    assert torch.equal(x.grad[..., w // 2:], torch.zeros_like(x.grad[..., w // 2:]))
+
+
+def test_a_masked_mrf_run_stylises_only_inside_the_mask(tmp_path):
+    from impasto.io.image import save_image
+
+    content, style = _image(5), _image(6)
+    options = opt.Options(encoder="tiny", size=W, scale_iterations=(40,), precision="fp32", tv_weight=0.0,
+                          style_loss="mrf", style_layers=("relu1_1", "relu2_1"), style_weight=1e5,
+                          content_mask=(str(save_image(_half_mask(left=True), tmp_path / "m.png")),))
+    out = opt.run(content, style, options).image
+    change = (out - content).abs().mean(dim=(0, 1))
+    w = change.shape[-1]
+    assert change[:, : w // 2 - 4].mean() > 3 * change[:, w // 2 + 4:].mean()

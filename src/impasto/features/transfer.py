@@ -94,7 +94,8 @@ def mask_mode(n_content: int, n_style: int, n_styles: int) -> str:
     if n_content != n_styles:
         raise InvalidOptionError(
             f"without --style-mask, give one --content-mask per style ({n_styles}), got {n_content}; "
-            "or add --style-mask label maps to match regions by colour")
+            "or add --style-mask label maps to match regions by colour (repeat the option for each mask: "
+            "--content-mask a.png --content-mask b.png; a path after a single one is read as a style)")
     return "per-style"
 
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from impasto.errors import InvalidOptionError
 from impasto.features.transfer import blend_weights
 from impasto.losses.content import content_loss
-from impasto.losses.registry import StyleLoss, get_style_loss
+from impasto.losses.registry import STYLE_LOSSES, StyleLoss, get_style_loss
 from impasto.ops.regions import Region, selected
 
 EPS = 1e-8  # keeps an all-zero target (a black image's activations) from dividing by zero
@@ -68,7 +68,8 @@ class StyleTerm:
     - Masked (``regions``: per layer, the content positions of each region and its styles' features, from
       ``features.transfer.RegionMaps``; Gatys et al. 2017 spatial control): each region's positions are
       compared with its own blended target, weighted by the share of positions the region covers;
-      positions in no region take no style.
+      positions in no region take no style. A patch loss (``regional``) matches a region's patches with
+      the patches of the style positions it takes and counts only the region's own elements.
     """
 
     def __init__(self, loss: str | StyleLoss, weights: Mapping[str, float], per_style: Sequence[Mapping[str, Tensor]],
@@ -87,9 +88,10 @@ class StyleTerm:
         if regions is not None:
             if per_sample or sources:
                 raise InvalidOptionError("masks cannot be combined with per-sample styles or --layer-sources")
-            if self.loss.positional:
-                raise InvalidOptionError(f"style loss '{self.loss.name}' compares patches and does not take masks yet; "
-                                         "use a statistics loss (gram, histogram, ...) with --content-mask")
+            if self.loss.positional and self.loss.regional is None:
+                takes = [n for n, s in STYLE_LOSSES.items() if not s.positional or s.regional is not None]
+                raise InvalidOptionError(f"style loss '{self.loss.name}' compares neighbourhoods and does not take masks; "
+                                         f"with --content-mask use one of {', '.join(takes)}")
             with torch.no_grad():
                 for layer in self.weights:
                     self.regions[layer] = self._region_targets(layer, regions[layer])
@@ -118,7 +120,10 @@ class StyleTerm:
             total = sum(t[2] for t in targets)
             if not bool(where.any()) or total <= 0:
                 continue
-            stats = [self.loss.statistics(f.reshape(1, f.shape[0], -1, 1)) for f in map(selected, targets)]
+            if self.loss.regional is not None:  # patches: the style's map, restricted to the positions
+                stats = [self.loss.regional[0](f[None], sel) for f, sel, _ in targets]
+            else:
+                stats = [self.loss.statistics(f.reshape(1, f.shape[0], -1, 1)) for f in map(selected, targets)]
             target = self._blend(layer, stats, [t[2] / total for t in targets])
             out.append((where, target, _target_scale(self.loss, target)))
         return out
@@ -128,8 +133,11 @@ class StyleTerm:
         flat = features.reshape(*features.shape[:2], -1)
         total = features.new_zeros((), dtype=torch.float32)
         for where, target, norm in self.regions[layer]:
-            part = flat[:, :, where].unsqueeze(-1)
-            total = total + where.float().mean() * self.loss.distance(part, target) / norm
+            if self.loss.regional is not None:
+                distance = self.loss.regional[1](features, target, where)
+            else:
+                distance = self.loss.distance(flat[:, :, where].unsqueeze(-1), target)
+            total = total + where.float().mean() * distance / norm
         return total
 
     @staticmethod

@@ -9,6 +9,11 @@ moving positions around.
 On CPU the matching is a chunked matrix product of the result's patches with the unit-normalised bank
 (``MATCH_CHUNK`` rows at a time), never a dense all-pairs tensor. Several styles (or several exemplars)
 pool their patches into one bank: each result patch takes the best patch of any of them.
+
+Under masks (spatial control, in the spirit of Champandard 2016's semantic patches but with hard regions)
+a region's result patches, those centred on its positions, are matched only with the style patches
+centred on the style positions it takes, and only the region's own elements of each patch count: a
+position outside the region gets no gradient from it.
 """
 
 from __future__ import annotations
@@ -37,10 +42,26 @@ def bank_stride(height: int, width: int, size: int = PATCH, limit: int | None = 
     return s
 
 
-def patch_bank(features: Tensor, size: int = PATCH) -> tuple[Tensor]:
+def centred_on(where: Tensor, height: int, width: int, size: int = PATCH, stride: int = 1) -> Tensor:
+    """Which of the size x size patches taken every ``stride`` positions of a height x width map (the
+    order of ``patches``) have their centre at a position where ``where`` (H W,) is True: (L,) bool."""
+    grid = where.reshape(height, width)
+    r = size // 2
+    return grid[r:height - size + r + 1:stride, r:width - size + r + 1:stride].reshape(-1)
+
+
+def patch_bank(features: Tensor, size: int = PATCH, where: Tensor | None = None) -> tuple[Tensor]:
     """The style's patches, (N, L, C size^2), at most MAX_BANK of them (strided on large maps: matching
-    costs result patches x bank patches); several styles' banks are concatenated along L."""
-    return (patches(features, size, bank_stride(*features.shape[-2:], size)),)
+    costs result patches x bank patches); several styles' banks are concatenated along L.
+
+    ``where`` (H W,) bool keeps the patches centred on those positions (all of them when none is)."""
+    h, w = features.shape[-2:]
+    if where is None:
+        return (patches(features, size, bank_stride(h, w, size)),)
+    stride = bank_stride(h, w, size, MAX_BANK * h * w // max(int(where.sum()), 1))
+    keep = centred_on(where, h, w, size, stride)
+    bank = patches(features, size, stride)
+    return (bank[:, keep] if bool(keep.any()) else bank,)
 
 
 @torch.no_grad()
@@ -56,14 +77,26 @@ def nearest_patches(queries: Tensor, bank: Tensor, chunk: int = MATCH_CHUNK) -> 
     return out
 
 
-def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH) -> Tensor:
-    """Mean squared difference between each result patch and its nearest style patch (bank (1 or N, L, D))."""
+def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | None = None) -> Tensor:
+    """Mean squared difference between each result patch and its nearest style patch (bank (1 or N, L, D)).
+
+    ``where`` (H W,) bool: only the patches centred on those positions, each counting only its elements
+    at those positions (zero when no patch is centred there)."""
     queries = patches(features, size)
+    inside = None
+    if where is not None:
+        h, w = features.shape[-2:]
+        keep = centred_on(where, h, w, size)
+        mask = patches(where.reshape(1, 1, h, w).to(queries.dtype), size)[0, keep]  # (L', size^2)
+        inside = mask.repeat(1, features.shape[1])  # unfold's order: channel, then row, then column
+        queries = queries[:, keep]
     total = queries.new_zeros(())
+    if queries.shape[1] == 0:
+        return total
     for i in range(queries.shape[0]):
         b = bank[min(i, bank.shape[0] - 1)].to(queries.dtype)
-        match = b[nearest_patches(queries[i].detach(), b)]
-        total = total + (queries[i] - match).pow(2).mean()
+        diff = (queries[i] - b[nearest_patches(queries[i].detach(), b)]).pow(2)
+        total = total + (diff if inside is None else diff * inside).mean()
     return total / queries.shape[0]
 
 

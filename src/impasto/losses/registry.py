@@ -42,7 +42,11 @@ class StyleLoss:
     statistics: Callable[[Tensor], tuple[Tensor, ...]]
     distance: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
     blend: str = "linear"
-    positional: bool = False  # compares neighbourhoods (patches): masked regions (lists of positions) do not apply
+    positional: bool = False  # compares neighbourhoods (patches): masks need ``regional``
+    # Masks for a positional loss: (statistics(map (1, C, H, W), style positions (H W,) bool or None),
+    # distance(features, target, content positions (H W,) bool)), the region's own patches only
+    regional: tuple[Callable[[Tensor, Tensor | None], tuple[Tensor, ...]],
+                    Callable[[Tensor, tuple[Tensor, ...], Tensor], Tensor]] | None = None
     layers: tuple[str, ...] | None = None  # the style layers it is meant for, used when none are given
     gain: float = 1.0  # multiplies the normalised loss, so that one --style-weight gives comparable strength
     scale: Callable[[tuple[Tensor, ...]], float] | None = None  # the target's size in the loss's own units
@@ -139,6 +143,7 @@ register_style_loss(StyleLoss(
     distance=lambda f, t: mrf_loss(f, t[0]),
     blend="pool",
     positional=True,
+    regional=(lambda f, where: patch_bank(f, where=where), lambda f, t, where: mrf_loss(f, t[0], where=where)),
     layers=("relu3_1", "relu4_1"),  # Li & Wand's; shallow maps have too many patches to match
     # Normalised, the patch loss is ~100x stronger than Gram's: at gain 1 and the default style weight 200
     # kodim23 x Starry Night (128 px) became the painting with no parrots; weight 2 kept them.

@@ -84,7 +84,7 @@ class Options:
     style_loss_weights: tuple[float, ...] | None = option(None, "One weight per loss of a combined --style-loss a+b (default: 1 each).", range=WEIGHT)
     style_blend: tuple[float, ...] | None = option(None, "Blend weights, one per style image (default: equal).", range=WEIGHT)
     layer_sources: tuple[tuple[str, int], ...] = option((), "Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend.")
-    content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i); regions take their style's statistics only (Gatys et al. 2017 spatial control).")
+    content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i); regions take their style's statistics only (Gatys et al. 2017 spatial control), or with --style-loss mrf only patches of their style region.")
     style_mask: tuple[str, ...] = option((), "Style label map(s), one for all styles or one per style: a content region takes the statistics of the style region of its colour.")
     style_scale: float = option(1.0, "Style image long side relative to the output's at every scale (bigger: larger brush strokes).", range=Range(0.05, 16))
     color: str = option("style", "Colour control: style (take the style's colours), luminance (keep the content's colours), match (recolour the style to the content first), color_only (content luminance + result colours).")
