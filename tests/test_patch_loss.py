@@ -89,3 +89,36 @@ def test_a_masked_mrf_counts_only_the_region_and_passes_gradcheck():
     edge[0] = True  # no patch is centred on the top row: nothing to compare, no style
     assert patch.mrf_loss(f, bank, where=edge.flatten()).item() == 0
     assert patch.patch_bank(s, where=edge.flatten())[0].shape[1] == 6 * 7  # no style patch there: the whole map
+
+
+def test_matches_are_reused_between_refreshes_and_forgotten_on_reset():
+    (bank,) = patch.patch_bank(_feat(1))
+    a, b = _feat(2), _feat(3)
+    fresh_a = patch.nearest_patches(patch.patches(a)[0], bank[0])
+    fresh_b = patch.nearest_patches(patch.patches(b)[0], bank[0])
+    assert not torch.equal(fresh_a, fresh_b)
+    stale_b = (patch.patches(b)[0] - bank[0][fresh_a]).pow(2).mean()  # b compared with a's matches
+    matches = patch.Matches(every=3)
+    assert torch.allclose(patch.mrf_loss(a, bank, matches=matches), patch.mrf_loss(a, bank))  # call 1: fresh
+    assert torch.allclose(patch.mrf_loss(b, bank, matches=matches), stale_b)  # calls 2 and 3 reuse them
+    assert torch.allclose(patch.mrf_loss(b, bank, matches=matches), stale_b)
+    assert torch.allclose(patch.mrf_loss(b, bank, matches=matches), patch.mrf_loss(b, bank))  # call 4: fresh
+    term = StyleTerm("mrf", {"x": 1.0}, [{"x": _feat(1)}], match_every=3)
+    term({"x": a})
+    term.reset()
+    assert torch.allclose(term({"x": b}), StyleTerm("mrf", {"x": 1.0}, [{"x": _feat(1)}])({"x": b}))
+    with pytest.raises(ValueError, match="at least 1"):
+        patch.Matches(every=0)
+
+
+def test_a_prepared_mrf_run_with_reused_matches_repeats_exactly():
+    from impasto.methods import optimization as opt
+
+    content, style = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(0)), torch.rand(1, 3, 24, 32)
+    options = opt.Options(encoder="tiny", size=32, scale_iterations=(7,), precision="fp32", style_loss="mrf",
+                          style_layers=("relu1_1", "relu2_1"), match_every=3)
+    prepared = opt.prepare(style, options)
+    first, second = prepared(content).image, prepared(content).image  # the second reuses the cached style term
+    assert torch.equal(first, second)
+    every_step = opt.run(content, style, opt.Options(**{**options.__dict__, "match_every": 1})).image
+    assert not torch.equal(first, every_step)

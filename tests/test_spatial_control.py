@@ -55,7 +55,7 @@ def test_label_maps_give_each_region_the_statistics_of_its_style_region(encoder)
     term = StyleTerm("gram", {"relu1_1": 1.0}, [{"relu1_1": feats}], regions=regions)
     w = feats.shape[-1]
     right_half = feats[..., w // 2:]  # white in the style map
-    targets = {bool(where[0]): target[0] for where, target, _ in term.regions["relu1_1"]}  # keyed by "is left"
+    targets = {bool(where[0]): target[0] for where, target, *_ in term.regions["relu1_1"]}  # keyed by "is left"
     assert torch.allclose(targets[True], gram_matrix(right_half.reshape(1, feats.shape[1], -1, 1)), rtol=1e-5)
     assert torch.allclose(targets[False], gram_matrix(feats[..., : w // 2].reshape(1, feats.shape[1], -1, 1)), rtol=1e-5)
 
@@ -118,7 +118,7 @@ def test_mrf_under_a_mask_gives_no_gradient_outside_it_and_only_style_region_pat
     regions = {"relu1_1": maps.regions([feats], [1.0], (h, w))}
     term = StyleTerm("mrf", {"relu1_1": 1.0}, [{"relu1_1": feats}], regions=regions)
     # the white (left) content region matches only patches centred in the style's white (right) half
-    banks = {bool(where.reshape(h, w)[0, 0]): target[0] for where, target, _ in term.regions["relu1_1"]}
+    banks = {bool(where.reshape(h, w)[0, 0]): target[0] for where, target, *_ in term.regions["relu1_1"]}
     right = torch.zeros(h, w, dtype=torch.bool)
     right[:, w // 2:] = True
     expected = patch.patches(feats)[:, patch.centred_on(right.flatten(), h, w)]

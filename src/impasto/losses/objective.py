@@ -70,12 +70,17 @@ class StyleTerm:
       compared with its own blended target, weighted by the share of positions the region covers;
       positions in no region take no style. A patch loss (``regional``) matches a region's patches with
       the patches of the style positions it takes and counts only the region's own elements.
+
+    ``match_every``: for a loss with state (MRF), reuse its matches for that many calls (optimisation of
+    one image; keep 1 when every call sees another image, as in training); ``reset`` starts afresh.
     """
 
     def __init__(self, loss: str | StyleLoss, weights: Mapping[str, float], per_style: Sequence[Mapping[str, Tensor]],
                  *, mix: Sequence[float] | None = None, layer_sources: Mapping[str, int] | None = None,
-                 per_sample: bool = False, regions: Mapping[str, Sequence[Region]] | None = None) -> None:
+                 per_sample: bool = False, regions: Mapping[str, Sequence[Region]] | None = None,
+                 match_every: int = 1) -> None:
         self.loss = get_style_loss(loss) if isinstance(loss, str) else loss
+        self.match_every = match_every
         self.weights = dict(weights)
         self.per_sample = per_sample
         if not per_style:
@@ -84,7 +89,8 @@ class StyleTerm:
         sources = dict(layer_sources or {})
         self.targets: dict[str, tuple[Tensor, ...] | list[tuple[Tensor, ...]]] = {}
         self.norm: dict[str, float] = {}
-        self.regions: dict[str, list[tuple[Tensor, tuple[Tensor, ...], float]]] = {}
+        self.regions: dict[str, list[tuple[Tensor, tuple[Tensor, ...], float, object]]] = {}
+        self.states: dict[str, object] = {}
         if regions is not None:
             if per_sample or sources:
                 raise InvalidOptionError("masks cannot be combined with per-sample styles or --layer-sources")
@@ -105,6 +111,21 @@ class StyleTerm:
                     target = self._blend(layer, stats, self._mix(layer, n, mix, sources))
                 self.targets[layer] = target
                 self.norm[layer] = _target_scale(self.loss, target)
+                if not per_sample:
+                    self.states[layer] = self._new_state()
+
+    def reset(self) -> None:
+        """Forget what the loss kept between calls (the MRF's matches): call it before optimising a new image."""
+        self.states = {layer: self._new_state() for layer in self.states}
+        for layer, regions in self.regions.items():
+            self.regions[layer] = [(where, target, norm, self._new_state()) for where, target, norm, _ in regions]
+
+    def _new_state(self) -> object:
+        """What the loss keeps between calls for one layer or region (None for most losses)."""
+        return None if self.loss.state is None else self.loss.state(self.match_every)
+
+    def _state(self, state: object) -> dict[str, object]:
+        return {} if state is None else {"state": state}
 
     def _mix(self, layer: str, n: int, mix: Sequence[float] | None, sources: Mapping[str, int]) -> list[float]:
         if layer in sources:
@@ -113,8 +134,8 @@ class StyleTerm:
             return share
         return blend_weights(mix, n)
 
-    def _region_targets(self, layer: str, regions: Sequence[Region]) -> list[tuple[Tensor, tuple[Tensor, ...], float]]:
-        """(content positions, blended target, its mean square) per region that has positions and a style."""
+    def _region_targets(self, layer: str, regions: Sequence[Region]) -> list[tuple[Tensor, tuple[Tensor, ...], float, object]]:
+        """(content positions, blended target, its mean square, the loss's state) per region that has positions and a style."""
         out = []
         for where, targets in regions:
             total = sum(t[2] for t in targets)
@@ -125,16 +146,16 @@ class StyleTerm:
             else:
                 stats = [self.loss.statistics(f.reshape(1, f.shape[0], -1, 1)) for f in map(selected, targets)]
             target = self._blend(layer, stats, [t[2] / total for t in targets])
-            out.append((where, target, _target_scale(self.loss, target)))
+            out.append((where, target, _target_scale(self.loss, target), self._new_state()))
         return out
 
     def _masked(self, layer: str, features: Tensor) -> Tensor:
         """Each region's distance on its own positions, weighted by the share of positions it covers."""
         flat = features.reshape(*features.shape[:2], -1)
         total = features.new_zeros((), dtype=torch.float32)
-        for where, target, norm in self.regions[layer]:
+        for where, target, norm, state in self.regions[layer]:
             if self.loss.regional is not None:
-                distance = self.loss.regional[1](features, target, where)
+                distance = self.loss.regional[1](features, target, where, **self._state(state))
             else:
                 distance = self.loss.distance(flat[:, :, where].unsqueeze(-1), target)
             total = total + where.float().mean() * distance / norm
@@ -174,7 +195,7 @@ class StyleTerm:
             target = self.targets[layer]
             f = features[layer]
             if which is None:
-                distance = self.loss.distance(f, target)
+                distance = self.loss.distance(f, target, **self._state(self.states.get(layer)))
             elif isinstance(target, list):  # styles of different shapes: one sample at a time
                 distance = sum(self.loss.distance(f[i:i + 1], target[int(k)]) for i, k in enumerate(which)) / len(which)
             else:
@@ -195,6 +216,11 @@ class StyleSum:
         self.terms = [(StyleTerm(loss, weights, per_style, **kwargs,
                                  regions=None if regions is None else {k: regions[k] for k in weights}), w)
                       for loss, w, weights in parts]
+
+    def reset(self) -> None:
+        """``StyleTerm.reset`` for every term."""
+        for term, _ in self.terms:
+            term.reset()
 
     def __call__(self, features: Mapping[str, Tensor], which: Tensor | None = None) -> Tensor:
         total = None

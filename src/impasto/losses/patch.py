@@ -77,11 +77,39 @@ def nearest_patches(queries: Tensor, bank: Tensor, chunk: int = MATCH_CHUNK) -> 
     return out
 
 
-def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | None = None) -> Tensor:
+class Matches:
+    """The nearest-patch indices of one loss term, kept between calls and recomputed every ``every``
+    calls (and whenever the number of result patches changes): matching is most of the MRF loss's cost,
+    and the nearest patches move slowly while an optimisation converges (Li & Wand match every step:
+    ``every=1``). Owned by the term that uses it (one per layer and region); never shared."""
+
+    def __init__(self, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        self.every, self.calls = every, 0
+        self.indices: list[Tensor] = []
+
+    def start_call(self) -> None:
+        """Count one evaluation of the loss; the matches of every ``every``-th one are fresh."""
+        self.calls += 1
+        if (self.calls - 1) % self.every == 0:
+            self.indices.clear()
+
+    def get(self, i: int, queries: Tensor, bank: Tensor) -> Tensor:
+        """Index of the nearest ``bank`` row for each row of ``queries`` (batch entry ``i``)."""
+        if len(self.indices) <= i or self.indices[i].shape[0] != queries.shape[0]:
+            del self.indices[i:]
+            self.indices.append(nearest_patches(queries, bank))
+        return self.indices[i]
+
+
+def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | None = None,
+             matches: Matches | None = None) -> Tensor:
     """Mean squared difference between each result patch and its nearest style patch (bank (1 or N, L, D)).
 
     ``where`` (H W,) bool: only the patches centred on those positions, each counting only its elements
-    at those positions (zero when no patch is centred there)."""
+    at those positions (zero when no patch is centred there). ``matches``: reuse nearest patches between
+    calls (default: match on every call)."""
     queries = patches(features, size)
     inside = None
     if where is not None:
@@ -93,9 +121,12 @@ def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | 
     total = queries.new_zeros(())
     if queries.shape[1] == 0:
         return total
+    if matches is not None:
+        matches.start_call()
     for i in range(queries.shape[0]):
         b = bank[min(i, bank.shape[0] - 1)].to(queries.dtype)
-        diff = (queries[i] - b[nearest_patches(queries[i].detach(), b)]).pow(2)
+        index = nearest_patches(queries[i].detach(), b) if matches is None else matches.get(i, queries[i].detach(), b)
+        diff = (queries[i] - b[index]).pow(2)
         total = total + (diff if inside is None else diff * inside).mean()
     return total / queries.shape[0]
 

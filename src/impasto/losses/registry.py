@@ -28,7 +28,7 @@ from impasto.losses.distribution import (centered_gram_loss, centered_gram_stats
                                           mmd_gaussian_loss, mmd_stats, pyramid_gram_loss, pyramid_gram_stats,
                                           shifted_gram_loss, shifted_gram_stats, sliced_stats,
                                           sliced_wasserstein_loss)
-from impasto.losses.patch import mrf_loss, patch_bank
+from impasto.losses.patch import Matches, mrf_loss, patch_bank
 from impasto.losses.style import gram_loss, mean_std_loss, w2_loss
 from impasto.ops.stats import gram_matrix, mean_cov, mean_std
 
@@ -46,7 +46,11 @@ class StyleLoss:
     # Masks for a positional loss: (statistics(map (1, C, H, W), style positions (H W,) bool or None),
     # distance(features, target, content positions (H W,) bool)), the region's own patches only
     regional: tuple[Callable[[Tensor, Tensor | None], tuple[Tensor, ...]],
-                    Callable[[Tensor, tuple[Tensor, ...], Tensor], Tensor]] | None = None
+                    Callable[..., Tensor]] | None = None
+    # A loss that keeps something between the calls of one term (MRF: its matches, refreshed every few
+    # calls) gives ``state(match_every)``; the term builds one per layer (and region) and passes it to
+    # ``distance`` (and the regional distance) as ``state=``.
+    state: Callable[[int], object] | None = None
     layers: tuple[str, ...] | None = None  # the style layers it is meant for, used when none are given
     gain: float = 1.0  # multiplies the normalised loss, so that one --style-weight gives comparable strength
     scale: Callable[[tuple[Tensor, ...]], float] | None = None  # the target's size in the loss's own units
@@ -140,10 +144,12 @@ register_style_loss(StyleLoss(
 register_style_loss(StyleLoss(
     "mrf", "nearest-neighbour 3x3 patches (Li & Wand 2016), at relu3_1 and relu4_1 unless --style-layers says otherwise",
     statistics=patch_bank,
-    distance=lambda f, t: mrf_loss(f, t[0]),
+    distance=lambda f, t, state=None: mrf_loss(f, t[0], matches=state),
     blend="pool",
     positional=True,
-    regional=(lambda f, where: patch_bank(f, where=where), lambda f, t, where: mrf_loss(f, t[0], where=where)),
+    regional=(lambda f, where: patch_bank(f, where=where),
+              lambda f, t, where, state=None: mrf_loss(f, t[0], where=where, matches=state)),
+    state=Matches,
     layers=("relu3_1", "relu4_1"),  # Li & Wand's; shallow maps have too many patches to match
     # Normalised, the patch loss is ~100x stronger than Gram's: at gain 1 and the default style weight 200
     # kodim23 x Starry Night (128 px) became the painting with no parrots; weight 2 kept them.

@@ -82,6 +82,7 @@ class Options:
     laplacian_pool: int = option(4, "Average pooling before the Laplacian (larger: coarser edges kept).", range=Range(1, 64))
     style_loss: str = option("gram", style_loss_help)
     style_loss_weights: tuple[float, ...] | None = option(None, "One weight per loss of a combined --style-loss a+b (default: 1 each).", range=WEIGHT)
+    match_every: int = option(1, "Patch losses (mrf): find the nearest style patches again every N steps and reuse them in between (1: every step, as Li & Wand; matching is most of their cost).", range=Range(1, 1000))
     style_blend: tuple[float, ...] | None = option(None, "Blend weights, one per style image (default: equal).", range=WEIGHT)
     layer_sources: tuple[tuple[str, int], ...] = option((), "Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend.")
     content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i); regions take their style's statistics only (Gatys et al. 2017 spatial control), or with --style-loss mrf only patches of their style region.")
@@ -227,7 +228,8 @@ def _style_term(encoder: VGGEncoder, prepare: Callable[[Tensor], Tensor], styles
     if maps is not None and maps.mode != "none":
         blend = blend_weights(options.style_blend, len(styles))
         regions = {k: maps.regions([f[k] for f in style_feats], blend, feature_sizes[k]) for k in options.all_style_layers()}
-    return StyleSum(parts, style_feats, mix=options.style_blend, layer_sources=dict(options.layer_sources), regions=regions)
+    return StyleSum(parts, style_feats, mix=options.style_blend, layer_sources=dict(options.layer_sources), regions=regions,
+                    match_every=options.match_every)
 
 
 class _Objective:
@@ -376,8 +378,9 @@ class Prepared:
                 callback(Stage(name="scale", index=k, total=len(plan), size=size))
             c_k = resize(target_content, size)
             s_k = [resize(s, style_size(s, size, options.style_scale)) for s in target_styles]
-            objective = _Objective(self.encoder, self.prepare_input, c_k, self._style(size, c_k, s_k, maps, reuse),
-                                   options, extra_loss)
+            style = self._style(size, c_k, s_k, maps, reuse)
+            style.reset()  # a cached style term keeps no matches from an earlier image (or from before a resume)
+            objective = _Objective(self.encoder, self.prepare_input, c_k, style, options, extra_loss)
             if image is None:
                 image = _initial_image(options, c_k, s_k[0])
             elif tuple(image.shape[-2:]) != size:
