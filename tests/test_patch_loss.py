@@ -114,7 +114,7 @@ def test_matches_are_reused_between_refreshes_and_forgotten_on_reset():
 def test_a_prepared_mrf_run_with_reused_matches_repeats_exactly():
     from impasto.methods import optimization as opt
 
-    content, style = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(0)), torch.rand(1, 3, 24, 32)
+    content, style = (torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(i)) for i in (0, 1))
     options = opt.Options(encoder="tiny", size=32, scale_iterations=(7,), precision="fp32", style_loss="mrf",
                           style_layers=("relu1_1", "relu2_1"), match_every=3)
     prepared = opt.prepare(style, options)
