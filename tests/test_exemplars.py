@@ -69,3 +69,32 @@ def test_cli(tmp_path, capsys):
             "-o", str(out), "-q"]
     assert main(args) == 0, capsys.readouterr().err
     assert out.is_file() and (tmp_path / "map.png").is_file()  # --checkpoint accepted: the optimisation inside resumes
+
+
+def test_label_maps_restrict_each_part_of_the_photo_to_the_same_part_of_the_exemplars(tmp_path):
+    red, blue = torch.zeros(1, 3, 48, 48), torch.zeros(1, 3, 48, 48)
+    red[:, 0], blue[:, 2] = 0.8, 0.8
+    red, blue = red + 0.2 * _texture(1), blue + 0.2 * _texture(2)
+    exemplars = [torch.cat([red, blue], dim=3), torch.cat([blue, red], dim=3)]  # red left in one, right in the other
+    content = 0.5 * _texture(3, 48, 96) + 0.25
+    halves = torch.zeros(1, 3, 48, 96)
+    halves[..., :48] = 1  # white left, black right
+    paths = {name: str(save_image(t, tmp_path / f"{name}.png"))
+             for name, t in (("halves", halves), ("flipped", 1 - halves), ("all", torch.ones_like(halves)))}
+    base = dict(size=96, iterations=30, min_size=96, encoder="tiny", precision="fp32", cleanup="none",
+                patch_layers=("relu1_1", "relu2_1"), style_weight=2e4)
+
+    def run(*style_masks: str, content_mask: str = paths["halves"]) -> torch.Tensor:
+        masks = dict(content_mask=(content_mask,), style_mask=style_masks) if style_masks else {}
+        return ex.run(content, exemplars, ex.Options(**base, **masks)).image
+
+    free = run()
+    one_part = run(paths["all"], paths["all"], content_mask=paths["all"])
+    assert torch.allclose(one_part, free, atol=1e-5)  # one part everywhere: no restriction
+    left_red = run(paths["halves"], paths["flipped"])  # white = the red half of both exemplars
+    left_blue = run(paths["flipped"], paths["halves"])  # white = the blue half
+    redness = lambda im: (im[0, 0] - im[0, 2])[:, :40].mean()  # noqa: E731
+    assert redness(left_red) > redness(left_blue) + 0.02
+    assert redness(left_red) > redness(free) > redness(left_blue)
+    with pytest.raises(InvalidOptionError, match="label maps"):
+        run(paths["halves"], paths["halves"], paths["halves"])

@@ -8,7 +8,10 @@ seams are cleaned by an edge-preserving guided filter guided by the photo, appli
 the seams. ``show_sources`` writes a map of which exemplar each region came from.
 
 Differs from the paper: Song et al. match facial components with landmarks first; here every patch is
-matched freely (no landmark model offline), which works for portraits and any other subject.
+matched freely (no landmark model offline), which works for portraits and any other subject. Label maps
+(``content_mask`` for the photo, ``style_mask`` one per exemplar, the same colour for the same part: eyes,
+mouth, hair, background) restrict each part of the photo to the patches of the same part of the
+exemplars, which is the paper's component matching with the components drawn or parsed by the user.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class Options:
     cleanup: str = option("guided", "Seam cleanup where exemplar sources change: guided (filter guided by the photo) or none.")
     cleanup_radius: int = option(2, "Guided-filter radius and half-width of the band around seams, in pixels.", range=Range(1, 64))
     cleanup_eps: float = option(1e-3, "Guided-filter regularisation (larger: smoother).", range=Range(1e-8, 1.0))
+    content_mask: tuple[str, ...] = option((), "Label map of the photo's parts (with --style-mask: one label map per exemplar, same colours for the same parts): each part takes patches only from the same part of the exemplars (Song et al.'s component matching).")
+    style_mask: tuple[str, ...] = option((), "Label maps of the exemplars' parts, one per exemplar (or one for all), in the colours of --content-mask; an exemplar without a part's colour offers all its patches to that part.")
     show_sources: str | None = option(None, "Also write the exemplar source map (one colour per exemplar) to this PNG.")
     encoder: str = option("auto", "Pretrained features: auto, vgg16, vgg19, tiny (tests).")
     precision: str = option("auto", "auto, fp32 or bf16.")
@@ -77,7 +82,7 @@ def _optimization_options(options: Options) -> optimization.Options:
     return optimization.Options(size=options.size, iterations=options.iterations, min_size=options.min_size,
                                 content_weight=options.content_weight, style_weight=options.style_weight,
                                 style_loss="mrf", style_layers=options.patch_layers, match_every=options.match_every,
-                                encoder=options.encoder,
+                                content_mask=options.content_mask, style_mask=options.style_mask, encoder=options.encoder,
                                 precision=options.precision, seed=options.seed)
 
 
