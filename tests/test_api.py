@@ -82,6 +82,20 @@ def test_recipe_round_trip_and_rerun_reproduces(files, tmp_path):
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(out2)))
 
 
+def test_rerun_of_a_recipe_older_than_match_every_matches_every_step(files, tmp_path, monkeypatch):
+    content, style = files
+    options = {**FAST, "style_loss": "mrf", "style_layers": ["relu1_1"]}
+    recipe = impasto.stylize(content, style, options=options).recipe
+    assert recipe["options"]["match_every"] == 10
+    seen = []
+    real = impasto.api.stylize
+    monkeypatch.setattr(impasto.api, "stylize", lambda *a, **kw: seen.append(kw["options"]) or real(*a, **kw))
+    impasto.rerun(recipe)
+    del recipe["options"]["match_every"]  # as written before the option existed
+    impasto.rerun(recipe)
+    assert [o["match_every"] for o in seen] == [10, 1]
+
+
 def test_rerun_refuses_changed_inputs(files, tmp_path):
     content, style = files
     recipe = impasto.stylize(content, style, options=FAST).recipe

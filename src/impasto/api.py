@@ -228,6 +228,11 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join({dict: "an object", list: "a list", str: "a string", bool: "true/false"}.get(k, k.__name__) for k in kinds)
 
 
+# Options added later whose default differs from what older versions did: a recipe without the field
+# was made with this value (MRF matched every step before --match-every existed).
+RECIPE_DEFAULTS_BEFORE: dict[str, dict[str, Any]] = {"optimization": {"match_every": 1}, "exemplars": {"match_every": 1}}
+
+
 def rerun(recipe: dict[str, Any], *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Stylized:
     """Run a recipe again from its recorded input files; refuses inputs whose pixels changed."""
     check_recipe(recipe)
@@ -241,7 +246,7 @@ def rerun(recipe: dict[str, Any], *, callback: Callback | None = None, cancel: C
             raise InvalidOptionError(f"input {entry['path']} named by the recipe no longer exists")
         if pixel_hash(load_image(entry["path"])) != entry["pixels_sha256"]:
             raise InvalidOptionError(f"input {entry['path']} changed since the recipe was made (pixel hash differs)")
-    options = dict(recipe["options"])
+    options = {**RECIPE_DEFAULTS_BEFORE.get(recipe["method"], {}), **recipe["options"]}
     if options.get("encoder") == "auto" and isinstance(recipe["weights"].get("name"), str):  # pin the weights actually used
         options["encoder"] = recipe["weights"]["name"]
     return stylize(
