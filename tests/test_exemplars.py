@@ -28,6 +28,20 @@ def test_the_source_map_takes_each_half_from_the_exemplar_that_fits_it():
     assert (left == 0).float().mean() > 0.9 and (right == 1).float().mean() > 0.9
 
 
+def test_the_source_map_follows_the_masks_the_loss_followed():
+    from impasto.features.transfer import RegionMaps
+
+    a, b = _texture(1, 48, 96), _texture(2, 48, 96)
+    encoder = load_encoder("tiny", ["relu3_1"])
+    free = ex.source_map(a, [a, b], encoder, "relu3_1")
+    assert (free == 0).float().mean() > 0.9  # a result made of a: a everywhere
+    left, right = torch.zeros(1, 3, 48, 96), torch.zeros(1, 3, 48, 96)
+    left[..., :48], right[..., 48:] = 1, 1
+    maps = RegionMaps((48, 96), [a, b], content_mask=[left, right])  # the left half may take only a, the right only b
+    sources = ex.source_map(a, [a, b], encoder, "relu3_1", maps)
+    assert (sources[:, :40] == 0).all() and (sources[:, 56:] == 1).all()
+
+
 def test_seams_are_a_band_around_source_changes():
     sources = torch.zeros(10, 20, dtype=torch.long)
     sources[:, 10:] = 1

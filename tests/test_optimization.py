@@ -68,9 +68,12 @@ def test_same_seed_same_image_bf16(content, styles):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
-def test_resume_matches_uninterrupted_run(tmp_path, content, styles, optimizer):
-    options = tiny(optimizer=optimizer, scale_iterations=(6, 6), size=40)
+@pytest.mark.parametrize("optimizer,loss", [("lbfgs", {}), ("adam", {}),
+                                            # MRF matches reused for 4 steps: the checkpoint keeps them
+                                            ("lbfgs", {"style_loss": "gram+mrf", "style_layers": ("relu1_1", "relu2_1"),
+                                                       "match_every": 4})])
+def test_resume_matches_uninterrupted_run(tmp_path, content, styles, optimizer, loss):
+    options = tiny(optimizer=optimizer, scale_iterations=(6, 6), size=40, **loss)
     full = opt.run(content, styles[0], options).image
 
     ckpt = tmp_path / "run.ckpt"

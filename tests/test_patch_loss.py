@@ -83,12 +83,27 @@ def test_a_masked_mrf_counts_only_the_region_and_passes_gradcheck():
     patch.mrf_loss(f, bank, where=where.flatten()).backward()
     assert torch.equal(f.grad[0, :, ~where], torch.zeros_like(f.grad[0, :, ~where]))
     assert (f.grad[0, :, where] != 0).all()
+    thin = torch.zeros(64, 64, dtype=torch.bool)
+    thin[10, 5:40] = True  # one even row: the centres of a bank strided by 2 are on odd rows
+    big = torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(5))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(patch, "MAX_BANK", 16)  # 35 positions: a bank strided by 2
+        (thin_bank,) = patch.patch_bank(big, where=thin.flatten())
+    assert thin_bank.shape[1] > 0
+    assert torch.equal(thin_bank[0], patch.patches(big)[0, patch.centred_on(thin.flatten(), 64, 64, stride=1)])
     full = torch.ones(72, dtype=torch.bool)  # a region of every position is the unmasked loss
     assert torch.allclose(patch.mrf_loss(f, bank, where=full), patch.mrf_loss(f, bank))
     edge = torch.zeros(8, 9, dtype=torch.bool)
-    edge[0] = True  # no patch is centred on the top row: nothing to compare, no style
-    assert patch.mrf_loss(f, bank, where=edge.flatten()).item() == 0
-    assert patch.patch_bank(s, where=edge.flatten())[0].shape[1] == 6 * 7  # no style patch there: the whole map
+    edge[0] = True  # no patch is centred on the top row: the patches that overlap it (the first row of windows)
+    top = patch.patch_bank(s, where=edge.flatten())[0]
+    assert torch.equal(top, patch.patches(s)[:, :7])
+    f.grad = None
+    patch.mrf_loss(f, bank, where=edge.flatten()).backward()
+    assert (f.grad[0, :, 0] != 0).all() and torch.equal(f.grad[0, :, 1:], torch.zeros_like(f.grad[0, :, 1:]))
+    empty = torch.zeros(72, dtype=torch.bool)
+    assert patch.mrf_loss(f, bank, where=empty).item() == 0
+    with pytest.raises(ValueError, match="at least one position"):
+        patch.patch_bank(s, where=empty)
 
 
 def test_matches_are_reused_between_refreshes_and_forgotten_on_reset():
@@ -109,6 +124,8 @@ def test_matches_are_reused_between_refreshes_and_forgotten_on_reset():
     assert torch.allclose(term({"x": b}), StyleTerm("mrf", {"x": 1.0}, [{"x": _feat(1)}])({"x": b}))
     with pytest.raises(ValueError, match="at least 1"):
         patch.Matches(every=0)
+    # training compares another image at every call: a per-sample term keeps no matches at all
+    assert StyleTerm("mrf", {"x": 1.0}, [{"x": _feat(1)}, {"x": _feat(2)}], per_sample=True, match_every=3).states == {}
 
 
 def test_a_prepared_mrf_run_with_reused_matches_repeats_exactly():

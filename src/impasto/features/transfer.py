@@ -29,6 +29,7 @@ from impasto.ops.geometry import resize, size_for_long_side
 from impasto.ops.regions import (
     FeatureTransform,
     Region,
+    StyleRegion,
     binary_codes,
     colour_codes,
     label_regions,
@@ -171,7 +172,7 @@ class RegionMaps:
         """Regions for content features of ``size`` (h, w); ``style_feats`` one (1, C, h', w') map per style."""
         feats = [f[0] for f in style_feats]
         if self.content_codes is None:
-            return [(torch.ones(size[0] * size[1], dtype=torch.bool), [(f, None, w) for f, w in zip(feats, weights, strict=True)])]
+            return [(torch.ones(size[0] * size[1], dtype=torch.bool), [StyleRegion(f, None, w, i) for i, (f, w) in enumerate(zip(feats, weights, strict=True))])]
         codes = resize_codes(self.content_codes, size).flatten()
         if self.mode == "per-style":
             return per_style_regions(codes, feats)
@@ -206,7 +207,7 @@ class FeatureTransfer:
         return other
 
     def regions(self, level: str, size: tuple[int, int]) -> list[Region]:
-        """The regions at one level: content positions and their style targets (flattened (C, M'))."""
+        """The regions at one level: content positions and their style targets (``ops.regions.StyleRegion``)."""
         return self.maps.regions([f[level] for f in self.style_feats], self.weights, size)
 
     def __call__(self, level: str, content: Tensor) -> Tensor:

@@ -120,6 +120,23 @@ class StyleTerm:
         for layer, regions in self.regions.items():
             self.regions[layer] = [(where, target, norm, self._new_state()) for where, target, norm, _ in regions]
 
+    def state_dict(self) -> dict[str, object]:
+        """What the loss keeps between calls, per layer (and ``layer#region``), for a checkpoint."""
+        out = {layer: state.state_dict() for layer, state in self.states.items() if state is not None}
+        for layer, regions in self.regions.items():
+            out.update({f"{layer}#{i}": r[3].state_dict() for i, r in enumerate(regions) if r[3] is not None})
+        return out
+
+    def load_state_dict(self, saved: Mapping[str, object]) -> None:
+        """Restore ``state_dict``'s output (after ``reset``); entries it lacks start fresh."""
+        for layer, state in self.states.items():
+            if state is not None and layer in saved:
+                state.load_state_dict(saved[layer])
+        for layer, regions in self.regions.items():
+            for i, r in enumerate(regions):
+                if r[3] is not None and f"{layer}#{i}" in saved:
+                    r[3].load_state_dict(saved[f"{layer}#{i}"])
+
     def _new_state(self) -> object:
         """What the loss keeps between calls for one layer or region (None for most losses)."""
         return None if self.loss.state is None else self.loss.state(self.match_every)
@@ -138,14 +155,14 @@ class StyleTerm:
         """(content positions, blended target, its mean square, the loss's state) per region that has positions and a style."""
         out = []
         for where, targets in regions:
-            total = sum(t[2] for t in targets)
+            total = sum(t.weight for t in targets)
             if not bool(where.any()) or total <= 0:
                 continue
             if self.loss.regional is not None:  # patches: the style's map, restricted to the positions
-                stats = [self.loss.regional[0](f[None], sel) for f, sel, _ in targets]
+                stats = [self.loss.regional[0](t.feats[None], t.where) for t in targets]
             else:
                 stats = [self.loss.statistics(f.reshape(1, f.shape[0], -1, 1)) for f in map(selected, targets)]
-            target = self._blend(layer, stats, [t[2] / total for t in targets])
+            target = self._blend(layer, stats, [t.weight / total for t in targets])
             out.append((where, target, _target_scale(self.loss, target), self._new_state()))
         return out
 
@@ -221,6 +238,14 @@ class StyleSum:
         """``StyleTerm.reset`` for every term."""
         for term, _ in self.terms:
             term.reset()
+
+    def state_dict(self) -> list[dict[str, object]]:
+        """``StyleTerm.state_dict`` of every term, in order."""
+        return [term.state_dict() for term, _ in self.terms]
+
+    def load_state_dict(self, saved: Sequence[Mapping[str, object]]) -> None:
+        for (term, _), state in zip(self.terms, saved, strict=False):
+            term.load_state_dict(state)
 
     def __call__(self, features: Mapping[str, Tensor], which: Tensor | None = None) -> Tensor:
         total = None

@@ -13,7 +13,8 @@ pool their patches into one bank: each result patch takes the best patch of any 
 Under masks (spatial control, in the spirit of Champandard 2016's semantic patches but with hard regions)
 a region's result patches, those centred on its positions, are matched only with the style patches
 centred on the style positions it takes, and only the region's own elements of each patch count: a
-position outside the region gets no gradient from it.
+position outside the region gets no gradient from it. A region too thin for any patch centre (a strip
+along the map's edge) uses the patches that overlap it instead.
 """
 
 from __future__ import annotations
@@ -50,18 +51,34 @@ def centred_on(where: Tensor, height: int, width: int, size: int = PATCH, stride
     return grid[r:height - size + r + 1:stride, r:width - size + r + 1:stride].reshape(-1)
 
 
+def in_region(where: Tensor, height: int, width: int, size: int = PATCH, stride: int = 1) -> Tensor:
+    """The patches (every ``stride`` positions, the order of ``patches``) that belong to a region
+    ``where`` (H W,): those centred on it; for a region no patch centre falls in (a strip along the
+    map's edge, narrower than a patch), those that overlap it. (L,) bool, all False for an empty region."""
+    keep = centred_on(where, height, width, size, stride)
+    if bool(keep.any()):
+        return keep
+    mask = where.reshape(1, 1, height, width).float()
+    return patches(mask, size, stride)[0].amax(dim=1) > 0
+
+
 def patch_bank(features: Tensor, size: int = PATCH, where: Tensor | None = None) -> tuple[Tensor]:
     """The style's patches, (N, L, C size^2), at most MAX_BANK of them (strided on large maps: matching
     costs result patches x bank patches); several styles' banks are concatenated along L.
 
-    ``where`` (H W,) bool keeps the patches centred on those positions (all of them when none is)."""
+    ``where`` (H W,) bool keeps the patches of those positions (``in_region``; a strided bank that
+    misses a thin region is taken again at stride 1)."""
     h, w = features.shape[-2:]
     if where is None:
         return (patches(features, size, bank_stride(h, w, size)),)
-    stride = bank_stride(h, w, size, MAX_BANK * h * w // max(int(where.sum()), 1))
+    if not bool(where.any()):
+        raise ValueError("a style region needs at least one position")
+    stride = bank_stride(h, w, size, MAX_BANK * h * w // int(where.sum()))
     keep = centred_on(where, h, w, size, stride)
-    bank = patches(features, size, stride)
-    return (bank[:, keep] if bool(keep.any()) else bank,)
+    if not bool(keep.any()):  # a thin region between the strided centres, or one no centre falls in
+        stride = 1
+        keep = in_region(where, h, w, size)
+    return (patches(features, size, stride)[:, keep],)
 
 
 @torch.no_grad()
@@ -95,6 +112,16 @@ class Matches:
         if (self.calls - 1) % self.every == 0:
             self.indices.clear()
 
+    def state_dict(self) -> dict[str, object]:
+        """The calls counted and the matches kept, for a checkpoint (a resumed run refreshes on the same steps)."""
+        return {"calls": self.calls, "indices": [t.clone() for t in self.indices]}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        calls, indices = state.get("calls"), state.get("indices")
+        if not isinstance(calls, int) or not isinstance(indices, list) or not all(isinstance(t, Tensor) for t in indices):
+            raise ValueError("not a Matches state (calls: int, indices: list of tensors)")
+        self.calls, self.indices = calls, list(indices)
+
     def get(self, i: int, queries: Tensor, bank: Tensor) -> Tensor:
         """Index of the nearest ``bank`` row for each row of ``queries`` (batch entry ``i``)."""
         if len(self.indices) <= i or self.indices[i].shape[0] != queries.shape[0]:
@@ -107,14 +134,14 @@ def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | 
              matches: Matches | None = None) -> Tensor:
     """Mean squared difference between each result patch and its nearest style patch (bank (1 or N, L, D)).
 
-    ``where`` (H W,) bool: only the patches centred on those positions, each counting only its elements
-    at those positions (zero when no patch is centred there). ``matches``: reuse nearest patches between
+    ``where`` (H W,) bool: only the patches of those positions (``in_region``), each counting only its
+    elements at those positions (zero for an empty region). ``matches``: reuse nearest patches between
     calls (default: match on every call)."""
     queries = patches(features, size)
     inside = None
     if where is not None:
         h, w = features.shape[-2:]
-        keep = centred_on(where, h, w, size)
+        keep = in_region(where, h, w, size)
         mask = patches(where.reshape(1, 1, h, w).to(queries.dtype), size)[0, keep]  # (L', size^2)
         inside = mask.repeat(1, features.shape[1])  # unfold's order: channel, then row, then column
         queries = queries[:, keep]

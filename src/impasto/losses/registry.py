@@ -40,7 +40,7 @@ class StyleLoss:
     name: str
     summary: str
     statistics: Callable[[Tensor], tuple[Tensor, ...]]
-    distance: Callable[[Tensor, tuple[Tensor, ...]], Tensor]
+    distance: Callable[..., Tensor]  # (features, target) -> scalar; also ``state=`` for a loss with ``state``
     blend: str = "linear"
     positional: bool = False  # compares neighbourhoods (patches): masks need ``regional``
     # Masks for a positional loss: (statistics(map (1, C, H, W), style positions (H W,) bool or None),
@@ -48,8 +48,9 @@ class StyleLoss:
     regional: tuple[Callable[[Tensor, Tensor | None], tuple[Tensor, ...]],
                     Callable[..., Tensor]] | None = None
     # A loss that keeps something between the calls of one term (MRF: its matches, refreshed every few
-    # calls) gives ``state(match_every)``; the term builds one per layer (and region) and passes it to
-    # ``distance`` (and the regional distance) as ``state=``.
+    # calls) gives ``state(match_every)``, an object with state_dict()/load_state_dict() (kept in
+    # checkpoints); the term builds one per layer (and region) and passes it to ``distance`` (and the
+    # regional distance) as ``state=``.
     state: Callable[[int], object] | None = None
     layers: tuple[str, ...] | None = None  # the style layers it is meant for, used when none are given
     gain: float = 1.0  # multiplies the normalised loss, so that one --style-weight gives comparable strength

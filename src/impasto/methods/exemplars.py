@@ -29,7 +29,8 @@ from impasto.errors import InvalidOptionError
 from impasto.events import Callback, CancelToken, Done, Stage
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
-from impasto.losses.patch import nearest_patches, patch_bank, patches
+from impasto.features.transfer import RegionMaps
+from impasto.losses.patch import centred_on, nearest_patches, patch_bank, patches
 from impasto.methods import optimization
 from impasto.ops.geometry import resize
 from impasto.ops.smoothing import smooth_fast
@@ -86,18 +87,31 @@ def _optimization_options(options: Options) -> optimization.Options:
                                 precision=options.precision, seed=options.seed)
 
 
-def source_map(result: Tensor, exemplars: Sequence[Tensor], encoder, layer: str) -> Tensor:
-    """(H, W) int64: for each pixel of ``result``, the exemplar whose patch at ``layer`` matched it best."""
+def source_map(result: Tensor, exemplars: Sequence[Tensor], encoder, layer: str,
+               maps: RegionMaps | None = None) -> Tensor:
+    """(H, W) int64: for each pixel of ``result``, the exemplar whose patch at ``layer`` matched it best.
+
+    With ``maps`` (the run's label maps), each part of the result is matched only with the patches of the
+    same part of the exemplars, as the loss did; positions in no part are matched freely."""
     with torch.no_grad():
         feats = encoder(result)[layer]
         h, w = feats.shape[-2:]
+        ex_feats = [encoder(resize(ex, optimization.style_size(ex, tuple(result.shape[-2:]), 1.0)))[layer]
+                    for ex in exemplars]
+
+        def nearest_exemplar(queries: Tensor, banks: list[tuple[int, Tensor]]) -> Tensor:
+            owner = torch.cat([torch.full((b.shape[0],), i, dtype=torch.long) for i, b in banks])
+            return owner[nearest_patches(queries, torch.cat([b for _, b in banks]))]
+
         query = patches(feats)[0]
-        banks, owner = [], []
-        for i, ex in enumerate(exemplars):
-            (bank,) = patch_bank(encoder(resize(ex, optimization.style_size(ex, tuple(result.shape[-2:]), 1.0)))[layer])
-            banks.append(bank[0])
-            owner.append(torch.full((bank.shape[1],), i, dtype=torch.long))
-        labels = torch.cat(owner)[nearest_patches(query, torch.cat(banks))]
+        labels = nearest_exemplar(query, [(i, patch_bank(f)[0][0]) for i, f in enumerate(ex_feats)])
+        if maps is not None and maps.mode != "none":
+            for where, targets in maps.regions(ex_feats, [1.0] * len(ex_feats), (h, w)):
+                keep = centred_on(where, h, w)
+                if not bool(keep.any()):
+                    continue
+                banks = [(t.style, patch_bank(t.feats[None], where=t.where)[0][0]) for t in targets]
+                labels[keep] = nearest_exemplar(query[keep], banks)
     grid = labels.reshape(h - 2, w - 2).double()
     grid = F.pad(grid[None, None], (1, 1, 1, 1), mode="replicate")  # patch centres -> the whole map
     return F.interpolate(grid, size=tuple(result.shape[-2:]), mode="nearest")[0, 0].long()
@@ -143,7 +157,9 @@ class Prepared:
         image = result.image
         if callback:
             callback(Stage(name="seams", index=0, total=1, size=tuple(image.shape[-2:])))
-        sources = source_map(image, exemplars, self.encoder, options.patch_layers[0])
+        maps = (RegionMaps(tuple(image.shape[-2:]), exemplars, options.content_mask, options.style_mask)
+                if options.content_mask else None)
+        sources = source_map(image, exemplars, self.encoder, options.patch_layers[0], maps)
         losses = dict(result.final_losses, exemplars_used=float(len(torch.unique(sources))))
         if options.cleanup == "guided":
             band = seams(sources, options.cleanup_radius)

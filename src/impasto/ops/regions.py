@@ -11,13 +11,24 @@ that compare neighbourhoods (patches) can still see which positions are next to 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 FeatureTransform = Callable[[Tensor, Tensor], Tensor]  # (content (C, M), style (C, M')) -> (C, M)
-StyleRegion = tuple[Tensor, Tensor | None, float]  # (style feature map (C, h', w'), its positions (h' w',) bool or None: all, weight)
+
+
+class StyleRegion(NamedTuple):
+    """What one style gives a region: its feature map, the positions taken from it, the blend weight."""
+
+    feats: Tensor  # (C, h', w')
+    where: Tensor | None  # (h' w',) bool, or None: every position
+    weight: float
+    style: int  # the style's index among the styles given
+
+
 Region = tuple[Tensor, list[StyleRegion]]  # (content positions (M,) bool, the style targets of those positions)
 UNCOVERED = -1  # per-style masks: pixels in no mask keep the content
 
@@ -46,9 +57,8 @@ def resize_codes(codes: Tensor, size: tuple[int, int]) -> Tensor:
 
 def selected(target: StyleRegion) -> Tensor:
     """A style target's features at its positions, (C, M')."""
-    feats, where, _ = target
-    flat = feats.flatten(1)
-    return flat if where is None else flat[:, where]
+    flat = target.feats.flatten(1)
+    return flat if target.where is None else flat[:, target.where]
 
 
 def label_regions(content_codes: Tensor, styles: Sequence[tuple[Tensor, Tensor | None]],
@@ -61,9 +71,9 @@ def label_regions(content_codes: Tensor, styles: Sequence[tuple[Tensor, Tensor |
     regions: list[Region] = []
     for label in torch.unique(content_codes).tolist():
         targets = []
-        for (feats, codes), weight in zip(styles, weights, strict=True):
+        for i, ((feats, codes), weight) in enumerate(zip(styles, weights, strict=True)):
             sel = None if codes is None else codes == label
-            targets.append((feats, None if sel is None or not bool(sel.any()) else sel, weight))
+            targets.append(StyleRegion(feats, None if sel is None or not bool(sel.any()) else sel, weight, i))
         regions.append((content_codes == label, targets))
     return regions
 
@@ -71,7 +81,7 @@ def label_regions(content_codes: Tensor, styles: Sequence[tuple[Tensor, Tensor |
 def per_style_regions(content_codes: Tensor, styles: Sequence[Tensor]) -> list[Region]:
     """Regions for per-style masks (``styles``: feature maps (C, h', w')): positions with code ``i`` take
     the whole of style ``i``; uncovered ones none."""
-    return [(content_codes == i, [(feats, None, 1.0)]) for i, feats in enumerate(styles)]
+    return [(content_codes == i, [StyleRegion(feats, None, 1.0, i)]) for i, feats in enumerate(styles)]
 
 
 def transfer_regions(content: Tensor, regions: Sequence[Region], transform: FeatureTransform) -> Tensor:
@@ -81,14 +91,14 @@ def transfer_regions(content: Tensor, regions: Sequence[Region], transform: Feat
     Regions with no positions (a label lost when the map was shrunk to the feature size) are skipped.
     """
     def blend(part: Tensor, targets: list[StyleRegion]) -> Tensor:
-        total = sum(t[2] for t in targets)
-        return sum((t[2] / total) * transform(part, selected(t)) for t in targets)
+        total = sum(t.weight for t in targets)
+        return sum((t.weight / total) * transform(part, selected(t)) for t in targets)
 
-    if len(regions) == 1 and bool(regions[0][0].all()) and sum(t[2] for t in regions[0][1]) > 0:
+    if len(regions) == 1 and bool(regions[0][0].all()) and sum(t.weight for t in regions[0][1]) > 0:
         return blend(content, regions[0][1])  # no masks: no gather/scatter copies of the features
     out = content.clone()
     for where, targets in regions:
-        if not bool(where.any()) or sum(t[2] for t in targets) <= 0:
+        if not bool(where.any()) or sum(t.weight for t in targets) <= 0:
             continue
         out[:, where] = blend(content[:, where], targets)
     return out
