@@ -93,6 +93,23 @@ def test_resume_matches_uninterrupted_run(tmp_path, content, styles, optimizer, 
     assert torch.equal(resumed.image, full)
 
 
+def test_resume_refuses_damaged_mrf_matches(tmp_path, content, styles):
+    from impasto.io.checkpoint import load_checkpoint, save_checkpoint
+
+    options = tiny(scale_iterations=(4,), size=40, style_loss="mrf", style_layers=("relu1_1",), match_every=3)
+    ckpt = tmp_path / "run.ckpt"
+    token = CancelToken()
+    with pytest.raises(CancelledError):
+        opt.run(content, styles[0], options, checkpoint=ckpt, cancel=token,
+                callback=lambda e: token.cancel() if isinstance(e, Progress) and e.step == 2 else None)
+    state = load_checkpoint(ckpt)
+    assert state["style_state"][0]["relu1_1"]["calls"] == 2
+    state["style_state"] = [{"relu1_1": {"calls": "two", "indices": []}}]
+    save_checkpoint(ckpt, state)
+    with pytest.raises(CheckpointError, match="damaged \\(style_state"):
+        opt.run(content, styles[0], options, checkpoint=ckpt, resume=True)
+
+
 def test_resume_refuses_other_options(tmp_path, content, styles):
     ckpt = tmp_path / "run.ckpt"
     opt.run(content, styles[0], tiny(scale_iterations=(4, 4), size=40), checkpoint=ckpt, checkpoint_every=2)
