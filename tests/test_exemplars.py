@@ -66,6 +66,16 @@ def test_run_uses_several_exemplars_cleans_seams_and_writes_the_map(tmp_path):
     assert "seam_share" not in plain.final_losses and not torch.equal(plain.image, result.image)
 
 
+def test_tv_weight_reaches_the_optimisation():
+    a = _texture(1, 48, 48)
+    base = dict(size=48, iterations=4, min_size=48, encoder="tiny", precision="fp32", cleanup="none", patch_layers=("relu2_1",))
+    plain = ex.run(_texture(3), [a], ex.Options(**base))
+    smooth = ex.run(_texture(3), [a], ex.Options(**base, tv_weight=50.0))
+    assert ex._optimization_options(ex.Options(tv_weight=2.0)).tv_weight == 2.0
+    tv = lambda im: (im[..., 1:, :] - im[..., :-1, :]).abs().mean()  # noqa: E731
+    assert tv(smooth.image) < tv(plain.image)
+
+
 def test_bad_options_are_refused():
     with pytest.raises(InvalidOptionError, match="cleanup must be"):
         ex.run(_texture(1), [_texture(2)], ex.Options(cleanup="blur", encoder="tiny"))
