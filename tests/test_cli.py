@@ -57,6 +57,16 @@ def test_layer_sources_and_blend_flags(files, tmp_path):
     assert sources == [["relu1_1", 0], ["relu2_1", 0], ["relu3_1", 0], ["relu4_1", 1]]
 
 
+def test_a_list_option_given_twice_takes_both_values(files, tmp_path):
+    from impasto.api import load_recipe
+
+    content, style = files
+    out = tmp_path / "layers.png"
+    assert main(["stylize", content, style, "-o", str(out), *FAST, "--style-layers", "relu1_1",
+                 "--style-layers", "relu2_1,relu3_1"]) == 0  # once kept only the last; now all of them
+    assert load_recipe(out)["options"]["style_layers"] == ["relu1_1", "relu2_1", "relu3_1"]
+
+
 @pytest.mark.parametrize(
     ("args", "expected", "code"),
     [
@@ -69,6 +79,8 @@ def test_layer_sources_and_blend_flags(files, tmp_path):
         (["stylize", "{content}", "{style}", "-o", "{out}", "--strength", "0.5"], "--strength does not apply to --method optimization", 2),
         (["stylize", "{content}", "{style}", "-o", "{tmp}/x.bmp"], "must end in one of .png", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--layer-sources", "relu1_1"], "must look like", 2),
+        (["stylize", "{content}", "{style}", "-o", "{out}", "--style-blend", "none", "--style-blend", "1"],
+         "--style-blend none cannot be combined", 2),
         (["stylize", "{content}", "{style}", "-o", "{out}", "--checkpoint", "{tmp}/none.ckpt", "--resume"], "none.ckpt does not exist", 5),
         (["stylize", "{content}", "{style}"], "Missing option '-o'", 2),
         (["recipe", "{style}"], "holds no impasto recipe", 3),

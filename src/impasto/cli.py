@@ -115,8 +115,9 @@ def _param_for(name: str, annotation: Any, helptext: str, defaults: dict[str, An
         return click.Option([name, flag], multiple=True, default=None, help=f"{helptext} Repeatable.")
     if annotation is bool and not optional:  # a flag pair, as users write it: --unpool / --no-unpool
         return click.Option([name, f"{flag}/--no-{flag[2:]}"], is_flag=True, default=None, help=helptext)
-    if origin is tuple:
-        ptype: click.ParamType = _CommaList(typing.get_args(annotation)[0], optional)
+    if origin is tuple:  # comma-separated, and repeatable: --style-layers a,b or --style-layers a --style-layers b
+        return click.Option([name, flag], type=_CommaList(typing.get_args(annotation)[0], optional), multiple=True,
+                            default=None, show_default=False, help=helptext)
     else:
         ptype = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}[annotation]
         if optional:
@@ -147,8 +148,20 @@ def given_fields(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]
         if key not in names:
             flag = "--" + key.replace("_", "-")
             raise InvalidOptionError(f"option {flag} does not apply to {what}")
+        param = next((p for p in ctx.command.params if p.name == key), None)
+        if param is not None and isinstance(param.type, _CommaList) and param.multiple:
+            value = _joined(value, param.opts[-1])
         out[key] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def _joined(parts: Sequence[tuple | None], flag: str) -> tuple | None:
+    """The values of a comma-list option given once or several times, in order ("none" only alone)."""
+    if any(p is None for p in parts):
+        if len(parts) > 1:
+            raise InvalidOptionError(f"{flag} none cannot be combined with other {flag} values")
+        return None
+    return tuple(v for part in parts for v in part)
 
 
 def _expand_layer_sources(raw: Sequence[str], style_layers: Sequence[str]) -> tuple[tuple[str, int], ...]:
