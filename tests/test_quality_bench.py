@@ -236,6 +236,30 @@ def test_kit_needs_renders_of_both_sides(tmp_path: Path) -> None:
         _kit(tmp_path, renders, peers=["nsp"])
 
 
+def test_a_candidate_default_is_judged_against_the_current_one(tmp_path: Path) -> None:
+    renders = _study(tmp_path, 4, peers=("impasto_candidate",))  # impasto_optimization red, the candidate blue
+    key = _kit(tmp_path, renders, impasto="impasto_optimization", peers=["impasto_candidate"])
+    assert {v["comparison"] for v in key["items"].values()} == {"impasto_optimization vs impasto_candidate"}
+    assert sorted(v["impasto_side"] for v in key["items"].values()) == ["A", "A", "B", "B"]
+    for name, item in key["items"].items():
+        assert _impasto_is_left(tmp_path / "kit" / f"{name}.png") == (item["impasto_side"] == "A")
+    with pytest.raises(qb.BenchError, match="cannot be compared with itself"):
+        _kit(tmp_path, renders, impasto="impasto_optimization", peers=["impasto_optimization"], force=True)
+    with pytest.raises(qb.BenchError, match="no renders for 'impasto_candiate'.*impasto_candidate"):
+        _kit(tmp_path, renders, impasto="impasto_optimization", peers=["impasto_candiate"], force=True)
+
+
+def test_render_with_no_peer_renders_impasto_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _png_with_metadata(tmp_path / "c.png", (24, 16), GREEN, "c")
+    _png_with_metadata(tmp_path / "s.png", (16, 16), GREY, "s")
+    (tmp_path / "pairs.csv").write_text(f"content,style\n{tmp_path / 'c.png'},{tmp_path / 's.png'}\n")
+    options = json.dumps({"encoder": "tiny", "scale_iterations": [2], "precision": "fp32"})
+    assert qb.main(["render", "--peer", "none", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "o"),
+                    "--size", "24", "--options", options, "--label", "impasto_candidate"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o" / "renders").iterdir()) == ["impasto_candidate"]
+    assert "no peer" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------- tally
 
 
