@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from impasto.errors import InvalidOptionError
 from impasto.losses import patch
 from impasto.losses.objective import StyleTerm
 
@@ -102,7 +103,7 @@ def test_a_masked_mrf_counts_only_the_region_and_passes_gradcheck():
     assert (f.grad[0, :, 0] != 0).all() and torch.equal(f.grad[0, :, 1:], torch.zeros_like(f.grad[0, :, 1:]))
     empty = torch.zeros(72, dtype=torch.bool)
     assert patch.mrf_loss(f, bank, where=empty).item() == 0
-    with pytest.raises(ValueError, match="at least one position"):
+    with pytest.raises(InvalidOptionError, match="at least one position"):
         patch.patch_bank(s, where=empty)
 
 
@@ -122,7 +123,7 @@ def test_matches_are_reused_between_refreshes_and_forgotten_on_reset():
     term({"x": a})
     term.reset()
     assert torch.allclose(term({"x": b}), StyleTerm("mrf", {"x": 1.0}, [{"x": _feat(1)}])({"x": b}))
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(InvalidOptionError, match="at least 1"):
         patch.Matches(every=0)
     # training compares another image at every call: a per-sample term keeps no matches at all
     assert StyleTerm("mrf", {"x": 1.0}, [{"x": _feat(1)}, {"x": _feat(2)}], per_sample=True, match_every=3).states == {}

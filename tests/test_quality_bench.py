@@ -254,8 +254,14 @@ def test_render_with_no_peer_renders_impasto_only(tmp_path: Path, capsys: pytest
     _png_with_metadata(tmp_path / "s.png", (16, 16), GREY, "s")
     (tmp_path / "pairs.csv").write_text(f"content,style\n{tmp_path / 'c.png'},{tmp_path / 's.png'}\n")
     options = json.dumps({"encoder": "tiny", "scale_iterations": [2], "precision": "fp32"})
-    assert qb.main(["render", "--peer", "none", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "o"),
-                    "--size", "24", "--options", options, "--label", "impasto_candidate"]) == 0
+    import torch
+
+    threads = torch.get_num_threads()  # render sets the process's threads (--threads): later tests must not inherit 1
+    try:
+        assert qb.main(["render", "--peer", "none", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "o"),
+                        "--size", "24", "--options", options, "--label", "impasto_candidate"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     assert sorted(p.name for p in (tmp_path / "o" / "renders").iterdir()) == ["impasto_candidate"]
     assert "no peer" in capsys.readouterr().out
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from impasto.errors import CheckpointError, InvalidOptionError
+
 PATCH = 3
 MATCH_CHUNK = 1024  # result patches matched per matrix product
 MAX_BANK = 16384  # style patches kept per style and layer: a larger map keeps every s-th patch each way
@@ -72,7 +74,7 @@ def patch_bank(features: Tensor, size: int = PATCH, where: Tensor | None = None)
     if where is None:
         return (patches(features, size, bank_stride(h, w, size)),)
     if not bool(where.any()):
-        raise ValueError("a style region needs at least one position")
+        raise InvalidOptionError("a style region needs at least one position")
     stride = bank_stride(h, w, size, MAX_BANK * h * w // int(where.sum()))
     keep = centred_on(where, h, w, size, stride)
     if not bool(keep.any()):  # a thin region between the strided centres, or one no centre falls in
@@ -102,7 +104,7 @@ class Matches:
 
     def __init__(self, every: int = 1) -> None:
         if every < 1:
-            raise ValueError(f"every must be at least 1, got {every}")
+            raise InvalidOptionError(f"match_every must be at least 1, got {every}")
         self.every, self.calls = every, 0
         self.indices: list[Tensor] = []
 
@@ -119,7 +121,7 @@ class Matches:
     def load_state_dict(self, state: dict[str, object]) -> None:
         calls, indices = state.get("calls"), state.get("indices")
         if not isinstance(calls, int) or not isinstance(indices, list) or not all(isinstance(t, Tensor) for t in indices):
-            raise ValueError("not a Matches state (calls: int, indices: list of tensors)")
+            raise CheckpointError("not a Matches state (calls: int, indices: list of tensors)")
         self.calls, self.indices = calls, list(indices)
 
     def get(self, i: int, queries: Tensor, bank: Tensor) -> Tensor:

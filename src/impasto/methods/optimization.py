@@ -385,7 +385,7 @@ class Prepared:
             if style_state is not None and k == start_scale and start_step > 0:
                 try:
                     style.load_state_dict(style_state)  # the MRF matches of the interrupted run: same refresh steps
-                except (ValueError, TypeError, IndexError) as exc:
+                except (CheckpointError, TypeError, IndexError) as exc:
                     raise CheckpointError(f"checkpoint {checkpoint} is damaged (style_state: {exc}); delete it to start fresh") from exc
             objective = _Objective(self.encoder, self.prepare_input, c_k, style, options, extra_loss)
             if image is None:
