@@ -84,7 +84,7 @@ def test_recipe_round_trip_and_rerun_reproduces(files, tmp_path):
 
 def test_rerun_of_a_recipe_older_than_match_every_matches_every_step(files, tmp_path, monkeypatch):
     content, style = files
-    options = {**FAST, "style_loss": "mrf", "style_layers": ["relu1_1"]}
+    options = {**FAST, "style_loss": "mrf", "style_layers": ["relu1_1"], "match_every": 10}
     recipe = impasto.stylize(content, style, options=options).recipe
     assert recipe["options"]["match_every"] == 10
     seen = []

@@ -82,7 +82,7 @@ class Options:
     laplacian_pool: int = option(4, "Average pooling before the Laplacian (larger: coarser edges kept).", range=Range(1, 64))
     style_loss: str = option("gram", style_loss_help)
     style_loss_weights: tuple[float, ...] | None = option(None, "One weight per loss of a combined --style-loss a+b (default: 1 each).", range=WEIGHT)
-    match_every: int = option(10, "Patch losses (mrf): find the nearest style patches again every N steps and reuse them in between (1: every step, as Li & Wand; matching is most of their cost: 10 is about 4x faster at 512 px and looked the same in our check).", range=Range(1, 1000))
+    match_every: int = option(1, "Patch losses (mrf): find the nearest style patches again every N steps and reuse them in between (1: every step, as Li & Wand; matching is most of their cost: 10 is about 4x faster at 512 px and looked the same in one unjudged check).", range=Range(1, 1000))
     style_blend: tuple[float, ...] | None = option(None, "Blend weights, one per style image (default: equal).", range=WEIGHT)
     layer_sources: tuple[tuple[str, int], ...] = option((), "Per-layer style sources: (layer, style index) pairs; unlisted layers use the blend.")
     content_mask: tuple[str, ...] = option((), "Content label map (with --style-mask), or one binary mask per style (region i takes style i); regions take their style's statistics only (Gatys et al. 2017 spatial control), or with --style-loss mrf only patches of their style region.")
