@@ -143,3 +143,63 @@ def test_mmd_samples_the_same_positions_every_call():
     assert target[0].shape == (1, 4, dist.MMD_SAMPLES)
     assert dist.mmd_gaussian_loss(f, target).item() == dist.mmd_gaussian_loss(f, target).item()
     assert dist.mmd_gaussian_loss(s, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_argsort_last_sorts_like_torch_with_ties_signs_and_infinities(threads):
+    from impasto.ops.stats import argsort_last
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 301, generator=gen)
+    x[..., ::7] = 0.5  # ties
+    x[0, 0, :4] = torch.tensor([-0.0, 0.0, float("inf"), -float("inf")])
+    x[1, 2, 10:20] = -3.25  # negative ties
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        order = argsort_last(x)
+    finally:
+        torch.set_num_threads(before)
+    assert order.shape == x.shape and order.dtype == torch.int64
+    assert torch.equal(x.gather(-1, order), x.sort(dim=-1).values)
+    finite = x.clone()
+    finite[0, 0, :4] = 1.0  # +-0.0 compare equal for torch but not as bits; everything else is stable like torch
+    assert torch.equal(argsort_last(finite), torch.argsort(finite, dim=-1, stable=True))
+    d = x.double()  # other dtypes take torch's path
+    assert torch.equal(d.gather(-1, argsort_last(d)), d.sort(dim=-1).values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sorted_distance_matches_differentiating_through_the_sort(dtype):
+    """The paired form (no autograd through the sort) has the value and gradient of the textbook one."""
+    gen = torch.Generator().manual_seed(4)
+    v = torch.randn(2, 3, 500, generator=gen, dtype=dtype, requires_grad=True)
+    target = torch.randn(1, 3, 64, generator=gen, dtype=dtype).sort(dim=-1).values
+    loss = dist.sorted_distance(v, target)
+    (grad,) = torch.autograd.grad(loss, v)
+    ref = (v.sort(dim=-1).values - quantile_values(target, 500)).pow(2).mean()
+    (ref_grad,) = torch.autograd.grad(ref, v)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert loss.item() == pytest.approx(ref.item(), rel=tol)
+    assert torch.allclose(grad, ref_grad, rtol=tol, atol=tol * 1e-3)
+    small = torch.randn(1, 3, 20, generator=gen, dtype=dtype)  # fewer values than target quantiles
+    ref_small = (small.sort(dim=-1).values - quantile_values(target, 20)).pow(2).mean()
+    assert dist.sorted_distance(small, target).item() == pytest.approx(ref_small.item(), rel=tol)
+
+
+def test_argsort_last_works_in_a_forked_child_after_the_parent_used_its_threads():
+    import multiprocessing
+
+    from impasto.ops.stats import argsort_last
+
+    x = torch.randn(4, 1000, generator=torch.Generator().manual_seed(5))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        argsort_last(x)  # the parent's pool exists now
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            order = pool.apply_async(argsort_last, (x,)).get(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(x.gather(-1, order), x.sort(dim=-1).values)

@@ -24,7 +24,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from impasto.ops.stats import mean_cov, quantile_values
+from impasto.ops.stats import argsort_last, mean_cov, quantile_values
 
 QUANTILES = 4096  # points of the style's quantile function kept as its target: the same for every image size,
 # so the targets of several styles stack (conditional training); fewer values are interpolated up
@@ -37,11 +37,31 @@ def _flat(features: Tensor) -> Tensor:
 
 def sorted_distance(values: Tensor, target_quantiles: Tensor) -> Tensor:
     """Mean squared difference between sorted ``values`` (N, P, M) and the target quantile function
-    (N or 1, P, K), resampled to M points: the squared 1-D Wasserstein-2 distance per row, averaged."""
+    (N or 1, P, K), resampled to M points: the squared 1-D Wasserstein-2 distance per row, averaged.
+
+    Computed without differentiating through a sort: each value is paired with the target quantile at
+    its rank (the pairing is a constant of the step), and the loss is the mean squared difference of the
+    pairs, which has the same value and, away from ties, the same gradient 2 (v - t_rank(v)) / n.
+    """
     m = values.shape[-1]
-    target = quantile_values(target_quantiles.to(values.dtype), m)  # sorted already: resampling keeps order
-    ordered, _ = values.sort(dim=-1)
-    return (ordered - target).pow(2).mean()
+    with torch.no_grad():
+        order = argsort_last(values)
+        target = _resampled(target_quantiles.to(values.dtype), m).expand_as(values)
+        paired = torch.empty_like(values).scatter_(-1, order, target)
+    return (values - paired).pow(2).mean()
+
+
+def _resampled(quantiles: Tensor, m: int) -> Tensor:
+    """A sorted quantile function (..., K) sampled at m evenly spaced ranks, linearly interpolated
+    (``ops.stats.quantile_values`` for input that is sorted already)."""
+    k = quantiles.shape[-1]
+    if k == m:
+        return quantiles
+    if k == 1:
+        return quantiles.expand(*quantiles.shape[:-1], m)
+    flat = quantiles.reshape(-1, 1, k)
+    out = torch.nn.functional.interpolate(flat, size=m, mode="linear", align_corners=True)
+    return out.reshape(*quantiles.shape[:-1], m)
 
 
 def histogram_stats(features: Tensor, k: int = QUANTILES) -> tuple[Tensor]:

