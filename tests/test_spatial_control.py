@@ -8,6 +8,7 @@ import torch
 from impasto.errors import InvalidOptionError
 from impasto.features.transfer import RegionMaps
 from impasto.features.vgg import load_encoder
+from impasto.io.image import save_image
 from impasto.losses.objective import StyleTerm
 from impasto.methods import optimization as opt
 from impasto.ops.stats import gram_matrix
@@ -143,3 +144,26 @@ def test_a_masked_mrf_run_stylises_only_inside_the_mask(tmp_path):
     change = (out - content).abs().mean(dim=(0, 1))
     w = change.shape[-1]
     assert change[:, : w // 2 - 4].mean() > 3 * change[:, w // 2 + 4:].mean()
+
+
+def test_label_maps_given_to_the_call_equal_the_same_maps_given_as_files(tmp_path):
+    """The optimisation's per-call ``maps`` (what --face-parts uses) is the --content-mask/--style-mask path."""
+    content, styles = _image(1, 48, 64), [_image(2, 48, 64), _image(3, 40, 64)]
+    halves = torch.zeros(1, 3, 48, 64)
+    halves[..., :32] = 1
+    files = [str(save_image(t, tmp_path / f"m{i}.png")) for i, t in enumerate((halves, 1 - halves, halves[..., :40, :]))]
+    base = dict(size=64, iterations=6, min_size=64, encoder="tiny", precision="fp32", style_loss="mrf", style_layers=("relu2_1",))
+    by_files = opt.run(content, styles, opt.Options(**base, content_mask=(files[0],), style_mask=tuple(files[1:])))
+    prepared = opt.prepare(styles, opt.Options(**base))
+    maps = RegionMaps((48, 64), styles, (halves,), (1 - halves, halves[..., :40, :]))
+    by_call = prepared(content, maps=maps)
+    assert torch.equal(by_call.image, by_files.image)
+    free = prepared(content)
+    assert not torch.allclose(free.image, by_call.image)  # the maps did something, and were not kept for later calls
+    with pytest.raises(InvalidOptionError, match="made for a 64x48 image"):
+        prepared(_image(4, 64, 64), maps=maps)
+    ckpt = tmp_path / "run.ckpt"
+    prepared(content, maps=maps, checkpoint=ckpt, checkpoint_every=2)
+    with pytest.raises(Exception, match="different run"):  # other maps: another job
+        prepared(content, maps=RegionMaps((48, 64), styles, (1 - halves,), (1 - halves, halves[..., :40, :])),
+                 checkpoint=ckpt, resume=True)

@@ -267,11 +267,15 @@ class _Objective:
         return total, parts
 
 
-def fingerprint(content: Tensor, styles: Sequence[Tensor], options: Options) -> str:
-    """Hash of everything that determines the result, to refuse resuming a different job."""
+def fingerprint(content: Tensor, styles: Sequence[Tensor], options: Options, maps: RegionMaps | None = None) -> str:
+    """Hash of everything that determines the result, to refuse resuming a different job (``maps``:
+    label maps given to the call instead of the options' mask files)."""
     digest = hashlib.sha256(json.dumps(asdict(options), sort_keys=True, default=str).encode())
+    codes = [] if maps is None else [c for c in (maps.content_codes, *maps.style_codes) if c is not None]
     for t in (content, *styles):
         digest.update(t.detach().contiguous().float().numpy().tobytes())
+    for c in codes:
+        digest.update(c.contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -331,13 +335,16 @@ class Prepared:
 
     def __call__(self, content: Tensor, *, init: Tensor | None = None, extra_loss: ExtraLoss | None = None,
                  iterations: int | None = None, callback: Callback | None = None, cancel: CancelToken | None = None,
-                 checkpoint: str | Path | None = None, checkpoint_every: int = 50, resume: bool = False) -> Result:
+                 checkpoint: str | Path | None = None, checkpoint_every: int = 50, resume: bool = False,
+                 maps: RegionMaps | None = None) -> Result:
         """Stylise ``content`` (1, 3, H, W) in [0, 1].
 
         ``init``: a start image (any size; resized to the output's), e.g. the previous video frame's result
         warped by the optical flow; the run is then single-scale at the output size with ``iterations``
         steps. ``extra_loss``: image -> named, already weighted loss terms added to the objective (the
         temporal losses). ``checkpoint``/``resume`` as in ``run`` (not with ``init`` or ``extra_loss``).
+        ``maps``: label maps for this call (made for this content's size), in place of the options' mask
+        files, e.g. face parts found in this photo; style targets are then not reused across calls.
         """
         options, styles = self.options, self.styles
         _check_tensors(content, [] if init is None else [init])
@@ -345,14 +352,22 @@ class Prepared:
             raise InvalidOptionError("checkpoint/resume cannot be combined with init or extra_loss (video frames are cached per frame instead)")
         plan = self.plan(content, init, iterations)
         check_sizes(plan, styles, options)  # before any memory is taken
-        if self._maps is None or self._maps.size != tuple(content.shape[-2:]):
-            self._maps = RegionMaps(tuple(content.shape[-2:]), styles, options.content_mask, options.style_mask)
-        maps = self._maps
+        given = maps is not None
+        if maps is not None:
+            if options.content_mask or options.style_mask:
+                raise InvalidOptionError("label maps were given both as files (content_mask/style_mask) and to the call; give one")
+            if maps.size != tuple(content.shape[-2:]) or len(maps.style_codes) != len(styles):
+                raise InvalidOptionError(f"the label maps were made for a {maps.size[1]}x{maps.size[0]} image and "
+                                         f"{len(maps.style_codes)} styles, not this {content.shape[-1]}x{content.shape[-2]} one and {len(styles)}")
+        else:
+            if self._maps is None or self._maps.size != tuple(content.shape[-2:]):
+                self._maps = RegionMaps(tuple(content.shape[-2:]), styles, options.content_mask, options.style_mask)
+            maps = self._maps
         started = time.perf_counter()
         torch.manual_seed(options.seed)
-        fp = fingerprint(content, styles, options)
+        fp = fingerprint(content, styles, options, maps if given else None)
         target_content, target_styles = self._targets(content)
-        reuse = target_styles is styles
+        reuse = target_styles is styles and not given
         total_steps = sum(n for _, n in plan)
         lr = options.learning_rate or DEFAULT_LR[options.optimizer]
 
