@@ -37,7 +37,7 @@ from impasto.errors import CancelledError, ImpastoError, InvalidOptionError, Out
 from impasto.events import CancelToken, Done, Event, Stage
 from impasto.events import Progress as ProgressEvent
 from impasto.io import weights as weights_io
-from impasto.io.image import SAVE_SUFFIXES, load_image
+from impasto.io.image import SAVE_SUFFIXES, load_image, save_image
 from impasto.options import field_help
 from impasto.validation import check_output
 
@@ -434,6 +434,31 @@ def explain_cmd(content: str, style: str, output: str, size: int, iterations: in
     explain.sheet(*images, cells).save(tmp)
     os.replace(tmp, path)
     out.print(f"wrote {path}")
+
+
+@cli.command("face-parts")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="The label map (.png: flat colours must stay exact).")
+@click.option("--overlay", default=None, help="Also write the image with the parts drawn over it (to check them).")
+@click.option("--overwrite", is_flag=True, help="Allow -o to name the input file.")
+def face_parts_cmd(image: str, output: str, overlay: str | None, overwrite: bool) -> None:
+    """Find the face parts of a portrait (MediaPipe face mesh and person segmentation; the optional
+    face-parts extra) and write them as a label map for --content-mask/--style-mask: background, person,
+    face, brows, eyes, lips, each one flat colour. --method exemplars --face-parts does this by itself."""
+    from impasto.features import faces
+    from impasto.validation import check_output
+
+    for path in (output, overlay):
+        if path is not None and not path.lower().endswith(".png"):
+            raise click.BadParameter(f"label maps must be PNG (lossless, so the colours stay exact), got '{path}'", param_hint="-o/--overlay")
+    check_output(output, [("image", image)], overwrite=overwrite)
+    photo = load_image(image)
+    labels = faces.face_parts(photo)
+    save_image(labels, Path(output))
+    if overlay is not None:
+        save_image(0.55 * labels + 0.45 * photo, Path(overlay))
+    shares = ", ".join(f"{name} {share:.1%}" for name, share in faces.part_share(labels).items())
+    out.print(f"wrote {output} ({shares})")
 
 
 @cli.group("train")

@@ -7,11 +7,12 @@ patches from whichever exemplar fits them best. Where neighbouring regions took 
 seams are cleaned by an edge-preserving guided filter guided by the photo, applied only in a band around
 the seams. ``show_sources`` writes a map of which exemplar each region came from.
 
-Differs from the paper: Song et al. match facial components with landmarks first; here every patch is
-matched freely (no landmark model offline), which works for portraits and any other subject. Label maps
-(``content_mask`` for the photo, ``style_mask`` one per exemplar, the same colour for the same part: eyes,
-mouth, hair, background) restrict each part of the photo to the patches of the same part of the
-exemplars, which is the paper's component matching with the components drawn or parsed by the user.
+Differs from the paper: Song et al. match facial components with landmarks first; by default here every
+patch is matched freely, which works for portraits and any other subject. Label maps (``content_mask`` for
+the photo, ``style_mask`` one per exemplar, the same colour for the same part: eyes, mouth, hair,
+background) restrict each part of the photo to the patches of the same part of the exemplars: the
+paper's component matching with the components drawn by the user, or found by MediaPipe's face mesh
+with ``face_parts`` (``features.faces``; an optional extra).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from impasto.errors import InvalidOptionError
 from impasto.events import Callback, CancelToken, Done, Stage
+from impasto.features import faces
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
 from impasto.features.transfer import RegionMaps
@@ -62,6 +64,7 @@ class Options:
     cleanup_eps: float = option(1e-3, "Guided-filter regularisation (larger: smoother).", range=Range(1e-8, 1.0))
     content_mask: tuple[str, ...] = option((), "Label map of the photo's parts (with --style-mask: one label map per exemplar, same colours for the same parts): each part takes patches only from the same part of the exemplars (Song et al.'s component matching).")
     style_mask: tuple[str, ...] = option((), "Label maps of the exemplars' parts, one per exemplar (or one for all), in the colours of --content-mask; an exemplar without a part's colour offers all its patches to that part.")
+    face_parts: bool = option(False, "Find the face parts (skin, brows, eyes, lips, rest of the person, background) in the photo and in each exemplar with MediaPipe, and match each part only with the same part (Song et al.'s component matching, automatic); needs the face-parts extra (bash scripts/setup.sh --faces). An exemplar where no face is found offers all its patches to the face parts.")
     show_sources: str | None = option(None, "Also write the exemplar source map (one colour per exemplar) to this PNG.")
     encoder: str = option("auto", "Pretrained features: auto, vgg16, vgg19, tiny (tests).")
     precision: str = option("auto", "auto, fp32 or bf16.")
@@ -76,6 +79,8 @@ def validate(options: Options, n_styles: int) -> None:
         raise InvalidOptionError("give the exemplars as style images (at least one; several is the point)")
     if not options.patch_layers:
         raise InvalidOptionError("at least one patch layer is needed")
+    if options.face_parts and (options.content_mask or options.style_mask):
+        raise InvalidOptionError("--face-parts draws the label maps itself; leave out --content-mask/--style-mask, or drop --face-parts")
     if options.show_sources is not None and not options.show_sources.lower().endswith(".png"):
         raise InvalidOptionError(f"--show-sources writes a PNG; give a path ending in .png, got '{options.show_sources}'")
 
@@ -140,9 +145,19 @@ class Prepared:
 
     def __init__(self, exemplars: list[Tensor], options: Options) -> None:
         self.options, self.exemplars = options, exemplars
+        # face parts of each exemplar, found once, before any weights load (the photo's are found per call)
+        self.exemplar_parts = [faces.face_parts(ex, require_face=False) for ex in exemplars] if options.face_parts else []
         self.opt_options = _optimization_options(options)
         self.optimise = optimization.prepare(exemplars, self.opt_options)
         self.encoder = load_encoder(options.encoder, list(options.patch_layers))
+
+    def _maps(self, size: tuple[int, int], content_parts: Tensor | None) -> RegionMaps | None:
+        """The run's label maps at ``size``: the face parts found, the options' mask files, or none."""
+        if content_parts is not None:
+            return RegionMaps(size, self.exemplars, (content_parts,), tuple(self.exemplar_parts))
+        if self.options.content_mask:
+            return RegionMaps(size, self.exemplars, self.options.content_mask, self.options.style_mask)
+        return None
 
     def __call__(self, content: Tensor, *, init: Tensor | None = None, extra_loss: optimization.ExtraLoss | None = None,
                  iterations: int | None = None, callback: Callback | None = None, cancel: CancelToken | None = None,
@@ -153,15 +168,18 @@ class Prepared:
         started = time.perf_counter()
         plan = self.optimise.plan(content, init, iterations)
         optimization.check_sizes(plan, exemplars, self.opt_options, method="exemplars")  # named as the user called it
+        content_parts = faces.face_parts(content) if options.face_parts else None
         result = self.optimise(content, init=init, extra_loss=extra_loss, iterations=iterations, callback=callback,
-                               cancel=cancel, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+                               cancel=cancel, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+                               maps=None if content_parts is None else self._maps(tuple(content.shape[-2:]), content_parts))
         image = result.image
         if callback:
             callback(Stage(name="seams", index=0, total=1, size=tuple(image.shape[-2:])))
-        maps = (RegionMaps(tuple(image.shape[-2:]), exemplars, options.content_mask, options.style_mask)
-                if options.content_mask else None)
+        maps = self._maps(tuple(image.shape[-2:]), content_parts)
         sources = source_map(image, exemplars, self.encoder, options.patch_layers[0], maps)
         losses = dict(result.final_losses, exemplars_used=float(len(torch.unique(sources))))
+        if options.face_parts:  # exemplars where the face model found a face (the others offer every patch)
+            losses["exemplars_with_face"] = float(sum(faces.part_share(p)["face"] > 0 for p in self.exemplar_parts))
         if options.cleanup == "guided":
             band = seams(sources, options.cleanup_radius)
             if bool(band.any()):
