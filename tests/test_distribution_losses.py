@@ -203,3 +203,21 @@ def test_argsort_last_works_in_a_forked_child_after_the_parent_used_its_threads(
     finally:
         torch.set_num_threads(before)
     assert torch.equal(x.gather(-1, order), x.sort(dim=-1).values)
+
+
+def test_argsort_last_from_several_threads_at_once():
+    """Callers on several threads (a server running jobs side by side) share the pool safely."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from impasto.ops.stats import argsort_last
+
+    xs = [torch.randn(rows, 2000, generator=torch.Generator().manual_seed(rows)) for rows in (2, 3, 4, 5, 6, 7)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with ThreadPoolExecutor(6) as callers:
+            orders = list(callers.map(argsort_last, xs * 4))
+    finally:
+        torch.set_num_threads(before)
+    for x, order in zip(xs * 4, orders):
+        assert torch.equal(x.gather(-1, order), x.sort(dim=-1).values)

@@ -108,7 +108,7 @@ def test_face_parts_restrict_the_photos_parts_to_the_exemplars_parts(tmp_path, m
     plain = ex.run(photo, exemplars, ex.Options(**{**options.__dict__, "face_parts": False}))
     assert not torch.allclose(plain.image, result.image)
     no_face = _texture(5, 96, 96)
-    with pytest.raises(faces.NoFaceError):
+    with pytest.raises(faces.NoFaceError, match="drop --face-parts"):
         ex.run(no_face, exemplars, options)
     face = save_image(photo, tmp_path / "face.png")
     files = [str(save_image(e, tmp_path / f"ex{i}.png")) for i, e in enumerate(exemplars)]
@@ -128,6 +128,27 @@ def test_cli_writes_the_label_map_and_refuses_lossy_output(tmp_path, capsys):
     assert (tmp_path / "check.png").is_file()
     assert main(["face-parts", str(photo), "-o", str(tmp_path / "parts.jpg")]) != 0
     assert "PNG" in capsys.readouterr().err
+    for overlay in (str(photo), str(tmp_path / "same.png")):  # the input, or the label map itself
+        assert main(["face-parts", str(photo), "-o", str(tmp_path / "same.png"), "--overlay", overlay]) != 0
+    capsys.readouterr()
     noise = save_image(_texture(7, 64, 64), tmp_path / "noise.png")
     assert main(["face-parts", str(noise), "-o", str(tmp_path / "n.png")]) != 0
     assert "no face found" in capsys.readouterr().err and not (tmp_path / "n.png").exists()
+
+
+@needs_mediapipe
+def test_a_video_frame_without_a_face_keeps_the_last_frames_parts(monkeypatch):
+    """Video calls the prepared method per frame: a frame where the head turned away must not stop the clip."""
+    photo = _small(data_dir() / "faces" / "grace_hopper_us_navy_1984.jpg", 96)
+    exemplar = _small(data_dir() / "exemplars" / "vangogh" / "vangogh_self_portrait_1889_orsay.jpg", 96)
+    options = ex.Options(size=96, iterations=2, min_size=96, encoder="tiny", precision="fp32", patch_layers=("relu2_1",),
+                         face_parts=True, cleanup="none")
+    prepared = ex.prepare([exemplar], options)
+    first = prepared._content_parts(photo)
+    assert faces.part_share(first)["face"] > 0
+    turned = _texture(9, *photo.shape[-2:])  # no face in this frame
+    assert prepared._content_parts(turned) is first
+    assert torch.isfinite(prepared(turned).image).all()
+    other_size = _texture(9, 64, 64)  # a different size cannot reuse them: refused as for a photo
+    with pytest.raises(faces.NoFaceError, match="drop --face-parts"):
+        prepared._content_parts(other_size)

@@ -448,12 +448,17 @@ def face_parts_cmd(image: str, output: str, overlay: str | None, overwrite: bool
     from impasto.features import faces
     from impasto.validation import check_output
 
-    for path in (output, overlay):
-        if path is not None and not path.lower().endswith(".png"):
-            raise click.BadParameter(f"label maps must be PNG (lossless, so the colours stay exact), got '{path}'", param_hint="-o/--overlay")
+    if not output.lower().endswith(".png"):
+        raise click.BadParameter(f"label maps must be PNG (lossless, so the colours stay exact), got '{output}'", param_hint="-o")
     check_output(output, [("image", image)], overwrite=overwrite)
+    if overlay is not None:
+        _check_output_file(overlay)
+        check_output(overlay, [("image", image), ("label map (-o)", output)], overwrite=overwrite)
     photo = load_image(image)
-    labels = faces.face_parts(photo)
+    try:
+        labels = faces.face_parts(photo)
+    except faces.NoFaceError as e:
+        raise faces.NoFaceError(f"{e} ({image}); draw the parts yourself as a label map (flat colours, PNG)") from None
     save_image(labels, Path(output))
     if overlay is not None:
         save_image(0.55 * labels + 0.45 * photo, Path(overlay))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -42,22 +43,33 @@ class NoFaceError(InvalidImageError):
     """No face was found in an image that needs one."""
 
 
+_STDERR_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet_stderr() -> Iterator[None]:
     """MediaPipe's C++ code logs to the process's stderr (TFLite delegate, absl warnings, a protobuf
-    message at import); keep that out of the user's terminal."""
-    try:
-        fd = os.dup(2)
-    except OSError:  # no stderr at all
+    message at import); keep that out of the user's terminal. File descriptor 2 is the whole process's,
+    so one swap at a time (a lock), and other threads' stderr is silent for those ~0.2 s too; a fatal
+    MediaPipe error inside would lose its message (run with IMPASTO_MEDIAPIPE_LOGS=1 to see them)."""
+    if os.environ.get("IMPASTO_MEDIAPIPE_LOGS"):
         yield
         return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all
+            saved = None
+        if saved is None:
             yield
-    finally:
-        os.dup2(fd, 2)
-        os.close(fd)
+            return
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def available() -> bool:
@@ -104,22 +116,18 @@ def face_parts(image: Tensor, *, max_faces: int = 4, require_face: bool = True) 
     solution_base, connections = _mediapipe()
     rgb = _uint8_rgb(image)
     h, w = rgb.shape[:2]
-    with _quiet_stderr():
-        mesh = solution_base.SolutionBase(
+    with _quiet_stderr(), contextlib.ExitStack() as graphs:  # each graph closed however this ends
+        mesh = graphs.enter_context(solution_base.SolutionBase(
             binary_graph_path="mediapipe/modules/face_landmark/face_landmark_front_cpu.binarypb",
             side_inputs={"num_faces": max_faces, "with_attention": True, "use_prev_landmarks": False},
-            outputs=["multi_face_landmarks"])
-        seg = solution_base.SolutionBase(
+            outputs=["multi_face_landmarks"]))
+        seg = graphs.enter_context(solution_base.SolutionBase(
             binary_graph_path="mediapipe/modules/selfie_segmentation/selfie_segmentation_cpu.binarypb",
-            side_inputs={"model_selection": 0}, outputs=["segmentation_mask"])
-        try:
-            faces = mesh.process({"image": rgb}).multi_face_landmarks or []
-            person = seg.process({"image": rgb}).segmentation_mask
-        finally:
-            mesh.close()
-            seg.close()
+            side_inputs={"model_selection": 0}, outputs=["segmentation_mask"]))
+        faces = mesh.process({"image": rgb}).multi_face_landmarks or []
+        person = seg.process({"image": rgb}).segmentation_mask
     if not faces and require_face:
-        raise NoFaceError(f"no face found in the {w}x{h} image; give the parts as label maps (--content-mask/--style-mask) instead")
+        raise NoFaceError(f"no face found in the {w}x{h} image")
     out = np.zeros((h, w, 3), dtype=np.uint8)
     out[np.asarray(person) > 0.5] = PARTS["person"]
     parts = _part_indices(connections)

@@ -147,9 +147,25 @@ class Prepared:
         self.options, self.exemplars = options, exemplars
         # face parts of each exemplar, found once, before any weights load (the photo's are found per call)
         self.exemplar_parts = [faces.face_parts(ex, require_face=False) for ex in exemplars] if options.face_parts else []
+        self._last_parts: Tensor | None = None
         self.opt_options = _optimization_options(options)
         self.optimise = optimization.prepare(exemplars, self.opt_options)
         self.encoder = load_encoder(options.encoder, list(options.patch_layers))
+
+    def _content_parts(self, content: Tensor) -> Tensor:
+        """The photo's face parts. A video frame where no face is found (head turned away, motion blur)
+        keeps the parts of the last frame that had one, so one frame cannot stop a clip."""
+        last = self._last_parts
+        fallback = last is not None and tuple(last.shape[-2:]) == tuple(content.shape[-2:])
+        try:
+            parts = faces.face_parts(content, require_face=not fallback)
+        except faces.NoFaceError as e:
+            raise faces.NoFaceError(f"--face-parts: {e} (the photo); drop --face-parts to match patches freely, "
+                                    "or draw the parts as label maps (--content-mask/--style-mask)") from None
+        if faces.part_share(parts)["face"] == 0 and fallback:
+            return last
+        self._last_parts = parts
+        return parts
 
     def _maps(self, size: tuple[int, int], content_parts: Tensor | None) -> RegionMaps | None:
         """The run's label maps at ``size``: the face parts found, the options' mask files, or none."""
@@ -168,7 +184,7 @@ class Prepared:
         started = time.perf_counter()
         plan = self.optimise.plan(content, init, iterations)
         optimization.check_sizes(plan, exemplars, self.opt_options, method="exemplars")  # named as the user called it
-        content_parts = faces.face_parts(content) if options.face_parts else None
+        content_parts = self._content_parts(content) if options.face_parts else None
         result = self.optimise(content, init=init, extra_loss=extra_loss, iterations=iterations, callback=callback,
                                cancel=cancel, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
                                maps=None if content_parts is None else self._maps(tuple(content.shape[-2:]), content_parts))

@@ -271,11 +271,12 @@ def fingerprint(content: Tensor, styles: Sequence[Tensor], options: Options, map
     """Hash of everything that determines the result, to refuse resuming a different job (``maps``:
     label maps given to the call instead of the options' mask files)."""
     digest = hashlib.sha256(json.dumps(asdict(options), sort_keys=True, default=str).encode())
-    codes = [] if maps is None else [c for c in (maps.content_codes, *maps.style_codes) if c is not None]
     for t in (content, *styles):
         digest.update(t.detach().contiguous().float().numpy().tobytes())
-    for c in codes:
-        digest.update(c.contiguous().numpy().tobytes())
+    if maps is not None:
+        digest.update(maps.mode.encode())
+        for c in (maps.content_codes, *maps.style_codes):
+            digest.update(b"none" if c is None else repr(tuple(c.shape)).encode() + c.contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

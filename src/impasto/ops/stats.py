@@ -120,19 +120,27 @@ def quantile_values(values: Tensor, k: int) -> Tensor:
     return ordered[..., lo] * (1 - frac) + ordered[..., hi] * frac
 
 
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool)
+_POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A shared pool of ``workers`` threads, made again after a fork (the parent's threads are not there)."""
+def _reset_pool_in_child() -> None:
+    """A forked child has none of the parent's threads, and a lock the parent held stays held: start over."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_pool_in_child)
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One shared pool for the process, never shut down while in use; it starts threads only as work
+    arrives, so its generous size costs nothing (callers submit as many chunks as torch has threads)."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL[:2] != (os.getpid(), workers):
-            if _POOL is not None and _POOL[0] == os.getpid():
-                _POOL[2].shutdown(wait=False)
-            _POOL = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="impasto-argsort"))
-        return _POOL[2]
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(32, os.cpu_count() or 1), thread_name_prefix="impasto-argsort")
+        return _POOL
 
 
 def _argsort_rows_np(bits: np.ndarray, out: np.ndarray, first: int, last: int) -> None:
@@ -169,7 +177,8 @@ def argsort_last(values: Tensor) -> Tensor:
         _argsort_rows_np(bits, out, 0, rows.shape[0])
     else:
         bounds = np.linspace(0, rows.shape[0], workers + 1).astype(int)
-        jobs = [_pool(workers).submit(_argsort_rows_np, bits, out, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        pool = _pool()
+        jobs = [pool.submit(_argsort_rows_np, bits, out, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         for job in jobs:
             job.result()
     return torch.from_numpy(out).reshape(values.shape)
