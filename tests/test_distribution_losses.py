@@ -221,3 +221,12 @@ def test_argsort_last_from_several_threads_at_once():
         torch.set_num_threads(before)
     for x, order in zip(xs * 4, orders):
         assert torch.equal(x.gather(-1, order), x.sort(dim=-1).values)
+
+
+def test_the_target_is_resampled_like_quantile_values_for_every_count():
+    gen = torch.Generator().manual_seed(6)
+    target = torch.randn(2, 3, 50, generator=gen, dtype=torch.float64).sort(dim=-1).values
+    for m in (1, 2, 7, 50, 333):
+        assert torch.allclose(dist._resampled(target, m), quantile_values(target, m), atol=1e-12)
+    single = torch.tensor([[[2.5]]], dtype=torch.float64)
+    assert torch.equal(dist._resampled(single, 4), torch.full((1, 1, 4), 2.5, dtype=torch.float64))
