@@ -36,6 +36,7 @@ import difflib
 import json
 import math
 import os
+import resource
 import random
 import re
 import subprocess
@@ -326,19 +327,26 @@ def render_one(side: Side, pair: Pair, content: Path, style: Path, renders: Path
         print(f"{side.name:24} {pair.id:56} cached ({meta['seconds']:.1f} s)")
         return meta
     partial = folder / f"{pair.id}.partial.png"
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     side.run(content, style, partial)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     with Image.open(partial) as im:
         size = list(im.size)
     os.replace(partial, target)
     load = os.getloadavg()[0]
     meta = {"side": side.name, "pair": pair.id, "content": str(content.resolve()), "style": str(style.resolve()),
             "source_content": str(pair.content), "source_style": str(pair.style), "settings": settings,
-            "size": size, "seconds": round(seconds, 2), "load": round(load, 2)}
+            "size": size, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "load": round(load, 2)}
     meta_path.write_text(json.dumps(meta, indent=1))
-    print(f"{side.name:24} {pair.id:56} {seconds:8.1f} s  {size[0]}x{size[1]}  load {load:.2f}")
+    print(f"{side.name:24} {pair.id:56} {seconds:8.1f} s  cpu {cpu:8.1f} s  {size[0]}x{size[1]}  load {load:.2f}")
     return meta
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the peer runs as a child): unlike the wall
+    clock it does not count time the render spent paused (SIGSTOP) while something else ran."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _diff(old: Any, new: Any) -> str:

@@ -367,6 +367,7 @@ def test_render_caches_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture
     pair, side = qb.Pair(content, style), FakeSide("impasto_optimization", RED)
     meta = qb.render_one(side, pair, content, style, tmp_path / "renders")
     assert side.runs == 1 and meta["size"] == [12, 8] and meta["pair"] == "c__s"
+    assert 0 <= meta["cpu_seconds"] and "cpu_seconds" in json.loads((tmp_path / "renders" / side.name / "c__s.json").read_text())
     assert "load" in capsys.readouterr().out
     qb.render_one(side, pair, content, style, tmp_path / "renders")
     assert side.runs == 1  # reused
