@@ -449,7 +449,7 @@ def face_parts_cmd(image: str, output: str, overlay: str | None, overwrite: bool
     from impasto.validation import check_output
 
     if not output.lower().endswith(".png"):
-        raise click.BadParameter(f"label maps must be PNG (lossless, so the colours stay exact), got '{output}'", param_hint="-o")
+        raise InvalidOptionError(f"-o: label maps must be PNG (lossless, so the colours stay exact), got '{output}'")
     check_output(output, [("image", image)], overwrite=overwrite)
     if overlay is not None:
         _check_output_file(overlay)

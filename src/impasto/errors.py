@@ -82,3 +82,11 @@ class OutputError(ImpastoError, OSError):
     """A result could not be written (folder missing and not creatable, no permission, disk full)."""
 
     exit_code = 7
+
+
+class NoFaceError(InvalidImageError):
+    """An image that needs a face (face parts) has none the face model can find."""
+
+
+class FacePartsUnavailableError(WeightsUnavailableError):
+    """The optional face-parts extra (MediaPipe, with its models) is not installed."""

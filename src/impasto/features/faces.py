@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from impasto.errors import ImpastoError, InvalidImageError
+from impasto.errors import FacePartsUnavailableError, InvalidImageError, NoFaceError
+
+__all__ = ["PARTS", "FacePartsUnavailableError", "NoFaceError", "available", "face_parts", "part_share"]
 
 PARTS: dict[str, tuple[int, int, int]] = {
     "background": (0, 0, 0),
@@ -33,14 +35,6 @@ PARTS: dict[str, tuple[int, int, int]] = {
     "lips": (220, 30, 60),
 }
 INSTALL_HINT = "install the face-parts extra with 'bash scripts/setup.sh --faces' (MediaPipe, models included)"
-
-
-class FacePartsUnavailableError(ImpastoError, RuntimeError):
-    """The optional MediaPipe extra is not installed."""
-
-
-class NoFaceError(InvalidImageError):
-    """No face was found in an image that needs one."""
 
 
 _STDERR_LOCK = threading.Lock()
