@@ -1,7 +1,9 @@
 """One labelled grid of every registered style loss on a few pairs: rows are pairs, columns are losses.
 
 Each cell is the optimisation method with its defaults except ``--style-loss``; the losses are looked at,
-not scored (what each keeps and loses is in the README of bench/ and in the issue notes).
+not scored (what each keeps and loses is in the README of bench/ and in the issue notes). Every cell is
+kept in ``<out>_cells/`` with its settings and reused by a later run with the same ones, so a grid that
+takes hours (512 px: ~3 s a step) can be built over several sittings, stopped at any time.
 
     IMPASTO_OFFLINE=1 PYTHONPATH=src python bench/loss_grid.py [--size 512] [--iterations 300]
         [--losses gram histogram ...] [--out bench/out/loss_grid.png]
@@ -10,6 +12,7 @@ not scored (what each keeps and loses is in the README of bench/ and in the issu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -29,24 +32,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--losses", nargs="+", help="default: every registered loss")
     parser.add_argument("--pairs", type=int, default=len(PAIRS), help="first N of the three pairs")
     parser.add_argument("--out", default=str(HERE / "out" / "loss_grid.png"))
+    parser.add_argument("--encoder", default="auto", help="auto, vgg16, vgg19 (tiny: tests)")
     args = parser.parse_args(argv)
 
-    from impasto.io.image import load_image
+    import torch
+
+    from impasto.io.image import load_image, save_image
     from impasto.io.plot import labelled_grid, to_pil
     from impasto.losses.registry import style_loss_names
     from impasto.methods.optimization import Options, run
 
     names = args.losses or list(style_loss_names())
+    cells = Path(args.out).with_name(Path(args.out).stem + "_cells")
+    cells.mkdir(parents=True, exist_ok=True)
     rows = []
     for content_name, style_name in PAIRS[: args.pairs]:
         content, style = load_image(DATA / content_name), load_image(DATA / style_name)
         row = [(to_pil(content), Path(content_name).stem, ""), (to_pil(style), Path(style_name).stem, "")]
         for name in names:
-            started = time.perf_counter()
-            result = run(content, style, Options(size=args.size, iterations=args.iterations, style_loss=name))
-            seconds = time.perf_counter() - started
-            print(f"{Path(content_name).stem:20} {name:20} {seconds:6.1f} s  load {os.getloadavg()[0]:.2f}", flush=True)
-            row.append((to_pil(result.image), name, f"{seconds:.0f} s"))
+            cell = cells / f"{Path(content_name).stem}__{Path(style_name).stem}__{name}"
+            settings = {"size": args.size, "iterations": args.iterations, "style_loss": name, "encoder": args.encoder,
+                        "content": content_name, "style": style_name, "torch": torch.__version__}
+            meta_path, png = cell.with_suffix(".json"), cell.with_suffix(".png")
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() and png.is_file() else None
+            if meta is not None and meta.get("settings") == settings:
+                image, seconds = load_image(png), meta["seconds"]
+                print(f"{Path(content_name).stem:20} {name:20} cached ({seconds:.1f} s)", flush=True)
+            else:
+                started = time.perf_counter()
+                image = run(content, style, Options(size=args.size, iterations=args.iterations, style_loss=name,
+                                                    encoder=args.encoder)).image
+                seconds = time.perf_counter() - started
+                save_image(image, png)  # the PNG first: a cell counts only once its settings are written
+                meta_path.write_text(json.dumps({"settings": settings, "seconds": round(seconds, 2)}, indent=1))
+                print(f"{Path(content_name).stem:20} {name:20} {seconds:6.1f} s  load {os.getloadavg()[0]:.2f}", flush=True)
+            row.append((to_pil(image), name, f"{seconds:.0f} s"))
         rows.append(row)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,47 @@
+"""bench/loss_grid.py keeps every cell with its settings, so a grid of hours is built over several runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _grid_module():
+    spec = importlib.util.spec_from_file_location("loss_grid_bench", REPO / "bench" / "loss_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cells_are_kept_and_reused_until_a_setting_changes(tmp_path, capsys):
+    grid = _grid_module()
+    out = tmp_path / "grid.png"
+    args = ["--size", "32", "--iterations", "2", "--losses", "gram", "mean_std", "--pairs", "1", "--encoder", "tiny", "--out", str(out)]
+    assert grid.main(args) == 0
+    first = capsys.readouterr().out
+    assert "cached" not in first and out.is_file()
+    cells = sorted(p.name for p in (tmp_path / "grid_cells").iterdir())
+    assert cells == ["kodim23__vangogh_starry_night__gram.json", "kodim23__vangogh_starry_night__gram.png",
+                     "kodim23__vangogh_starry_night__mean_std.json", "kodim23__vangogh_starry_night__mean_std.png"]
+    gram_png = tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__gram.png"
+    stamp = gram_png.stat().st_mtime_ns
+    assert grid.main(args) == 0
+    assert capsys.readouterr().out.count("cached") == 2 and gram_png.stat().st_mtime_ns == stamp
+    (tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__mean_std.json").unlink()  # a cell cut off before its settings
+    assert grid.main(args) == 0
+    again = capsys.readouterr().out
+    assert again.count("cached") == 1 and "gram" in again.split("cached")[0].splitlines()[-1]
+    changed = [*args[:3], "3", *args[4:]]  # --iterations 3: every cell again
+    assert grid.main(changed) == 0
+    assert "cached" not in capsys.readouterr().out
+    meta = json.loads((tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__gram.json").read_text())
+    assert meta["settings"]["iterations"] == 3
+    with Image.open(out) as im:
+        assert im.width > im.height  # one row: content, style and two loss cells side by side
