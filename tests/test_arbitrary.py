@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -92,6 +94,19 @@ def test_decoder_resume_repeats_the_uninterrupted_run(tiny_decoder, tmp_path):
         train_decoder(opts, tmp_path / "r.safetensors", checkpoint=ckpt, checkpoint_every=20, callback=stop, cancel=token)
     resumed = train_decoder(opts, tmp_path / "r.safetensors", checkpoint=ckpt, resume=True)
     assert resumed.history["total"] == result.history["total"]
+
+
+def test_decoder_training_device(tiny_decoder, tmp_path, monkeypatch):
+    """--device cpu trains exactly what auto does here; --device cuda without a GPU is refused at once."""
+    opts, _, _ = tiny_decoder
+    cpu = train_decoder(dataclasses.replace(opts, device="cpu", steps=5), tmp_path / "c.safetensors")
+    assert len(cpu.history["total"]) == 5
+    auto = train_decoder(dataclasses.replace(opts, steps=5), tmp_path / "a.safetensors")
+    assert cpu.history == auto.history
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidOptionError, match="--device cuda: .*use --device cpu"):
+        train_decoder(dataclasses.replace(opts, device="cuda"), tmp_path / "g.safetensors")
+    assert not (tmp_path / "g.safetensors").exists()
 
 
 def test_adain_method_end_to_end(tiny_decoder):

@@ -297,3 +297,32 @@ def test_precision_choices_and_errors(monkeypatch):
     assert precision.use_bf16("auto") is True and precision.use_bf16("bf16") is True
     with pytest.raises(InvalidOptionError, match="Did you mean 'bf16'"):
         precision.use_bf16("bf61")
+
+
+def test_device_choices_and_errors(monkeypatch):
+    from impasto.features import precision
+
+    assert precision.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert precision.resolve_device("auto") == torch.device("cpu")
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(InvalidOptionError, match=rf"--device {name}: this torch .* use --device cpu"):
+            precision.resolve_device(name)
+    with pytest.raises(InvalidOptionError, match="Did you mean 'cuda'"):
+        precision.resolve_device("cudda")
+    with pytest.raises(InvalidOptionError, match="cpu, cuda or cuda:N, got 'cuda:x'"):
+        precision.resolve_device("cuda:x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert precision.resolve_device("auto") == torch.device("cuda")
+    assert precision.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(InvalidOptionError, match=r"only 2 GPU\(s\) visible"):
+        precision.resolve_device("cuda:2")
+    # bf16 on a GPU asks the GPU, not the CPU
+    monkeypatch.setattr(precision, "bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert precision.use_bf16("auto", torch.device("cuda")) is True
+    assert precision.use_bf16("auto", torch.device("cpu")) is False
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    with pytest.raises(InvalidOptionError, match="needs a GPU with bf16 support"):
+        precision.use_bf16("bf16", torch.device("cuda"))

@@ -121,6 +121,27 @@ def test_resume_refuses_a_different_run(data, tmp_path):
         train(_opts(data, steps=4, style_weight=1.0), tmp_path / "m.safetensors", checkpoint=ckpt, resume=True)
 
 
+def test_training_device_is_checked_and_not_part_of_the_run(data, tmp_path, monkeypatch):
+    """--device cuda without a GPU is refused before any work; a run checkpointed on one device resumes on
+    another (here cpu -> auto, both the CPU) with the same losses."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidOptionError, match="--device cuda: .*use --device cpu"):
+        train(_opts(data, steps=4, device="cuda"), tmp_path / "g.safetensors")
+    assert not (tmp_path / "g.safetensors").exists()
+    full = train(_opts(data, steps=4, device="cpu"), tmp_path / "full.safetensors").history["total"]
+    ckpt = tmp_path / "d.ckpt"
+    token = CancelToken()
+
+    def stop(event):
+        if isinstance(event, Progress) and event.step == 2:
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        train(_opts(data, steps=4, device="cpu"), tmp_path / "p.safetensors", checkpoint=ckpt, callback=stop, cancel=token)
+    resumed = train(_opts(data, steps=4, device="auto"), tmp_path / "p.safetensors", checkpoint=ckpt, resume=True)
+    assert resumed.history["total"] == full
+
+
 def test_same_seed_reproduces_training(data, tmp_path):
     a = train(_opts(data, steps=4), tmp_path / "a.safetensors").history["total"]
     b = train(_opts(data, steps=4), tmp_path / "b.safetensors").history["total"]

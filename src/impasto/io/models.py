@@ -28,7 +28,7 @@ def save_model(path: str | os.PathLike[str], state: dict[str, Tensor], meta: dic
     """Write ``state`` (optionally as fp16) and ``meta`` to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    tensors = {k: (v.half() if fp16 and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".safetensors.tmp")
     os.close(fd)
     try:

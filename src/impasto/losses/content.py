@@ -36,7 +36,7 @@ def laplacian(image: Tensor, pool: int = 4) -> Tensor:
     x = image.to(torch.promote_types(image.dtype, torch.float32))
     if pool > 1 and min(x.shape[-2:]) >= pool:
         x = torch.nn.functional.avg_pool2d(x, pool)
-    kernel = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]], dtype=x.dtype)
+    kernel = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]], dtype=x.dtype, device=x.device)
     kernel = kernel.expand(x.shape[1], 1, 3, 3)
     return torch.nn.functional.conv2d(x, kernel, groups=x.shape[1])
 

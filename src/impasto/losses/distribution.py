@@ -87,7 +87,7 @@ def projections(channels: int, count: int | None = None, seed: int = 0) -> Tenso
 
 def _project(features: Tensor) -> Tensor:
     flat = _flat(features)
-    return projections(flat.shape[1]).to(flat.dtype) @ flat  # (N, P, M)
+    return projections(flat.shape[1]).to(flat) @ flat  # (N, P, M)
 
 
 def sliced_stats(features: Tensor, k: int = QUANTILES) -> tuple[Tensor]:
@@ -194,7 +194,7 @@ def _sample_positions(flat: Tensor, count: int = MMD_SAMPLES) -> Tensor:
     m = flat.shape[-1]
     if m <= count:
         return flat
-    idx = torch.randperm(m, generator=torch.Generator().manual_seed(m))[:count]
+    idx = torch.randperm(m, generator=torch.Generator().manual_seed(m))[:count].to(flat.device)
     return flat[..., idx]
 
 

@@ -90,7 +90,7 @@ def nearest_patches(queries: Tensor, bank: Tensor, chunk: int = MATCH_CHUNK) -> 
     A query's own norm does not change which row wins, so only the bank is normalised.
     """
     unit = bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    out = torch.empty(queries.shape[0], dtype=torch.long)
+    out = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
     for start in range(0, queries.shape[0], chunk):
         out[start:start + chunk] = (queries[start:start + chunk] @ unit.t()).argmax(dim=1)
     return out

@@ -96,7 +96,7 @@ def whiten_colour(content: Tensor, style: Tensor, alpha: float = 1.0, rel_floor:
     root = torch.where(keep_s, vals_s.clamp_min(0).sqrt(), torch.zeros_like(vals_s))
     whiten = vecs_c @ (inv_sqrt[:, None] * vecs_c.T)
     colour = vecs_s @ (root[:, None] * vecs_s.T)
-    transform = alpha * (colour @ whiten) + (1 - alpha) * torch.eye(content.shape[0], dtype=torch.float64)
+    transform = alpha * (colour @ whiten) + (1 - alpha) * torch.eye(content.shape[0], dtype=torch.float64, device=content.device)
     # alpha * (T fc0 + ms) + (1 - alpha) * (fc0 + mc) = (alpha T + (1 - alpha) I) fc0 + shift
     shift = alpha * ms + (1 - alpha) * mc
     return (transform.to(dtype) @ fc0 + shift.to(dtype)).to(dtype)
@@ -113,7 +113,7 @@ def quantile_values(values: Tensor, k: int) -> Tensor:
     m = ordered.shape[-1]
     if k == m:
         return ordered
-    pos = torch.linspace(0, m - 1, k, dtype=torch.float64)
+    pos = torch.linspace(0, m - 1, k, dtype=torch.float64, device=values.device)
     lo = pos.floor().long()
     hi = (lo + 1).clamp(max=m - 1)
     frac = (pos - lo).to(ordered.dtype)

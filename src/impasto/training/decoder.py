@@ -30,7 +30,7 @@ from torch import Tensor
 from impasto.errors import InvalidOptionError, WeightsError
 from impasto.events import Callback, CancelToken, Done, Progress, Stage
 from impasto.features.decoder import LEVELS, Decoder, check_encoder, decoder_architecture, load_decoder
-from impasto.features.precision import use_bf16
+from impasto.features.precision import resolve_device, use_bf16
 from impasto.features.transfer import TRANSFORMS
 from impasto.features.vgg import load_encoder
 from impasto.io.dataset import list_images, load_images, random_crops
@@ -66,6 +66,7 @@ class DecoderOptions:
     feature_weight: float = option(0.1, "Weight of the feature reconstruction loss (its gradient is large and noisy: higher values cost pixel accuracy).", range=WEIGHT)
     encoder: str = option("auto", "Encoder weights: auto, vgg16, vgg19 or tiny (tests).")
     precision: str = option("auto", "auto (bf16 math where supported), fp32 or bf16.")
+    device: str = option("auto", "Where to train: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N.")
     max_image_side: int = option(512, "Training images are kept in memory at most this large.", range=SIDE)
     seed: int = option(0, "Seed for initialisation and batch sampling.", range=SEED)
 
@@ -76,7 +77,7 @@ def validate(o: DecoderOptions) -> None:
         raise InvalidOptionError(f"level must be one of {', '.join(LEVELS)}, got '{o.level}'")
     if not o.content_dirs:
         raise InvalidOptionError("give at least one --content-dir with training images")
-    use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
+    use_bf16(o.precision, resolve_device(o.device))  # raises for an unknown device or precision, a missing GPU, no bf16
     if o.style_transform not in TRANSFORMS:
         raise InvalidOptionError(f"style_transform must be one of {', '.join(TRANSFORMS)}, got '{o.style_transform}'")
 
@@ -106,8 +107,8 @@ def least_squares_head(decoder: Decoder, features: Tensor, images: Tensor) -> No
     conv = decoder.head[1]
     x = (features - decoder.feature_mean[:, None, None]) * decoder.feature_scale[:, None, None]
     cols = torch.nn.functional.unfold(decoder.head[0](x), conv.kernel_size).transpose(1, 2).reshape(-1, conv.weight[0].numel())
-    design = torch.cat([cols, torch.ones(cols.shape[0], 1)], dim=1).double()
-    target = images.reshape(images.shape[0], 3, -1).transpose(1, 2).reshape(-1, 3).double()
+    design = torch.cat([cols, torch.ones_like(cols[:, :1])], dim=1).double().cpu()  # solved on the CPU (any device)
+    target = images.reshape(images.shape[0], 3, -1).transpose(1, 2).reshape(-1, 3).double().cpu()
     step = max(1, design.shape[0] // 100_000)  # a subsample of positions is plenty for 3 x 577 unknowns
     solution = torch.linalg.lstsq(design[::step], target[::step]).solution.float()
     conv.weight.copy_(solution[:-1].T.reshape(conv.weight.shape))
@@ -121,6 +122,8 @@ def train_bridge(decoder: Decoder, encoder: Any, lower: str, scale: Tensor, imag
     -> the ``lower`` level's features times ``scale`` (what the copied stages expect; see
     ``Decoder.warm_start``). Cheap (no image decoding, no encoder backward); returns the losses."""
     enc = encoder.with_layers([options.level, lower])
+    device = next(decoder.parameters()).device
+    scale = scale.to(device)
     params = list(decoder.stages[0].parameters())
     opt = torch.optim.Adam(params, lr=options.learning_rate)
     losses = []
@@ -130,7 +133,7 @@ def train_bridge(decoder: Decoder, encoder: Any, lower: str, scale: Tensor, imag
         if cancel is not None:
             cancel.raise_if_cancelled()  # nothing to checkpoint yet: the bridge is cheap to redo
         gen = torch.Generator().manual_seed(options.seed * 1_000_003 + 500_000 + step)
-        batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
+        batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0)).to(device)
         with torch.no_grad():
             feats, idx = enc.forward_with_indices(batch) if decoder.unpool else (enc(batch), None)
             target = feats[lower] * scale[:, None, None]
@@ -190,7 +193,8 @@ def train_decoder(
     images, skipped = load_images(list_images(options.content_dirs), options.max_image_side, options.crop)
     if not images:
         raise InvalidOptionError(f"no decodable images under {', '.join(options.content_dirs)}")
-    encoder = load_encoder(options.encoder, [options.level])
+    device = resolve_device(options.device)
+    encoder = load_encoder(options.encoder, [options.level]).to(device)
     style_feats: list[Tensor] = []
     if options.style_dirs:  # each style's features once, at the size the methods see styles (max_image_side)
         style_images, style_skipped = load_images(list_images(options.style_dirs), options.max_image_side, 32)
@@ -198,13 +202,13 @@ def train_decoder(
             raise InvalidOptionError(f"no decodable images under {', '.join(options.style_dirs)}")
         skipped += style_skipped
         with torch.no_grad():
-            style_feats = [encoder(s)[options.level][0].flatten(1).float() for s in style_images]
+            style_feats = [encoder(s.to(device))[options.level][0].flatten(1).float() for s in style_images]
     n_styled = min(options.batch_size, max(1, round(options.batch_size * options.style_fraction))) if style_feats else 0
     n_plain = options.batch_size - n_styled
-    bf16 = use_bf16(options.precision)
-    decoder = Decoder(options.level, encoder.arch, options.unpool, encoder.channels, options.top_convs)
+    bf16 = use_bf16(options.precision, device)
+    decoder = Decoder(options.level, encoder.arch, options.unpool, encoder.channels, options.top_convs).to(device)
     with torch.no_grad():  # input standardisation from sample crops (buffers: saved with the decoder)
-        sample = random_crops(images, 16, options.crop, torch.Generator().manual_seed(options.seed), (options.scale_min, 1.0))
+        sample = random_crops(images, 16, options.crop, torch.Generator().manual_seed(options.seed), (options.scale_min, 1.0)).to(device)
         feats = encoder(sample)[options.level]
         decoder.feature_mean.copy_(feats.mean((0, 2, 3)))
         decoder.feature_scale.copy_((feats.std((0, 2, 3)) + 1e-3 * feats.std()).reciprocal())
@@ -228,7 +232,8 @@ def train_decoder(
             if not resume:  # a resumed run takes the whole decoder from its checkpoint
                 train_bridge(decoder, encoder, shallower.level, bridge_scale, images, options, callback, cancel)
     opt = torch.optim.Adam(decoder.parameters(), lr=options.learning_rate)
-    fp = hashlib.sha256(json.dumps({"options": dataclasses.asdict(options), "images": len(images), "styles": len(style_feats)},
+    what = {k: v for k, v in dataclasses.asdict(options).items() if k != "device"}  # a run may resume on another device
+    fp = hashlib.sha256(json.dumps({"options": what, "images": len(images), "styles": len(style_feats)},
                                 sort_keys=True).encode()).hexdigest()
 
     def step_fn(step: int) -> dict[str, Tensor]:
@@ -236,7 +241,7 @@ def train_decoder(
         for group in opt.param_groups:
             group["lr"] = options.learning_rate * (options.final_lr_fraction + (1 - options.final_lr_fraction) * cosine)
         gen = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
-        batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
+        batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0)).to(device)
         with torch.no_grad():
             if options.unpool:
                 feats, idx = encoder.forward_with_indices(batch)
@@ -245,11 +250,11 @@ def train_decoder(
             target = feats[options.level]
             if n_styled:
                 target = stylise_batch(target, n_plain, style_feats, options.style_transform, gen)[0]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = decoder(target, tuple(batch.shape[-2:]), idx).float()
             again = encoder(out)[options.level].float()
         parts: dict[str, Tensor] = {}
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         if n_plain:
             parts["pixel"] = (out[:n_plain] - batch[:n_plain]).pow(2).mean()
             parts["feature"] = normalised_mse(again[:n_plain], target[:n_plain])

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from impasto.errors import InvalidOptionError
 from impasto.events import Callback, CancelToken, Done
-from impasto.features.precision import bf16_input, to_bf16, use_bf16
+from impasto.features.precision import bf16_input, resolve_device, to_bf16, use_bf16
 from impasto.features.vgg import load_encoder
 from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.image import load_image
@@ -66,6 +66,7 @@ class TrainOptions:
     tv_weight: float = option(1e-1, "Weight of the total-variation prior.", range=WEIGHT)
     encoder: str = option("auto", "Loss network weights: auto, vgg16, vgg19 or tiny (tests).")
     precision: str = option("auto", "auto (bf16 loss network where supported), fp32 or bf16.")
+    device: str = option("auto", "Where to train: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N.")
     max_image_side: int = option(512, "Training photos are kept in memory at most this large.", range=SIDE)
     seed: int = option(0, "Seed for initialisation and batch sampling.", range=SEED)
 
@@ -78,12 +79,13 @@ def validate(o: TrainOptions) -> None:
         raise InvalidOptionError("give at least one --content-dir with training photos")
     if o.style_names is not None and len(o.style_names) != len(o.styles):
         raise InvalidOptionError(f"{len(o.style_names)} style names given for {len(o.styles)} styles")
-    use_bf16(o.precision)  # raises for an unknown precision, or bf16 on a CPU without it
+    use_bf16(o.precision, resolve_device(o.device))  # raises for an unknown device or precision, a missing GPU, no bf16
     parse_style_losses(o.style_loss, o.style_loss_weights)  # raises for an unknown name, with a suggestion
 
 
 def _fingerprint(o: TrainOptions, style_hashes: list[str], n_images: int) -> str:
-    blob = json.dumps({"options": dataclasses.asdict(o), "styles": style_hashes, "images": n_images}, sort_keys=True)
+    what = {k: v for k, v in dataclasses.asdict(o).items() if k != "device"}  # a run may resume on another device
+    blob = json.dumps({"options": what, "styles": style_hashes, "images": n_images}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -129,29 +131,30 @@ def train(
     fp = _fingerprint(options, style_hashes, len(images))
 
     layers = list(dict.fromkeys([*options.content_layers, *options.style_layers]))
-    encoder = load_encoder(options.encoder, layers)
-    bf16 = use_bf16(options.precision)
+    device = resolve_device(options.device)
+    encoder = load_encoder(options.encoder, layers).to(device)
+    bf16 = use_bf16(options.precision, device)
     if bf16:
         encoder = to_bf16(encoder)
     prepare = bf16_input if bf16 else (lambda x: x)
 
     with torch.no_grad():
-        per_style = [encoder(prepare(resize(s, size_for_long_side(s.shape[-2], s.shape[-1], options.style_size))))
+        per_style = [encoder(prepare(resize(s, size_for_long_side(s.shape[-2], s.shape[-1], options.style_size)).to(device)))
                      for s in style_images]
     weights = layer_weights(options.style_layers, None)
     style = StyleSum([(loss, w, weights) for loss, w in parse_style_losses(options.style_loss, options.style_loss_weights)],
                      per_style, per_sample=True)
 
-    net = TransformerNet(n_styles=len(style_images), width=options.width, n_residual=options.residual_blocks)
+    net = TransformerNet(n_styles=len(style_images), width=options.width, n_residual=options.residual_blocks).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=options.learning_rate)
     c_weights = layer_weights(options.content_layers, None)
 
     def step_fn(step: int) -> dict[str, Tensor]:
         gen = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
-        batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0))
-        which = torch.randint(len(style_images), (options.batch_size,), generator=gen)
+        batch = random_crops(images, options.batch_size, options.crop, gen, (options.scale_min, 1.0)).to(device)
+        which = torch.randint(len(style_images), (options.batch_size,), generator=gen).to(device)
         mix = F.one_hot(which, len(style_images)).float()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # fp32 master weights, bf16 math
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # fp32 master weights, bf16 math
             out = net(batch, mix).float()
         feats = encoder(prepare(out))
         with torch.no_grad():
