@@ -19,7 +19,7 @@ from impasto.cli import main
 from impasto.errors import InvalidImageError, InvalidOptionError
 from impasto.io.image import load_image, save_image
 from impasto.io.models import save_model
-from impasto.io.video import decode_video, probe_video, write_test_clip
+from impasto.io.video import decode_video, frame_sources, probe_video, write_test_clip
 from impasto.methods import feedforward as ff
 from impasto.methods import optimization
 from impasto.methods.video import Options as TemporalOptions
@@ -70,6 +70,11 @@ def test_mp4_round_trip_keeps_frames_fps_and_audio(clip, tiny_model, tmp_path):
     with av.open(str(out)) as c:
         assert c.streams.video[0].codec_context.name == "h264" and c.streams.audio[0].codec_context.name == "aac"
         assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+
+
+def test_frame_sources_points_a_video_file_to_the_decoder(clip):
+    with pytest.raises(InvalidOptionError, match="not a frame folder or GIF; read a video file with decode_video"):
+        frame_sources(clip)
 
 
 def test_decoding_is_close_to_the_frames_and_cuts_by_time(clip, butterfly):

@@ -45,7 +45,8 @@ def frame_sources(source: str | os.PathLike[str]) -> list[str]:
     if path.is_file() and path.suffix.lower() == ".gif":
         return [f"gif:{i}" for i in range(count_frames(path))]
     if path.is_file():
-        raise InvalidOptionError(f"{path}: video files are not decoded by impasto yet; {VIDEO_HINT}")
+        raise InvalidOptionError(f"{path} is not a frame folder or GIF; read a video file with decode_video "
+                                 f"(its frames) or probe_video (its length)")
     raise InvalidOptionError(f"no such frame folder or GIF: {path}")
 
 

@@ -37,7 +37,7 @@ from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.models import save_model
 from impasto.io.plot import save_loss_curve
 from impasto.losses.objective import normalised_mse
-from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
+from impasto.options import Range, SEED, SIDE, WEIGHT, option
 from impasto.validation import check_fields
 from impasto.training.loop import run_steps
 
