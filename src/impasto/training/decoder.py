@@ -10,6 +10,10 @@ random strength per sample), and the decoder learns to render those features too
 feature reconstruction ``||E(D(t)) - t||^2`` alone. That is the content term of the AdaIN
 decoder's loss (Huang & Belongie 2017); their style term is left out, so the decoder still only
 inverts the encoder. Li et al. 2017 train on reconstruction alone (the default).
+``style_statistics_weight`` adds the style term as well: the decoded stylised image's per-channel
+feature mean and standard deviation at relu1_1 up to the decoder's level against the style's (mixed
+with the content's at the sample's strength alpha), so the decoder learns to put the style into
+pixels rather than to reproduce the target features alone.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from impasto.io.dataset import list_images, load_images, random_crops
 from impasto.io.models import save_model
 from impasto.io.plot import save_loss_curve
 from impasto.losses.objective import normalised_mse
+from impasto.losses.style import mean_std_loss
+from impasto.ops.stats import mean_std
 from impasto.options import Range, SEED, SIDE, WEIGHT, option
 from impasto.validation import check_fields
 from impasto.training.loop import run_steps
@@ -53,6 +59,7 @@ class DecoderOptions:
     style_transform: str = option("wct", "How batches are stylised with --style-dir: wct or adain (match the method the decoder serves).")
     style_fraction: float = option(0.5, "With --style-dir: the share of each batch that is stylised (at least one image).", range=Range(0, 1, low_open=True))
     style_weight: float = option(0.1, "With --style-dir: weight of the stylised images' feature loss.", range=WEIGHT)
+    style_statistics_weight: float = option(0.0, "With --style-dir: weight of the AdaIN paper's style loss on the decoded stylised images (feature mean and std at relu1_1 up to --level against the style's, mixed with the content's at the sample's strength; each layer divided by its target's mean square). 0 leaves it out.", range=WEIGHT)
     steps: int = option(1500, "Optimiser steps.", range=Range(1, 10_000_000))
     batch_size: int = option(4, "Images per step.", range=Range(1, 1024))
     crop: int = option(192, "Training crop size in pixels.", range=Range(32, 4096))
@@ -78,6 +85,9 @@ def validate(o: DecoderOptions) -> None:
     if not o.content_dirs:
         raise InvalidOptionError("give at least one --content-dir with training images")
     use_bf16(o.precision, resolve_device(o.device))  # raises for an unknown device or precision, a missing GPU, no bf16
+    if o.style_statistics_weight > 0 and not o.style_dirs:
+        raise InvalidOptionError("--style-statistics-weight needs --style-dir: the style loss compares decoded "
+                                 "stylised images with style images")
     if o.style_transform not in TRANSFORMS:
         raise InvalidOptionError(f"style_transform must be one of {', '.join(TRANSFORMS)}, got '{o.style_transform}'")
 
@@ -163,6 +173,33 @@ def stylise_batch(target: Tensor, n_plain: int, style_feats: list[Tensor], trans
     return out, drawn
 
 
+def mixed_statistics(feats: dict[str, Tensor], n_plain: int, drawn: list[tuple[int, float]],
+                     style_stats: list[dict[str, tuple[Tensor, Tensor]]], layers: list[str]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per layer, the (mean, std) (n_styled, C) each stylised sample's decoded image should have: the drawn
+    style's statistics mixed with the sample's own content statistics at its strength alpha (exact at
+    alpha 0 and 1, where the target is the content's or the style's)."""
+    out = {}
+    for layer in layers:
+        mean_c, std_c = mean_std(feats[layer][n_plain:].float())
+        alphas = torch.tensor([a for _, a in drawn], device=mean_c.device)[:, None]
+        mean_s = torch.cat([style_stats[k][layer][0] for k, _ in drawn])
+        std_s = torch.cat([style_stats[k][layer][1] for k, _ in drawn])
+        out[layer] = (alphas * mean_s + (1 - alphas) * mean_c, alphas * std_s + (1 - alphas) * std_c)
+    return out
+
+
+def statistics_loss(feats: dict[str, Tensor], targets: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+    """Huang & Belongie's (2017) style loss: per layer the squared error of each sample's per-channel feature
+    mean and std against its target (N, C), divided by the target's mean square; summed over layers."""
+    total = None
+    for layer, (mean, std) in targets.items():
+        norm = torch.cat([mean, std], dim=1).pow(2).mean() + 1e-8
+        term = mean_std_loss(feats[layer], mean, std) / norm
+        total = term if total is None else total + term
+    assert total is not None
+    return total
+
+
 def reconstruct(encoder: Any, decoder: Decoder, image: Tensor) -> Tensor:
     """Encode then decode an image (1, 3, H, W) -> (1, 3, H, W) clamped to [0, 1]."""
     with torch.inference_mode():
@@ -194,7 +231,9 @@ def train_decoder(
     if not images:
         raise InvalidOptionError(f"no decodable images under {', '.join(options.content_dirs)}")
     device = resolve_device(options.device)
-    encoder = load_encoder(options.encoder, [options.level]).to(device)
+    stats_layers = list(LEVELS[:LEVELS.index(options.level) + 1]) if options.style_statistics_weight > 0 else []
+    encoder = load_encoder(options.encoder, list(dict.fromkeys([options.level, *stats_layers]))).to(device)
+    style_stats: list[dict[str, tuple[Tensor, Tensor]]] = []
     style_feats: list[Tensor] = []
     if options.style_dirs:  # each style's features once, at the size the methods see styles (max_image_side)
         style_images, style_skipped = load_images(list_images(options.style_dirs), options.max_image_side, 32)
@@ -202,7 +241,10 @@ def train_decoder(
             raise InvalidOptionError(f"no decodable images under {', '.join(options.style_dirs)}")
         skipped += style_skipped
         with torch.no_grad():
-            style_feats = [encoder(s.to(device))[options.level][0].flatten(1).float() for s in style_images]
+            for s in style_images:
+                encoded = encoder(s.to(device))
+                style_feats.append(encoded[options.level][0].flatten(1).float())
+                style_stats.append({layer: mean_std(encoded[layer].float()) for layer in stats_layers})
     n_styled = min(options.batch_size, max(1, round(options.batch_size * options.style_fraction))) if style_feats else 0
     n_plain = options.batch_size - n_styled
     bf16 = use_bf16(options.precision, device)
@@ -249,10 +291,12 @@ def train_decoder(
                 feats, idx = encoder(batch), None
             target = feats[options.level]
             if n_styled:
-                target = stylise_batch(target, n_plain, style_feats, options.style_transform, gen)[0]
+                target, drawn = stylise_batch(target, n_plain, style_feats, options.style_transform, gen)
+                stats_targets = mixed_statistics(feats, n_plain, drawn, style_stats, stats_layers)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = decoder(target, tuple(batch.shape[-2:]), idx).float()
-            again = encoder(out)[options.level].float()
+            again_all = encoder(out)
+            again = again_all[options.level].float()
         parts: dict[str, Tensor] = {}
         total = torch.zeros((), device=device)
         if n_plain:
@@ -262,6 +306,9 @@ def train_decoder(
         if n_styled:
             parts["styled"] = normalised_mse(again[n_plain:], target[n_plain:])
             total = total + options.style_weight * parts["styled"]
+            if stats_layers:
+                parts["style_statistics"] = statistics_loss({k: again_all[k][n_plain:] for k in stats_layers}, stats_targets)
+                total = total + options.style_statistics_weight * parts["style_statistics"]
         return {"total": total, **parts}
 
     history = run_steps(model=decoder, optimizer=opt, step_fn=step_fn, steps=options.steps, fingerprint=fp,
