@@ -122,6 +122,20 @@ def test_weights_verify_with_empty_cache_is_one_line(capsys, monkeypatch, tmp_pa
 
 
 
+def test_weights_slice_writes_a_file_the_trainers_take(capsys, monkeypatch, tmp_path):
+    from impasto.features.vgg import tiny_state
+    from impasto.io import weights as weights_io
+
+    loaded = weights_io.LoadedWeights(source=weights_io.REGISTRY["vgg16"], state=tiny_state("vgg16"), sha256="e" * 64)
+    monkeypatch.setattr(weights_io, "load", lambda name, progress=None: loaded)
+    out = tmp_path / "vgg16_conv2_1.safetensors"
+    assert main(["weights", "slice", "vgg16", "conv2_1", "-o", str(out)]) == 0
+    assert "up to conv2_1" in capsys.readouterr().out
+    assert weights_io.load_slice(out)[1]["upto"] == "conv2_1"
+    assert main(["weights", "slice", "vgg16", "conv2_1", "-o", str(tmp_path / "x.pt")]) == 2
+    assert "must end in .safetensors" in _one_error_line(capsys)
+
+
 def test_ctrl_c_saves_checkpoint_and_resume_finishes_identically(files, tmp_path):
     """A real SIGINT to the CLI process: one-line message, exit 130, checkpoint kept; --resume == uninterrupted."""
     import os

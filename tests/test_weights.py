@@ -521,3 +521,49 @@ def test_vgg16_source_is_refused_under_the_wrong_name(vgg16_cache: Path, tmp_pat
     with pytest.raises(HashMismatchError, match=weights.REGISTRY["vgg19"].sha256):
         weights.import_file(src, name="vgg19")
     assert not weights.is_cached("vgg19")
+
+
+def _tiny_loaded() -> weights.LoadedWeights:
+    from impasto.features.vgg import tiny_state
+
+    return weights.LoadedWeights(source=weights.REGISTRY["vgg16"], state=tiny_state("vgg16"), sha256="f" * 64)
+
+
+def test_a_weight_slice_is_the_same_encoder_up_to_its_depth(tmp_path):
+    from impasto.features.vgg import VGGEncoder, load_encoder
+
+    loaded = _tiny_loaded()
+    path = weights.write_slice(loaded, "vgg16", "conv3_1", tmp_path / "s.safetensors")
+    full = VGGEncoder("vgg16", loaded.state, ["relu1_1", "relu3_1"], normalization=loaded.source.normalization)
+    part = load_encoder(str(path), ["relu1_1", "relu3_1"])
+    x = torch.rand(1, 3, 32, 32)
+    assert all(torch.equal(full(x)[k], part(x)[k]) for k in ("relu1_1", "relu3_1"))
+    # a decoder trained on the slice names the same weights as one trained on the full file
+    assert part.source_sha256 == weights.REGISTRY["vgg16"].sha256 and part.weights_sha256 == "f" * 64
+    assert part.weights_name == "vgg16"
+    with pytest.raises(InvalidOptionError, match=r"up to conv3_1; layer\(s\) relu3_2, relu4_1 need a deeper slice"):
+        load_encoder(str(path), ["relu3_2", "relu4_1"])
+    with pytest.raises(InvalidOptionError, match="unknown conv layer 'conv3_9'.*Did you mean"):
+        weights.write_slice(loaded, "vgg16", "conv3_9", tmp_path / "t.safetensors")
+
+
+def test_a_damaged_or_foreign_slice_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from impasto.features.vgg import load_encoder
+
+    path = weights.write_slice(_tiny_loaded(), "vgg16", "conv2_1", tmp_path / "s.safetensors")
+    state = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    state["conv1_1.weight"][0, 0, 0, 0] += 1.0
+    save_file(state, str(tmp_path / "edited.safetensors"), metadata=meta)
+    with pytest.raises(HashMismatchError, match="do not match the digest"):
+        load_encoder(str(tmp_path / "edited.safetensors"), ["relu1_1"])
+    save_file(state, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(WeightsError, match="not an encoder slice .*impasto weights slice"):
+        load_encoder(str(tmp_path / "plain.safetensors"), ["relu1_1"])
+    with pytest.raises(WeightsError, match="missing.safetensors (does not exist|not found|no such)"):
+        load_encoder(str(tmp_path / "missing.safetensors"), ["relu1_1"])

@@ -374,6 +374,19 @@ def weights_import(file: str, name: str | None) -> None:
     out.print(f"imported: {weights_io.import_file(file, name)}")
 
 
+@weights_group.command("slice")
+@click.argument("name")
+@click.argument("upto")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Slice file to write (.safetensors).")
+def weights_slice(name: str, upto: str, output: str) -> None:
+    """Write NAME's conv weights up to conv layer UPTO (e.g. vgg16 conv4_1), unchanged, to a small file that
+    --encoder FILE takes: for training on a machine that lacks the full weights (a GPU box without internet)."""
+    if not output.endswith(".safetensors"):
+        raise InvalidOptionError(f"the slice file must end in .safetensors, got '{output}'")
+    path = weights_io.write_slice(weights_io.load(name), name, upto, output)
+    out.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {name} up to {upto}")
+
+
 @weights_group.command("verify")
 @click.argument("names", nargs=-1)
 def weights_verify(names: tuple[str, ...]) -> None:

@@ -197,13 +197,25 @@ def load_encoder(
     pooling: str = "max",
     progress: weights_io.ByteProgress | None = None,
 ) -> VGGEncoder:
-    """Build the encoder ``name`` ("auto", "vgg16", "vgg19" or "tiny") for ``layers``.
+    """Build the encoder ``name`` ("auto", "vgg16", "vgg19", "tiny", or the path of a ``.safetensors`` slice
+    written by ``io.weights.write_slice``) for ``layers``.
 
     "auto" picks the best weights available (see ``io.weights.best_available``); "tiny" is a
-    random-weight VGG-16 for tests (never for real results).
+    random-weight VGG-16 for tests (never for real results); a slice serves layers up to its depth.
     """
+    if name.endswith(".safetensors"):  # a slice of real weights (impasto weights slice)
+        state, meta = weights_io.load_slice(name)
+        available = layer_names(meta["arch"])[: layer_names(meta["arch"]).index(meta["upto"].replace("conv", "relu")) + 1]
+        deeper = [layer for layer in layers if layer not in available]
+        if deeper:
+            raise InvalidOptionError(f"encoder file {name} holds {meta['name']} up to {meta['upto']}; layer(s) "
+                                     f"{', '.join(deeper)} need a deeper slice or the full weights")
+        return VGGEncoder(meta["arch"], state, layers, pooling=pooling, normalization=meta["normalization"],
+                          weights_name=meta["name"], weights_sha256=meta["weights_sha256"],
+                          source_sha256=meta["source_sha256"])
     if name not in ENCODERS:
-        raise InvalidOptionError(f"unknown encoder '{name}'; choose one of {', '.join(ENCODERS)}.{suggest(name, ENCODERS)}")
+        raise InvalidOptionError(f"unknown encoder '{name}'; choose one of {', '.join(ENCODERS)} or an encoder slice file "
+                                 f"(.safetensors).{suggest(name, ENCODERS)}")
     if name == "tiny":
         return VGGEncoder("vgg16", tiny_state("vgg16"), layers, pooling=pooling, normalization="torch",
                           weights_name="tiny", weights_sha256="random-seed-0")

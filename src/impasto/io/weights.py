@@ -337,6 +337,74 @@ def load(name: str, progress: ByteProgress | None = None) -> LoadedWeights:
     return LoadedWeights(source=source, state=state, sha256=meta["sha256"])
 
 
+SLICE_FORMAT = "impasto-vgg-slice-1"
+
+
+def tensors_sha256(state: dict[str, Tensor]) -> str:
+    """A digest of named tensors' values (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def write_slice(loaded: LoadedWeights, name: str, upto: str, path: str | os.PathLike[str]) -> Path:
+    """Write the conv weights of ``loaded`` up to and including conv layer ``upto`` (e.g. conv4_1), unchanged
+    in float32, to a small safetensors file with where they came from: what a training run on a machine
+    without the full weights (a lent GPU; see ``load_slice``) needs for layers up to that depth."""
+    names = conv_names(loaded.source.arch)
+    if upto not in names:
+        raise InvalidOptionError(f"unknown conv layer '{upto}' for {loaded.source.arch}; one of {', '.join(names)}"
+                                 f".{suggest(upto, names)}")
+    keep = names[: names.index(upto) + 1]
+    state = {f"{n}.{p}": loaded.state[f"{n}.{p}"].float().contiguous() for n in keep for p in ("weight", "bias")}
+    meta = {"format": SLICE_FORMAT, "name": name, "arch": loaded.source.arch, "normalization": loaded.source.normalization,
+            "upto": upto, "source_sha256": loaded.source.sha256, "weights_sha256": loaded.sha256,
+            "tensors_sha256": tensors_sha256(state)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"impasto_slice": json.dumps(meta)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_slice(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(conv state, metadata) of a file written by ``write_slice``; WeightsError unless its tensors are the
+    ones it records (so a decoder trained on it may name the full weights' source)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"encoder file {path} {why_not_a_file(path)}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("impasto_slice")
+        state = load_file(str(path))
+    except Exception as exc:
+        raise WeightsError(f"encoder file {path} is not readable safetensors ({exc})") from exc
+    if raw is None:
+        raise WeightsError(f"{path} is not an encoder slice (write one with 'impasto weights slice vgg16 conv4_1 -o FILE')")
+    meta = json.loads(raw)
+    if meta.get("format") != SLICE_FORMAT:
+        raise WeightsError(f"{path}: unknown encoder slice format {meta.get('format')!r}")
+    if tensors_sha256(state) != meta.get("tensors_sha256"):
+        raise HashMismatchError(f"{path}: its tensors do not match the digest it records (damaged or edited); write it again")
+    names = conv_names(meta["arch"])
+    want = {f"{n}.{p}" for n in names[: names.index(meta["upto"]) + 1] for p in ("weight", "bias")}
+    if set(state) != want:
+        raise WeightsError(f"{path}: holds {', '.join(sorted(set(state) ^ want))} against its own record")
+    return state, meta
+
+
 def verify(name: str) -> str:
     """Re-hash the cached file of ``name`` against its sidecar; returns the sha256 or raises."""
     get_source(name)

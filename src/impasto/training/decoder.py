@@ -71,7 +71,7 @@ class DecoderOptions:
     bridge_steps: int = option(200, "With --init-from: steps that first train the new top stage alone to output the shallower level's features.", range=Range(0, 10_000_000))
     pixel_weight: float = option(1.0, "Weight of the pixel reconstruction loss.", range=WEIGHT)
     feature_weight: float = option(0.1, "Weight of the feature reconstruction loss (its gradient is large and noisy: higher values cost pixel accuracy).", range=WEIGHT)
-    encoder: str = option("auto", "Encoder weights: auto, vgg16, vgg19 or tiny (tests).")
+    encoder: str = option("auto", "Encoder weights: auto, vgg16, vgg19 or tiny (tests), or a slice file written by 'impasto weights slice' (for a machine without the full weights).")
     precision: str = option("auto", "auto (bf16 math where supported), fp32 or bf16.")
     device: str = option("auto", "Where to train: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N.")
     max_image_side: int = option(512, "Training images are kept in memory at most this large.", range=SIDE)

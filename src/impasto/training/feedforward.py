@@ -64,7 +64,7 @@ class TrainOptions:
     content_weight: float = option(1.0, "Weight of the content loss.", range=WEIGHT)
     style_weight: float = option(20.0, "Weight of the (per-layer normalised) style loss.", range=WEIGHT)
     tv_weight: float = option(1e-1, "Weight of the total-variation prior.", range=WEIGHT)
-    encoder: str = option("auto", "Loss network weights: auto, vgg16, vgg19 or tiny (tests).")
+    encoder: str = option("auto", "Loss network weights: auto, vgg16, vgg19 or tiny (tests), or a slice file written by 'impasto weights slice' (for a machine without the full weights).")
     precision: str = option("auto", "auto (bf16 loss network where supported), fp32 or bf16.")
     device: str = option("auto", "Where to train: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N.")
     max_image_side: int = option(512, "Training photos are kept in memory at most this large.", range=SIDE)
