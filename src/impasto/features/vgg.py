@@ -64,6 +64,7 @@ class VGGEncoder(nn.Module):
         weights_sha256: str = "",
         source_sha256: str = "",
         shared_convs: Mapping[str, nn.Conv2d] | None = None,
+        block_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if arch not in weights_io.VGG_BLOCKS:
@@ -90,6 +91,7 @@ class VGGEncoder(nn.Module):
         self.source_sha256 = source_sha256 or weights_sha256
         self._plan = all_names[: deepest + 1]
         self._state = state  # shared, not copied: lets with_layers() reach deeper layers later
+        self._block_channels = tuple(block_channels) if block_channels is not None else None
         self.convs = nn.ModuleDict()
         for name in self._plan:
             if name.startswith("conv"):
@@ -115,6 +117,8 @@ class VGGEncoder(nn.Module):
     @property
     def channels(self) -> tuple[int, ...]:
         """Output channels of each block present (from the weights, so narrow test encoders work)."""
+        if self._block_channels is not None:  # a slice: the full weights' widths, recorded with it
+            return self._block_channels
         blocks = weights_io.VGG_BLOCKS[self.arch]
         return tuple(int(self._state[f"conv{b + 1}_{blocks[b]}.weight"].shape[0]) for b in range(len(blocks)))
 
@@ -167,7 +171,7 @@ class VGGEncoder(nn.Module):
         encoder = VGGEncoder(
             self.arch, self._state, layers, pooling=self.pooling, normalization=self.normalization,
             weights_name=self.weights_name, weights_sha256=self.weights_sha256, source_sha256=self.source_sha256,
-            shared_convs=self.convs,
+            shared_convs=self.convs, block_channels=self._block_channels,
         )
         return to_bf16(encoder) if self._scale.dtype == torch.bfloat16 else encoder
 
@@ -212,7 +216,7 @@ def load_encoder(
                                      f"{', '.join(deeper)} need a deeper slice or the full weights")
         return VGGEncoder(meta["arch"], state, layers, pooling=pooling, normalization=meta["normalization"],
                           weights_name=meta["name"], weights_sha256=meta["weights_sha256"],
-                          source_sha256=meta["source_sha256"])
+                          source_sha256=meta["source_sha256"], block_channels=meta["channels"])
     if name not in ENCODERS:
         raise InvalidOptionError(f"unknown encoder '{name}'; choose one of {', '.join(ENCODERS)} or an encoder slice file "
                                  f"(.safetensors).{suggest(name, ENCODERS)}")

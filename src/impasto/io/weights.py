@@ -362,6 +362,7 @@ def write_slice(loaded: LoadedWeights, name: str, upto: str, path: str | os.Path
     state = {f"{n}.{p}": loaded.state[f"{n}.{p}"].float().contiguous() for n in keep for p in ("weight", "bias")}
     meta = {"format": SLICE_FORMAT, "name": name, "arch": loaded.source.arch, "normalization": loaded.source.normalization,
             "upto": upto, "source_sha256": loaded.source.sha256, "weights_sha256": loaded.sha256,
+            "channels": [int(loaded.state[f"conv{b + 1}_1.weight"].shape[0]) for b in range(len(VGG_BLOCKS[loaded.source.arch]))],
             "tensors_sha256": tensors_sha256(state)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,207 @@
+"""Train a decoder on a lent GPU inside one device call, with what it needs packed beside the repo.
+
+A lent GPU machine has torch with CUDA but no internet, none of ../shared, and no VGG weights; a task gets
+about 15 minutes of it in all. So the work is split:
+
+    python scripts/gpu_train.py pack                  # here: .gpu/ = VGG-16 slice to conv4_1 + train images
+    # device call, carry [".gpu"], timeout 600:
+    python3 scripts/gpu_train.py decoder --minutes 7 --out $OUT [--set style_statistics_weight=1 ...]
+
+``pack`` writes ``.gpu/`` (git-ignored, about 26 MB, which fits the 64 MiB a call may carry next to the
+repo): the real VGG-16 conv weights up to conv4_1 (``impasto weights slice``: the same numbers as the full
+file, so the decoder records the same encoder hash and works with a user's weights) and
+../shared/data/train split into training photos, held-out photos (every 10th, never trained on) and
+paintings (content and style images; every 6th held out).
+
+``decoder`` times a few steps first, sets the step count so that training ends inside ``--minutes``
+(the cosine learning-rate schedule needs the total), trains ``--level`` (default relu4_1, AdaIN's) on
+the GPU with the AdaIN paper's objective (reconstruction on half of each batch, AdaIN-stylised features
+and the style-statistics loss on the other half), and writes to ``--out``: ``decoder.safetensors`` (fp16),
+its loss curve, ``report.json`` (steps, seconds per step, device, held-out PSNR of the reconstruction
+against the shipped decoder's on the same photos) and the training log. Judge the decoder here afterwards
+(bench/quality.py) before shipping it (scripts/ship_model.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))  # the device runs from a bare copy of the tree
+
+import torch  # noqa: E402
+
+from impasto.errors import InvalidOptionError  # noqa: E402
+from impasto.events import Progress  # noqa: E402
+from impasto.features.decoder import load_decoder  # noqa: E402
+from impasto.features.precision import resolve_device  # noqa: E402
+from impasto.features.vgg import load_encoder  # noqa: E402
+from impasto.io.dataset import list_images, load_images  # noqa: E402
+from impasto.training.decoder import DecoderOptions, psnr, reconstruct, train_decoder  # noqa: E402
+
+PACK = HERE.parent / ".gpu"
+DATA = HERE.parents[1] / "shared" / "data" / "train"
+HOLD_PHOTOS, HOLD_PAINTINGS = 10, 6  # every n-th file (sorted) is held out
+
+
+def pack(data: Path, out: Path, encoder: str = "vgg16", upto: str = "conv4_1") -> dict[str, int]:
+    """Fill ``out`` with the encoder slice and the training images split into train and held-out sets."""
+    from impasto.io import weights as weights_io
+
+    if not data.is_dir():
+        raise InvalidOptionError(f"no training data at {data} (../shared/data/train beside the repo)")
+    if out.exists():
+        shutil.rmtree(out)
+    counts = {}
+    for kind, every in (("photos", HOLD_PHOTOS), ("paintings", HOLD_PAINTINGS)):
+        files = list_images([data / kind])
+        for i, f in enumerate(files):
+            split = "holdout" if i % every == every - 1 else "train"
+            dest = out / "train" / f"{kind}_{split}" / f.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+            counts[f"{kind}_{split}"] = counts.get(f"{kind}_{split}", 0) + 1
+    if encoder.endswith(".safetensors"):
+        shutil.copyfile(encoder, out / "encoder.safetensors")
+    else:
+        weights_io.write_slice(weights_io.load(encoder), encoder, upto, out / "encoder.safetensors")
+    (out / "pack.json").write_text(json.dumps({"counts": counts, "source": str(data)}, indent=1))
+    return counts
+
+
+def _options(pack_dir: Path, level: str, overrides: list[str], device: str) -> DecoderOptions:
+    train = pack_dir / "train"
+    base = DecoderOptions(
+        level=level, content_dirs=(str(train / "photos_train"), str(train / "paintings_train")),
+        style_dirs=(str(train / "paintings_train"),), style_transform="adain", style_fraction=0.5,
+        style_weight=1.0, style_statistics_weight=1.0, steps=1000, batch_size=16, crop=256, scale_min=0.4,
+        learning_rate=1e-4, final_lr_fraction=0.1, encoder=str(pack_dir / "encoder.safetensors"),
+        precision="auto", device=device, seed=0)
+    fields = {f.name: f for f in dataclasses.fields(DecoderOptions)}
+    changes = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in fields or not _:
+            raise InvalidOptionError(f"--set {item}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
+        current = getattr(base, key)
+        if isinstance(current, bool):
+            changes[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, tuple):
+            changes[key] = tuple(v for v in value.split(",") if v)
+        elif isinstance(current, (int, float)) and not isinstance(current, bool):
+            changes[key] = type(current)(value)
+        else:
+            changes[key] = None if value.lower() == "none" else value
+    return dataclasses.replace(base, **changes)
+
+
+def heldout_psnr(encoder_name: str, decoder_path: str, photos: Path, device: torch.device) -> float:
+    """Mean reconstruction PSNR (dB) of a decoder on the held-out photos at up to 512 px."""
+    decoder, meta = load_decoder(decoder_path)
+    encoder = load_encoder(encoder_name, [meta["architecture"]["level"]]).to(device)
+    decoder = decoder.to(device).eval()
+    images, _ = load_images(list_images([photos]), 512, 64)
+    scores = []
+    for image in images:
+        h, w = (s - s % 16 for s in image.shape[-2:])
+        image = image[..., :h, :w].to(device)
+        scores.append(psnr(reconstruct(encoder, decoder, image).cpu(), image.cpu()))
+    return sum(scores) / len(scores)
+
+
+def decoder_run(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pack_dir = Path(args.pack)
+    if not (pack_dir / "encoder.safetensors").is_file():
+        raise InvalidOptionError(f"{pack_dir} holds no pack: run 'python scripts/gpu_train.py pack' and carry it")
+    options = _options(pack_dir, args.level, args.set or [], args.device)
+    if args.init_from:
+        options = dataclasses.replace(options, init_from=args.init_from)
+    device = resolve_device(args.device)
+    log = (out / "train.log").open("w")
+
+    def note(text: str) -> None:
+        print(text, flush=True)
+        log.write(text + "\n")
+        log.flush()
+
+    note(f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, torch {torch.__version__}")
+    started = time.perf_counter()
+    # time a short run of the same options (its data loading included once) to size the real one
+    probe_steps = max(3, args.probe_steps)
+    stamps: list[float] = []
+    probe = train_decoder(dataclasses.replace(options, steps=probe_steps), out / "probe.safetensors",
+                          callback=lambda e: stamps.append(time.perf_counter()) if isinstance(e, Progress) else None)
+    half = len(stamps) // 2  # the later half of the steps: past warm-up (cuDNN autotuning, allocator)
+    per_step = (stamps[-1] - stamps[half]) / max(1, len(stamps) - 1 - half)
+    setup = probe.seconds - (stamps[-1] - stamps[0])  # loading images, style features, standardisation
+    budget = args.minutes * 60 - (time.perf_counter() - started) - setup - args.reserve
+    steps = max(probe_steps, int(budget / per_step))
+    note(f"probe: {probe_steps} steps, {per_step * 1000:.0f} ms/step after warm-up, {setup:.1f} s of setup; "
+         f"training {steps} steps")
+    for name in ("probe.safetensors", "probe.loss.png"):
+        (out / name).unlink(missing_ok=True)
+    options = dataclasses.replace(options, steps=steps)
+    every = max(1, steps // 20)
+
+    def progress(event: object) -> None:
+        if isinstance(event, Progress) and (event.step % every == 0 or event.step == event.total):
+            parts = ", ".join(f"{k} {v:.4g}" for k, v in event.losses.items())
+            note(f"step {event.step}/{event.total} {time.perf_counter() - started:.0f} s: {parts}")
+
+    result = train_decoder(options, out / "decoder.safetensors", fp16=True, callback=progress)
+    report = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "torch": torch.__version__, "steps": steps, "train_seconds": result.seconds,
+              "seconds_per_step": result.seconds / steps, "options": dataclasses.asdict(options),
+              "final_losses": {k: v[-1] for k, v in result.history.items()}}
+    holdout = pack_dir / "train" / "photos_holdout"
+    report["heldout_psnr"] = heldout_psnr(options.encoder, str(out / "decoder.safetensors"), holdout, device)
+    if args.compare:  # "" leaves the comparison out
+        try:
+            report["heldout_psnr_compare"] = {args.compare: heldout_psnr(options.encoder, args.compare, holdout, device)}
+        except Exception as exc:  # a shipped decoder of another level or encoder: say so, keep the run
+            report["heldout_psnr_compare"] = {args.compare: f"not comparable: {exc}"}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    note(json.dumps({k: report[k] for k in ("steps", "seconds_per_step", "heldout_psnr")}))
+    log.close()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="here: write .gpu/ (encoder slice + train images) for the device call")
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--out", type=Path, default=PACK)
+    p.add_argument("--encoder", default="vgg16", help="weights to slice (or a slice file to copy)")
+    p.add_argument("--upto", default="conv4_1")
+    d = sub.add_parser("decoder", help="on the device: train a decoder inside --minutes and write it to --out")
+    d.add_argument("--out", required=True)
+    d.add_argument("--pack", default=str(PACK))
+    d.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget for probing, training and scoring")
+    d.add_argument("--reserve", type=float, default=45.0, help="seconds kept back for saving and held-out scoring")
+    d.add_argument("--probe-steps", type=int, default=30)
+    d.add_argument("--level", default="relu4_1")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--init-from", default=None, help="a decoder to fine-tune (file or shipped name)")
+    d.add_argument("--compare", default="vgg16_relu4_1_decoder", help="decoder to score on the same held-out photos")
+    d.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a DecoderOptions field (repeatable)")
+    args = parser.parse_args(argv)
+    if args.command == "pack":
+        counts = pack(args.data, args.out, args.encoder, args.upto)
+        size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+        print(f"packed {args.out} ({size / 1e6:.1f} MB): {counts}")
+    else:
+        decoder_run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

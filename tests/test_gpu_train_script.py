@@ -1,0 +1,67 @@
+"""scripts/gpu_train.py, the lent-GPU decoder run, end to end on the CPU with a tiny encoder slice."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from impasto.errors import InvalidOptionError
+from impasto.features.decoder import load_decoder
+from impasto.features.vgg import tiny_state
+from impasto.io import weights as weights_io
+from impasto.io.image import save_image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_train.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _data(root: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    for kind, n in (("photos", 20), ("paintings", 6)):
+        for i in range(n):
+            base = torch.rand(1, 3, 5, 7, generator=g)
+            save_image(torch.nn.functional.interpolate(base, size=(48, 64), mode="bicubic").clamp(0, 1),
+                       root / kind / f"{kind}_{i:02d}.png")
+    return root
+
+
+def test_pack_then_decoder_run_writes_a_scored_decoder(script, tmp_path):
+    data = _data(tmp_path / "data")
+    loaded = weights_io.LoadedWeights(source=weights_io.REGISTRY["vgg16"], state=tiny_state("vgg16"), sha256="d" * 64)
+    slice_file = weights_io.write_slice(loaded, "vgg16", "conv2_1", tmp_path / "tiny_slice.safetensors")
+    pack = tmp_path / "pack"
+    counts = script.pack(data, pack, str(slice_file))
+    # every 10th photo and every 6th painting is held out, and never in the training folders
+    assert counts == {"photos_train": 18, "photos_holdout": 2, "paintings_train": 5, "paintings_holdout": 1}
+    held = {p.name for p in (pack / "train" / "photos_holdout").iterdir()}
+    assert held == {"photos_09.png", "photos_19.png"}
+    assert not held & {p.name for p in (pack / "train" / "photos_train").iterdir()}
+
+    out = tmp_path / "out"
+    report = script.main(["decoder", "--out", str(out), "--pack", str(pack), "--minutes", "0.25", "--reserve", "1",
+                          "--probe-steps", "3", "--level", "relu2_1", "--device", "cpu", "--compare", "",
+                          "--set", "batch_size=2", "--set", "crop=32", "--set", "learning_rate=0.003"])
+    assert report == 0
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["device"] == "cpu" and saved["steps"] >= 3 and saved["options"]["crop"] == 32
+    assert saved["options"]["style_statistics_weight"] == 1.0 and "style_statistics" in saved["final_losses"]
+    assert 5.0 < saved["heldout_psnr"] < 60.0
+    decoder, meta = load_decoder(str(out / "decoder.safetensors"))
+    assert meta["architecture"]["level"] == "relu2_1"
+    assert meta["encoder_source_sha256"] == weights_io.REGISTRY["vgg16"].sha256  # serves the full weights
+    assert not (out / "probe.safetensors").exists() and (out / "train.log").read_text().count("step ") >= 1
+    with pytest.raises(InvalidOptionError, match="--set bogus=1: expected NAME=VALUE"):
+        script.main(["decoder", "--out", str(out), "--pack", str(pack), "--set", "bogus=1", "--device", "cpu"])
+    with pytest.raises(InvalidOptionError, match="holds no pack"):
+        script.main(["decoder", "--out", str(out), "--pack", str(tmp_path / "nothing"), "--device", "cpu"])
