@@ -6,19 +6,22 @@ about 15 minutes of it in all. So the work is split:
     python scripts/gpu_train.py pack                  # here: .gpu/ = VGG-16 slice to conv4_1 + train images
     # device call, carry [".gpu"], timeout 600:
     python3 scripts/gpu_train.py decoder --minutes 7 --out $OUT [--set style_statistics_weight=1 ...]
+    python3 scripts/gpu_train.py feedforward --style vangogh_starry_night.jpg --minutes 7 --out $OUT [--set ...]
 
-``pack`` writes ``.gpu/`` (git-ignored, about 26 MB, which fits the 64 MiB a call may carry next to the
+``pack`` writes ``.gpu/`` (git-ignored, about 28 MB, which fits the 64 MiB a call may carry next to the
 repo): the real VGG-16 conv weights up to conv4_1 (``impasto weights slice``: the same numbers as the full
 file, so the decoder records the same encoder hash and works with a user's weights) and
 ../shared/data/train split into training photos, held-out photos (every 10th, never trained on) and
-paintings (content and style images; every 6th held out).
+paintings (content and style images; every 6th held out), and the paintings of ../shared/data/style.
 
 ``decoder`` times a few steps first, sets the step count so that training ends inside ``--minutes``
 (the cosine learning-rate schedule needs the total), trains ``--level`` (default relu4_1, AdaIN's) on
 the GPU with the AdaIN paper's objective (reconstruction on half of each batch, AdaIN-stylised features
 and the style-statistics loss on the other half), and writes to ``--out``: ``decoder.safetensors`` (fp16),
 its loss curve, ``report.json`` (steps, seconds per step, device, held-out PSNR of the reconstruction
-against the shipped decoder's on the same photos) and the training log. Judge the decoder here afterwards
+against the shipped decoder's on the same photos) and the training log. ``feedforward`` does the same for
+one style network (Johnson et al.; 384 px crops, the style at 512 px, style layers up to relu4_1, which
+the slice holds) and writes ``samples.png``, held-out photos stylised by it. Judge what comes back here
 (bench/quality.py) before shipping it (scripts/ship_model.py).
 """
 
@@ -44,6 +47,8 @@ from impasto.features.precision import resolve_device  # noqa: E402
 from impasto.features.vgg import load_encoder  # noqa: E402
 from impasto.io.dataset import list_images, load_images  # noqa: E402
 from impasto.training.decoder import DecoderOptions, psnr, reconstruct, train_decoder  # noqa: E402
+from impasto.training.feedforward import TrainOptions  # noqa: E402
+from impasto.training.feedforward import train as train_feedforward  # noqa: E402
 
 PACK = HERE.parent / ".gpu"
 DATA = HERE.parents[1] / "shared" / "data" / "train"
@@ -67,6 +72,11 @@ def pack(data: Path, out: Path, encoder: str = "vgg16", upto: str = "conv4_1") -
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, dest)
             counts[f"{kind}_{split}"] = counts.get(f"{kind}_{split}", 0) + 1
+    styles = data.parent / "style"
+    for f in list_images([styles]) if styles.is_dir() else []:  # the paintings the shipped styles come from
+        (out / "style").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, out / "style" / f.name)
+        counts["styles"] = counts.get("styles", 0) + 1
     if encoder.endswith(".safetensors"):
         shutil.copyfile(encoder, out / "encoder.safetensors")
     else:
@@ -75,7 +85,27 @@ def pack(data: Path, out: Path, encoder: str = "vgg16", upto: str = "conv4_1") -
     return counts
 
 
-def _options(pack_dir: Path, level: str, overrides: list[str], device: str) -> DecoderOptions:
+def _apply(base, overrides: list[str]):
+    """``base`` (an options dataclass) with ``--set NAME=VALUE`` overrides, each parsed as the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    changes = {}
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if key not in fields or not eq:
+            raise InvalidOptionError(f"--set {item}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
+        current = getattr(base, key)
+        if isinstance(current, bool):
+            changes[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, tuple):
+            changes[key] = tuple(v for v in value.split(",") if v)
+        elif isinstance(current, (int, float)):
+            changes[key] = type(current)(value)
+        else:
+            changes[key] = None if value.lower() == "none" else value
+    return dataclasses.replace(base, **changes)
+
+
+def _decoder_options(pack_dir: Path, level: str, overrides: list[str], device: str) -> DecoderOptions:
     train = pack_dir / "train"
     base = DecoderOptions(
         level=level, content_dirs=(str(train / "photos_train"), str(train / "paintings_train")),
@@ -83,22 +113,20 @@ def _options(pack_dir: Path, level: str, overrides: list[str], device: str) -> D
         style_weight=1.0, style_statistics_weight=1.0, steps=1000, batch_size=16, crop=256, scale_min=0.4,
         learning_rate=1e-4, final_lr_fraction=0.1, encoder=str(pack_dir / "encoder.safetensors"),
         precision="auto", device=device, seed=0)
-    fields = {f.name: f for f in dataclasses.fields(DecoderOptions)}
-    changes = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key not in fields or not _:
-            raise InvalidOptionError(f"--set {item}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
-        current = getattr(base, key)
-        if isinstance(current, bool):
-            changes[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(current, tuple):
-            changes[key] = tuple(v for v in value.split(",") if v)
-        elif isinstance(current, (int, float)) and not isinstance(current, bool):
-            changes[key] = type(current)(value)
-        else:
-            changes[key] = None if value.lower() == "none" else value
-    return dataclasses.replace(base, **changes)
+    return _apply(base, overrides)
+
+
+def _feedforward_options(pack_dir: Path, style: str, overrides: list[str], device: str) -> TrainOptions:
+    path = pack_dir / "style" / style
+    if not path.is_file():
+        have = sorted(p.name for p in (pack_dir / "style").glob("*")) if (pack_dir / "style").is_dir() else []
+        raise InvalidOptionError(f"--style {style}: not in {pack_dir / 'style'} (packed: {', '.join(have) or 'none'})")
+    base = TrainOptions(
+        styles=(str(path),), content_dirs=(str(pack_dir / "train" / "photos_train"),), steps=1000, batch_size=8,
+        crop=384, scale_min=0.5, style_size=512, learning_rate=1e-3,
+        style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_1"),  # within the conv4_1 slice
+        encoder=str(pack_dir / "encoder.safetensors"), precision="auto", device=device, seed=0)
+    return _apply(base, overrides)
 
 
 def heldout_psnr(encoder_name: str, decoder_path: str, photos: Path, device: torch.device) -> float:
@@ -115,63 +143,101 @@ def heldout_psnr(encoder_name: str, decoder_path: str, photos: Path, device: tor
     return sum(scores) / len(scores)
 
 
+class Run:
+    """One budgeted training run on the device: a log in ``out``, a timed probe that sizes the real run."""
+
+    def __init__(self, out: Path, pack_dir: Path, device_name: str, minutes: float, reserve: float) -> None:
+        if not (pack_dir / "encoder.safetensors").is_file():
+            raise InvalidOptionError(f"{pack_dir} holds no pack: run 'python scripts/gpu_train.py pack' and carry it")
+        self.out, self.pack_dir, self.minutes, self.reserve = out, pack_dir, minutes, reserve
+        self.device = resolve_device(device_name)
+        out.mkdir(parents=True, exist_ok=True)
+        self.log = (out / "train.log").open("w")
+        self.started = time.perf_counter()
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        self.facts = {"device": str(self.device), "gpu": gpu, "torch": torch.__version__}
+        self.note(f"device {self.device}{' ' + gpu if gpu else ''}, torch {torch.__version__}")
+
+    def note(self, text: str) -> None:
+        print(text, flush=True)
+        self.log.write(text + "\n")
+        self.log.flush()
+
+    def train(self, train_fn, options, output: str, probe_steps: int):
+        """Time ``probe_steps`` steps of ``options`` (past warm-up, setup apart), then train as many steps as
+        fit the budget (the cosine schedules need the total up front) and write ``output`` in fp16."""
+        probe_steps = max(3, probe_steps)
+        stamps: list[float] = []
+        probe = train_fn(dataclasses.replace(options, steps=probe_steps), self.out / "probe.safetensors",
+                         callback=lambda e: stamps.append(time.perf_counter()) if isinstance(e, Progress) else None)
+        half = len(stamps) // 2  # the later half of the steps: past warm-up (cuDNN autotuning, allocator)
+        per_step = (stamps[-1] - stamps[half]) / max(1, len(stamps) - 1 - half)
+        setup = probe.seconds - (stamps[-1] - stamps[0])  # loading images, style features, standardisation
+        budget = self.minutes * 60 - (time.perf_counter() - self.started) - setup - self.reserve
+        steps = max(probe_steps, int(budget / per_step))
+        self.note(f"probe: {probe_steps} steps, {per_step * 1000:.0f} ms/step after warm-up, {setup:.1f} s of setup; "
+                  f"training {steps} steps")
+        for name in ("probe.safetensors", "probe.loss.png"):
+            (self.out / name).unlink(missing_ok=True)
+        options = dataclasses.replace(options, steps=steps)
+        every = max(1, steps // 20)
+
+        def progress(event: object) -> None:
+            if isinstance(event, Progress) and (event.step % every == 0 or event.step == event.total):
+                parts = ", ".join(f"{k} {v:.4g}" for k, v in event.losses.items())
+                self.note(f"step {event.step}/{event.total} {time.perf_counter() - self.started:.0f} s: {parts}")
+
+        result = train_fn(options, self.out / output, fp16=True, callback=progress)
+        self.facts.update(steps=steps, train_seconds=result.seconds, seconds_per_step=result.seconds / steps,
+                          options=dataclasses.asdict(options),
+                          final_losses={k: v[-1] for k, v in result.history.items()})
+        return options, result
+
+    def finish(self, keys: tuple[str, ...]) -> dict:
+        (self.out / "report.json").write_text(json.dumps(self.facts, indent=1))
+        self.note(json.dumps({k: self.facts.get(k) for k in ("steps", "seconds_per_step", *keys)}))
+        self.log.close()
+        return self.facts
+
+
 def decoder_run(args: argparse.Namespace) -> dict:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pack_dir = Path(args.pack)
-    if not (pack_dir / "encoder.safetensors").is_file():
-        raise InvalidOptionError(f"{pack_dir} holds no pack: run 'python scripts/gpu_train.py pack' and carry it")
-    options = _options(pack_dir, args.level, args.set or [], args.device)
+    run = Run(Path(args.out), Path(args.pack), args.device, args.minutes, args.reserve)
+    options = _decoder_options(run.pack_dir, args.level, args.set or [], args.device)
     if args.init_from:
         options = dataclasses.replace(options, init_from=args.init_from)
-    device = resolve_device(args.device)
-    log = (out / "train.log").open("w")
-
-    def note(text: str) -> None:
-        print(text, flush=True)
-        log.write(text + "\n")
-        log.flush()
-
-    note(f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, torch {torch.__version__}")
-    started = time.perf_counter()
-    # time a short run of the same options (its data loading included once) to size the real one
-    probe_steps = max(3, args.probe_steps)
-    stamps: list[float] = []
-    probe = train_decoder(dataclasses.replace(options, steps=probe_steps), out / "probe.safetensors",
-                          callback=lambda e: stamps.append(time.perf_counter()) if isinstance(e, Progress) else None)
-    half = len(stamps) // 2  # the later half of the steps: past warm-up (cuDNN autotuning, allocator)
-    per_step = (stamps[-1] - stamps[half]) / max(1, len(stamps) - 1 - half)
-    setup = probe.seconds - (stamps[-1] - stamps[0])  # loading images, style features, standardisation
-    budget = args.minutes * 60 - (time.perf_counter() - started) - setup - args.reserve
-    steps = max(probe_steps, int(budget / per_step))
-    note(f"probe: {probe_steps} steps, {per_step * 1000:.0f} ms/step after warm-up, {setup:.1f} s of setup; "
-         f"training {steps} steps")
-    for name in ("probe.safetensors", "probe.loss.png"):
-        (out / name).unlink(missing_ok=True)
-    options = dataclasses.replace(options, steps=steps)
-    every = max(1, steps // 20)
-
-    def progress(event: object) -> None:
-        if isinstance(event, Progress) and (event.step % every == 0 or event.step == event.total):
-            parts = ", ".join(f"{k} {v:.4g}" for k, v in event.losses.items())
-            note(f"step {event.step}/{event.total} {time.perf_counter() - started:.0f} s: {parts}")
-
-    result = train_decoder(options, out / "decoder.safetensors", fp16=True, callback=progress)
-    report = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "torch": torch.__version__, "steps": steps, "train_seconds": result.seconds,
-              "seconds_per_step": result.seconds / steps, "options": dataclasses.asdict(options),
-              "final_losses": {k: v[-1] for k, v in result.history.items()}}
-    holdout = pack_dir / "train" / "photos_holdout"
-    report["heldout_psnr"] = heldout_psnr(options.encoder, str(out / "decoder.safetensors"), holdout, device)
+    options, _ = run.train(train_decoder, options, "decoder.safetensors", args.probe_steps)
+    holdout = run.pack_dir / "train" / "photos_holdout"
+    run.facts["heldout_psnr"] = heldout_psnr(options.encoder, str(run.out / "decoder.safetensors"), holdout, run.device)
     if args.compare:  # "" leaves the comparison out
         try:
-            report["heldout_psnr_compare"] = {args.compare: heldout_psnr(options.encoder, args.compare, holdout, device)}
+            run.facts["heldout_psnr_compare"] = {args.compare: heldout_psnr(options.encoder, args.compare, holdout, run.device)}
         except Exception as exc:  # a shipped decoder of another level or encoder: say so, keep the run
-            report["heldout_psnr_compare"] = {args.compare: f"not comparable: {exc}"}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    note(json.dumps({k: report[k] for k in ("steps", "seconds_per_step", "heldout_psnr")}))
-    log.close()
-    return report
+            run.facts["heldout_psnr_compare"] = {args.compare: f"not comparable: {exc}"}
+    return run.finish(("heldout_psnr",))
+
+
+def feedforward_run(args: argparse.Namespace) -> dict:
+    """Train one style network; also write ``samples.png``: the held-out photos stylised by it (at up to 512 px)."""
+    from impasto.io.plot import labelled_grid, to_pil
+    from impasto.methods.feedforward import load_network, style_mix
+
+    run = Run(Path(args.out), Path(args.pack), args.device, args.minutes, args.reserve)
+    options = _feedforward_options(run.pack_dir, args.style, args.set or [], args.device)
+    name = Path(args.style).stem
+    options, _ = run.train(train_feedforward, options, f"{name}.safetensors", args.probe_steps)
+    net, meta = load_network(str(run.out / f"{name}.safetensors"))
+    net = net.to(run.device).eval()
+    photos, _ = load_images(list_images([run.pack_dir / "train" / "photos_holdout"]), 512, 64)
+    cells = []
+    with torch.no_grad():
+        for photo in photos[: args.samples]:
+            styled = net(photo.to(run.device), style_mix(meta, None, None).to(run.device)).clamp(0, 1).cpu()
+            cells.append((to_pil(styled), "", f"{photo.shape[-1]}x{photo.shape[-2]}"))
+    rows = [cells[i:i + 4] for i in range(0, len(cells), 4)]
+    if rows:
+        labelled_grid(rows, height=256).save(run.out / "samples.png")
+    run.facts["samples"] = len(cells)
+    return run.finish(("samples",))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,13 +259,25 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--init-from", default=None, help="a decoder to fine-tune (file or shipped name)")
     d.add_argument("--compare", default="vgg16_relu4_1_decoder", help="decoder to score on the same held-out photos")
     d.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a DecoderOptions field (repeatable)")
+    f = sub.add_parser("feedforward", help="on the device: train one style network inside --minutes")
+    f.add_argument("--style", required=True, help="a painting in the pack's style/ folder, e.g. vangogh_starry_night.jpg")
+    f.add_argument("--out", required=True)
+    f.add_argument("--pack", default=str(PACK))
+    f.add_argument("--minutes", type=float, default=7.0)
+    f.add_argument("--reserve", type=float, default=30.0)
+    f.add_argument("--probe-steps", type=int, default=30)
+    f.add_argument("--device", default="auto")
+    f.add_argument("--samples", type=int, default=8, help="held-out photos stylised into samples.png")
+    f.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a TrainOptions field (repeatable)")
     args = parser.parse_args(argv)
     if args.command == "pack":
         counts = pack(args.data, args.out, args.encoder, args.upto)
         size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
         print(f"packed {args.out} ({size / 1e6:.1f} MB): {counts}")
-    else:
+    elif args.command == "decoder":
         decoder_run(args)
+    else:
+        feedforward_run(args)
     return 0
 
 

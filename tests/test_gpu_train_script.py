@@ -33,23 +33,24 @@ def _data(root: Path) -> Path:
             base = torch.rand(1, 3, 5, 7, generator=g)
             save_image(torch.nn.functional.interpolate(base, size=(48, 64), mode="bicubic").clamp(0, 1),
                        root / kind / f"{kind}_{i:02d}.png")
+    save_image(torch.rand(1, 3, 40, 40, generator=g), root.parent / "style" / "stripes.png")
     return root
 
 
 def test_pack_then_decoder_run_writes_a_scored_decoder(script, tmp_path):
     data = _data(tmp_path / "data")
     loaded = weights_io.LoadedWeights(source=weights_io.REGISTRY["vgg16"], state=tiny_state("vgg16"), sha256="d" * 64)
-    slice_file = weights_io.write_slice(loaded, "vgg16", "conv2_1", tmp_path / "tiny_slice.safetensors")
+    slice_file = weights_io.write_slice(loaded, "vgg16", "conv4_1", tmp_path / "tiny_slice.safetensors")
     pack = tmp_path / "pack"
     counts = script.pack(data, pack, str(slice_file))
     # every 10th photo and every 6th painting is held out, and never in the training folders
-    assert counts == {"photos_train": 18, "photos_holdout": 2, "paintings_train": 5, "paintings_holdout": 1}
+    assert counts == {"photos_train": 18, "photos_holdout": 2, "paintings_train": 5, "paintings_holdout": 1, "styles": 1}
     held = {p.name for p in (pack / "train" / "photos_holdout").iterdir()}
     assert held == {"photos_09.png", "photos_19.png"}
     assert not held & {p.name for p in (pack / "train" / "photos_train").iterdir()}
 
     out = tmp_path / "out"
-    report = script.main(["decoder", "--out", str(out), "--pack", str(pack), "--minutes", "0.25", "--reserve", "1",
+    report = script.main(["decoder", "--out", str(out), "--pack", str(pack), "--minutes", "0.12", "--reserve", "1",
                           "--probe-steps", "3", "--level", "relu2_1", "--device", "cpu", "--compare", "",
                           "--set", "batch_size=2", "--set", "crop=32", "--set", "learning_rate=0.003"])
     assert report == 0
@@ -65,3 +66,23 @@ def test_pack_then_decoder_run_writes_a_scored_decoder(script, tmp_path):
         script.main(["decoder", "--out", str(out), "--pack", str(pack), "--set", "bogus=1", "--device", "cpu"])
     with pytest.raises(InvalidOptionError, match="holds no pack"):
         script.main(["decoder", "--out", str(out), "--pack", str(tmp_path / "nothing"), "--device", "cpu"])
+
+
+def test_feedforward_run_trains_a_style_and_writes_samples(script, tmp_path):
+    from impasto.methods.feedforward import load_network
+
+    data = _data(tmp_path / "data")
+    loaded = weights_io.LoadedWeights(source=weights_io.REGISTRY["vgg16"], state=tiny_state("vgg16"), sha256="d" * 64)
+    pack = tmp_path / "pack"
+    script.pack(data, pack, str(weights_io.write_slice(loaded, "vgg16", "conv4_1", tmp_path / "s.safetensors")))
+    out = tmp_path / "out"
+    assert script.main(["feedforward", "--style", "stripes.png", "--out", str(out), "--pack", str(pack), "--minutes",
+                        "0.12", "--reserve", "1", "--probe-steps", "3", "--device", "cpu", "--samples", "2",
+                        "--set", "batch_size=2", "--set", "crop=32", "--set", "style_size=32", "--set", "width=4",
+                        "--set", "residual_blocks=1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] >= 3 and report["samples"] == 2 and report["options"]["style_layers"][-1] == "relu4_1"
+    net, meta = load_network(str(out / "stripes.safetensors"))
+    assert meta["architecture"]["width"] == 4 and (out / "samples.png").is_file()
+    with pytest.raises(InvalidOptionError, match="--style nope.jpg: not in .*packed: stripes.png"):
+        script.main(["feedforward", "--style", "nope.jpg", "--out", str(out), "--pack", str(pack), "--device", "cpu"])
