@@ -1,4 +1,4 @@
-"""Train a decoder on a lent GPU inside one device call, with what it needs packed beside the repo.
+"""Train a decoder or a feed-forward style on a lent GPU inside one device call, with what it needs packed beside the repo.
 
 A lent GPU machine has torch with CUDA but no internet, none of ../shared, and no VGG weights; a task gets
 about 15 minutes of it in all. So the work is split:
@@ -8,8 +8,8 @@ about 15 minutes of it in all. So the work is split:
     python3 scripts/gpu_train.py decoder --minutes 7 --out $OUT [--set style_statistics_weight=1 ...]
     python3 scripts/gpu_train.py feedforward --style vangogh_starry_night.jpg --minutes 7 --out $OUT [--set ...]
 
-``pack`` writes ``.gpu/`` (git-ignored, about 28 MB, which fits the 64 MiB a call may carry next to the
-repo): the real VGG-16 conv weights up to conv4_1 (``impasto weights slice``: the same numbers as the full
+``pack`` writes ``.gpu/`` (git-ignored, 28.6 MB; with the tracked tree, 30.7 MB, a call carries 59 MB
+of the 64 MiB it may): the real VGG-16 conv weights up to conv4_1 (``impasto weights slice``: the same numbers as the full
 file, so the decoder records the same encoder hash and works with a user's weights) and
 ../shared/data/train split into training photos, held-out photos (every 10th, never trained on) and
 paintings (content and style images; every 6th held out), and the paintings of ../shared/data/style.
@@ -33,6 +33,8 @@ import json
 import shutil
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,7 +43,7 @@ sys.path.insert(0, str(HERE.parent / "src"))  # the device runs from a bare copy
 import torch  # noqa: E402
 
 from impasto.errors import InvalidOptionError  # noqa: E402
-from impasto.events import Progress  # noqa: E402
+from impasto.events import Progress, Stage  # noqa: E402
 from impasto.features.decoder import load_decoder  # noqa: E402
 from impasto.features.precision import resolve_device  # noqa: E402
 from impasto.features.vgg import load_encoder  # noqa: E402
@@ -62,6 +64,8 @@ def pack(data: Path, out: Path, encoder: str = "vgg16", upto: str = "conv4_1") -
     if not data.is_dir():
         raise InvalidOptionError(f"no training data at {data} (../shared/data/train beside the repo)")
     if out.exists():
+        if not (out / "pack.json").is_file():
+            raise InvalidOptionError(f"{out} exists and is not a pack (no pack.json): choose another --out or remove it")
         shutil.rmtree(out)
     counts = {}
     for kind, every in (("photos", HOLD_PHOTOS), ("paintings", HOLD_PAINTINGS)):
@@ -85,23 +89,33 @@ def pack(data: Path, out: Path, encoder: str = "vgg16", upto: str = "conv4_1") -
     return counts
 
 
+def _parse(value: str, hint: object) -> object:
+    """``value`` as the annotated type ``hint`` (bool, int, float, str, tuples of them, optionally None)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and value.lower() == "none":
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = args[0]
+        args = list(typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return tuple(_parse(v, args[0]) for v in value.split(",") if v)
+    if hint is bool:
+        return value.lower() in ("1", "true", "yes")
+    return hint(value) if hint in (int, float, str) else value
+
+
 def _apply(base, overrides: list[str]):
     """``base`` (an options dataclass) with ``--set NAME=VALUE`` overrides, each parsed as the field's type."""
-    fields = {f.name: f for f in dataclasses.fields(base)}
+    hints = typing.get_type_hints(type(base))
     changes = {}
     for item in overrides:
         key, eq, value = item.partition("=")
-        if key not in fields or not eq:
-            raise InvalidOptionError(f"--set {item}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
-        current = getattr(base, key)
-        if isinstance(current, bool):
-            changes[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(current, tuple):
-            changes[key] = tuple(v for v in value.split(",") if v)
-        elif isinstance(current, (int, float)):
-            changes[key] = type(current)(value)
-        else:
-            changes[key] = None if value.lower() == "none" else value
+        if key not in hints or not eq:
+            raise InvalidOptionError(f"--set {item}: expected NAME=VALUE with NAME one of {', '.join(hints)}")
+        try:
+            changes[key] = _parse(value, hints[key])
+        except ValueError:
+            raise InvalidOptionError(f"--set {item}: '{value}' is not a {hints[key]}") from None
     return dataclasses.replace(base, **changes)
 
 
@@ -143,6 +157,26 @@ def heldout_psnr(encoder_name: str, decoder_path: str, photos: Path, device: tor
     return sum(scores) / len(scores)
 
 
+class _TrainSteps:
+    """A training callback that keeps the time of each step of the "train" stage (not a warm start's bridge)."""
+
+    def __init__(self) -> None:
+        self.training, self.times = False, []
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, Stage):
+            self.training = event.name == "train"
+        elif isinstance(event, Progress) and self.training:
+            self.times.append(time.perf_counter())
+
+    def per_step(self) -> float:
+        """Seconds per step over the later half of the steps (past warm-up: cuDNN autotuning, the allocator)."""
+        if len(self.times) < 2:
+            raise InvalidOptionError("the probe ran fewer than 2 training steps; raise --probe-steps")
+        half = min(len(self.times) // 2, len(self.times) - 2)
+        return (self.times[-1] - self.times[half]) / (len(self.times) - 1 - half)
+
+
 class Run:
     """One budgeted training run on the device: a log in ``out``, a timed probe that sizes the real run."""
 
@@ -167,14 +201,16 @@ class Run:
         """Time ``probe_steps`` steps of ``options`` (past warm-up, setup apart), then train as many steps as
         fit the budget (the cosine schedules need the total up front) and write ``output`` in fp16."""
         probe_steps = max(3, probe_steps)
-        stamps: list[float] = []
-        probe = train_fn(dataclasses.replace(options, steps=probe_steps), self.out / "probe.safetensors",
-                         callback=lambda e: stamps.append(time.perf_counter()) if isinstance(e, Progress) else None)
-        half = len(stamps) // 2  # the later half of the steps: past warm-up (cuDNN autotuning, allocator)
-        per_step = (stamps[-1] - stamps[half]) / max(1, len(stamps) - 1 - half)
-        setup = probe.seconds - (stamps[-1] - stamps[0])  # loading images, style features, standardisation
+        stamps = _TrainSteps()
+        probe = train_fn(dataclasses.replace(options, steps=probe_steps), self.out / "probe.safetensors", callback=stamps)
+        per_step = stamps.per_step()
+        setup = probe.seconds - (stamps.times[-1] - stamps.times[0])  # images, style features, a warm start's bridge
         budget = self.minutes * 60 - (time.perf_counter() - self.started) - setup - self.reserve
         steps = max(probe_steps, int(budget / per_step))
+        if budget < probe_steps * per_step:
+            self.facts["over_budget"] = True
+            self.note(f"warning: --minutes {self.minutes} leaves no time to train beyond the probe's {probe_steps} steps")
+        self.facts.update(probe_ms_per_step=per_step * 1000, setup_seconds=setup)
         self.note(f"probe: {probe_steps} steps, {per_step * 1000:.0f} ms/step after warm-up, {setup:.1f} s of setup; "
                   f"training {steps} steps")
         for name in ("probe.safetensors", "probe.loss.png"):
@@ -182,19 +218,25 @@ class Run:
         options = dataclasses.replace(options, steps=steps)
         every = max(1, steps // 20)
 
+        steady = _TrainSteps()
+
         def progress(event: object) -> None:
-            if isinstance(event, Progress) and (event.step % every == 0 or event.step == event.total):
+            steady(event)
+            if steady.training and isinstance(event, Progress) and (event.step % every == 0 or event.step == event.total):
                 parts = ", ".join(f"{k} {v:.4g}" for k, v in event.losses.items())
                 self.note(f"step {event.step}/{event.total} {time.perf_counter() - self.started:.0f} s: {parts}")
 
         result = train_fn(options, self.out / output, fp16=True, callback=progress)
-        self.facts.update(steps=steps, train_seconds=result.seconds, seconds_per_step=result.seconds / steps,
+        self.facts.update(steps=steps, train_seconds=result.seconds, seconds_per_step=steady.per_step(),
                           options=dataclasses.asdict(options),
                           final_losses={k: v[-1] for k, v in result.history.items()})
         return options, result
 
-    def finish(self, keys: tuple[str, ...]) -> dict:
+    def save(self) -> None:
         (self.out / "report.json").write_text(json.dumps(self.facts, indent=1))
+
+    def finish(self, keys: tuple[str, ...]) -> dict:
+        self.save()
         self.note(json.dumps({k: self.facts.get(k) for k in ("steps", "seconds_per_step", *keys)}))
         self.log.close()
         return self.facts
@@ -206,7 +248,11 @@ def decoder_run(args: argparse.Namespace) -> dict:
     if args.init_from:
         options = dataclasses.replace(options, init_from=args.init_from)
     options, _ = run.train(train_decoder, options, "decoder.safetensors", args.probe_steps)
+    run.save()  # what training did, kept even if scoring fails
     holdout = run.pack_dir / "train" / "photos_holdout"
+    if not holdout.is_dir() or not list_images([holdout]):
+        run.note(f"no held-out photos in {holdout}: not scored")
+        return run.finish(())
     run.facts["heldout_psnr"] = heldout_psnr(options.encoder, str(run.out / "decoder.safetensors"), holdout, run.device)
     if args.compare:  # "" leaves the comparison out
         try:
@@ -225,9 +271,14 @@ def feedforward_run(args: argparse.Namespace) -> dict:
     options = _feedforward_options(run.pack_dir, args.style, args.set or [], args.device)
     name = Path(args.style).stem
     options, _ = run.train(train_feedforward, options, f"{name}.safetensors", args.probe_steps)
+    run.save()
+    holdout = run.pack_dir / "train" / "photos_holdout"
+    if not holdout.is_dir() or not list_images([holdout]):
+        run.note(f"no held-out photos in {holdout}: no samples")
+        return run.finish(())
     net, meta = load_network(str(run.out / f"{name}.safetensors"))
     net = net.to(run.device).eval()
-    photos, _ = load_images(list_images([run.pack_dir / "train" / "photos_holdout"]), 512, 64)
+    photos, _ = load_images(list_images([holdout]), 512, 64)
     cells = []
     with torch.no_grad():
         for photo in photos[: args.samples]:

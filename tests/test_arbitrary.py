@@ -99,11 +99,11 @@ def test_decoder_resume_repeats_the_uninterrupted_run(tiny_decoder, tmp_path):
 def test_decoder_training_device(tiny_decoder, tmp_path, monkeypatch):
     """--device cpu trains exactly what auto does here; --device cuda without a GPU is refused at once."""
     opts, _, _ = tiny_decoder
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # auto is then the CPU on any machine
     cpu = train_decoder(dataclasses.replace(opts, device="cpu", steps=5), tmp_path / "c.safetensors")
     assert len(cpu.history["total"]) == 5
     auto = train_decoder(dataclasses.replace(opts, steps=5), tmp_path / "a.safetensors")
     assert cpu.history == auto.history
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InvalidOptionError, match="--device cuda: .*use --device cpu"):
         train_decoder(dataclasses.replace(opts, device="cuda"), tmp_path / "g.safetensors")
     assert not (tmp_path / "g.safetensors").exists()
@@ -319,6 +319,18 @@ def test_style_images_teach_the_decoder_to_render_stylised_features(tiny_decoder
     ratio = sum(_stylised_loss(with_styles, enc, "relu2_1", c, s, transform) / _stylised_loss(without, enc, "relu2_1", c, s, transform)
                 for c, s in pairs) / len(pairs)
     assert ratio < 0.8
+
+
+def test_encoder_and_warm_start_stay_on_the_networks_device():
+    """What --init-from does on a GPU, on PyTorch's meta device (no GPU here): an encoder made by with_layers
+    keeps its input scaling on the encoder's device, and a warm start mixes no CPU tensor into the decoder."""
+    enc = load_encoder("tiny", ["relu2_1"]).to("meta")
+    narrower = enc.with_layers(["relu1_1", "relu2_1"])
+    assert {b.device.type for b in narrower.buffers()} == {"meta"}
+    assert narrower(torch.empty(1, 3, 16, 16, device="meta"))["relu2_1"].device.type == "meta"
+    shallower = Decoder("relu1_1", "vgg16", False, enc.channels).to("meta")
+    deeper = Decoder("relu2_1", "vgg16", False, enc.channels).to("meta")
+    assert deeper.warm_start(shallower).device.type == "meta"
 
 
 def test_mixed_statistics_are_the_content_at_alpha_0_and_the_style_at_1():

@@ -320,9 +320,9 @@ def test_device_choices_and_errors(monkeypatch):
         precision.resolve_device("cuda:2")
     # bf16 on a GPU asks the GPU, not the CPU
     monkeypatch.setattr(precision, "bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # Hopper
     assert precision.use_bf16("auto", torch.device("cuda")) is True
     assert precision.use_bf16("auto", torch.device("cpu")) is False
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # Volta: emulated bf16 only
     with pytest.raises(InvalidOptionError, match="needs a GPU with bf16 support"):
         precision.use_bf16("bf16", torch.device("cuda"))

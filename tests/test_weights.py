@@ -564,6 +564,22 @@ def test_a_damaged_or_foreign_slice_is_refused(tmp_path):
     save_file(state, str(tmp_path / "edited.safetensors"), metadata=meta)
     with pytest.raises(HashMismatchError, match="do not match the digest"):
         load_encoder(str(tmp_path / "edited.safetensors"), ["relu1_1"])
+    original = load_file(str(path))
+    record = json.loads(meta["impasto_slice"])
+    record["name"] = "vgg19"  # a hand edit of the record, digest left as it was
+    save_file(original, str(tmp_path / "renamed.safetensors"), metadata={"impasto_slice": json.dumps(record)})
+    with pytest.raises(HashMismatchError, match="tensors or record do not match"):
+        load_encoder(str(tmp_path / "renamed.safetensors"), ["relu1_1"])
+    record = json.loads(meta["impasto_slice"])
+    del record["sha256"]
+    record["source_sha256"] = "0" * 64  # claims another source, digest made to fit
+    record["sha256"] = weights.tensors_sha256(original, record)
+    save_file(original, str(tmp_path / "foreign.safetensors"), metadata={"impasto_slice": json.dumps(record)})
+    with pytest.raises(WeightsError, match="not a registered source"):
+        load_encoder(str(tmp_path / "foreign.safetensors"), ["relu1_1"])
+    save_file(original, str(tmp_path / "garbled.safetensors"), metadata={"impasto_slice": "{not json"})
+    with pytest.raises(WeightsError, match="malformed encoder slice record"):
+        load_encoder(str(tmp_path / "garbled.safetensors"), ["relu1_1"])
     save_file(state, str(tmp_path / "plain.safetensors"))
     with pytest.raises(WeightsError, match="not an encoder slice .*impasto weights slice"):
         load_encoder(str(tmp_path / "plain.safetensors"), ["relu1_1"])

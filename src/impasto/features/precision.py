@@ -57,7 +57,7 @@ def use_bf16(precision: str, device: torch.device | None = None) -> bool:
     if precision == "fp32":
         return False
     if device is not None and device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
+        supported = torch.cuda.get_device_capability(device)[0] >= 8  # native bf16 (older GPUs only emulate it)
         where = "a GPU with bf16 support (Ampere or newer)"
     else:
         supported = bf16_supported()

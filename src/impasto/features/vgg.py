@@ -98,6 +98,9 @@ class VGGEncoder(nn.Module):
                 if shared_convs is not None and name in shared_convs:
                     self.convs[name] = shared_convs[name]
                     continue
+                if f"{name}.weight" not in state:  # a slice of the weights that stops earlier
+                    raise InvalidOptionError(f"the {weights_name} weights in use stop before {name}; layer(s) "
+                                             f"{', '.join(self.layers)} need deeper weights")
                 w, b = state[f"{name}.weight"], state[f"{name}.bias"]
                 conv = nn.utils.skip_init(nn.Conv2d, w.shape[1], w.shape[0], 3, padding=1)  # no random init to overwrite
                 with torch.no_grad():
@@ -172,7 +175,7 @@ class VGGEncoder(nn.Module):
             self.arch, self._state, layers, pooling=self.pooling, normalization=self.normalization,
             weights_name=self.weights_name, weights_sha256=self.weights_sha256, source_sha256=self.source_sha256,
             shared_convs=self.convs, block_channels=self._block_channels,
-        )
+        ).to(self._scale.device)  # its own buffers (input scaling) where this one's are: CPU or GPU
         return to_bf16(encoder) if self._scale.dtype == torch.bfloat16 else encoder
 
 

@@ -340,9 +340,9 @@ def load(name: str, progress: ByteProgress | None = None) -> LoadedWeights:
 SLICE_FORMAT = "impasto-vgg-slice-1"
 
 
-def tensors_sha256(state: dict[str, Tensor]) -> str:
-    """A digest of named tensors' values (names, dtypes, shapes and bytes, in name order)."""
-    digest = hashlib.sha256()
+def tensors_sha256(state: dict[str, Tensor], meta: dict[str, object] | None = None) -> str:
+    """A digest of named tensors' values (names, dtypes, shapes and bytes, in name order), and of ``meta``."""
+    digest = hashlib.sha256(json.dumps(meta or {}, sort_keys=True).encode())
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()
         digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
@@ -360,10 +360,11 @@ def write_slice(loaded: LoadedWeights, name: str, upto: str, path: str | os.Path
                                  f".{suggest(upto, names)}")
     keep = names[: names.index(upto) + 1]
     state = {f"{n}.{p}": loaded.state[f"{n}.{p}"].float().contiguous() for n in keep for p in ("weight", "bias")}
-    meta = {"format": SLICE_FORMAT, "name": name, "arch": loaded.source.arch, "normalization": loaded.source.normalization,
-            "upto": upto, "source_sha256": loaded.source.sha256, "weights_sha256": loaded.sha256,
-            "channels": [int(loaded.state[f"conv{b + 1}_1.weight"].shape[0]) for b in range(len(VGG_BLOCKS[loaded.source.arch]))],
-            "tensors_sha256": tensors_sha256(state)}
+    meta: dict[str, object] = {
+        "format": SLICE_FORMAT, "name": name, "arch": loaded.source.arch, "normalization": loaded.source.normalization,
+        "upto": upto, "source_sha256": loaded.source.sha256, "weights_sha256": loaded.sha256,
+        "channels": [int(loaded.state[f"conv{b + 1}_1.weight"].shape[0]) for b in range(len(VGG_BLOCKS[loaded.source.arch]))]}
+    meta["sha256"] = tensors_sha256(state, meta)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".safetensors.tmp")
@@ -379,8 +380,9 @@ def write_slice(loaded: LoadedWeights, name: str, upto: str, path: str | os.Path
 
 
 def load_slice(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """(conv state, metadata) of a file written by ``write_slice``; WeightsError unless its tensors are the
-    ones it records (so a decoder trained on it may name the full weights' source)."""
+    """(conv state, metadata) of a file written by ``write_slice``. WeightsError unless it names a registered
+    source with that source's hash, network and input normalisation, and its tensors and record match the
+    digest written with them (catches damage and hand edits; like the weight cache it trusts its writer)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"encoder file {path} {why_not_a_file(path)}")
@@ -394,15 +396,28 @@ def load_slice(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[st
         raise WeightsError(f"encoder file {path} is not readable safetensors ({exc})") from exc
     if raw is None:
         raise WeightsError(f"{path} is not an encoder slice (write one with 'impasto weights slice vgg16 conv4_1 -o FILE')")
-    meta = json.loads(raw)
-    if meta.get("format") != SLICE_FORMAT:
-        raise WeightsError(f"{path}: unknown encoder slice format {meta.get('format')!r}")
-    if tensors_sha256(state) != meta.get("tensors_sha256"):
-        raise HashMismatchError(f"{path}: its tensors do not match the digest it records (damaged or edited); write it again")
-    names = conv_names(meta["arch"])
-    want = {f"{n}.{p}" for n in names[: names.index(meta["upto"]) + 1] for p in ("weight", "bias")}
+    try:
+        meta = json.loads(raw)
+        if meta.get("format") != SLICE_FORMAT:
+            raise WeightsError(f"{path}: unknown encoder slice format {meta.get('format')!r}")
+        recorded = meta.pop("sha256", None)
+        if tensors_sha256(state, meta) != recorded:
+            raise HashMismatchError(f"{path}: its tensors or record do not match the digest written with them "
+                                    "(damaged or edited); write it again")
+        source = REGISTRY.get(meta["name"])
+        if source is None or (source.sha256, source.arch, source.normalization) != (
+                meta["source_sha256"], meta["arch"], meta["normalization"]):
+            raise WeightsError(f"{path}: names weights ({meta['name']}, {meta['source_sha256'][:12]}) that are not "
+                               f"a registered source; write it from one: impasto weights slice vgg16 conv4_1 -o FILE")
+        names = conv_names(meta["arch"])
+        want = {f"{n}.{p}" for n in names[: names.index(meta["upto"]) + 1] for p in ("weight", "bias")}
+        if len(meta["channels"]) != len(VGG_BLOCKS[meta["arch"]]):
+            raise WeightsError(f"{path}: records {len(meta['channels'])} block widths for {meta['arch']}")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # malformed JSON or fields
+        raise WeightsError(f"{path}: malformed encoder slice record ({type(exc).__name__}: {exc})") from None
     if set(state) != want:
         raise WeightsError(f"{path}: holds {', '.join(sorted(set(state) ^ want))} against its own record")
+    meta["sha256"] = recorded
     return state, meta
 
 

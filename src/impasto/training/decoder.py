@@ -55,7 +55,7 @@ class DecoderOptions:
     level: str = option("relu4_1", "Encoder layer the decoder inverts (relu4_1 for AdaIN; WCT uses relu1_1..relu5_1).")
     unpool: bool = option(False, "Upsample by max-unpooling with the encoder's indices (PhotoWCT) instead of nearest.")
     content_dirs: tuple[str, ...] = option((), "Folders of training images (photos and paintings), searched recursively.")
-    style_dirs: tuple[str, ...] = option((), "Folders of style images: part of each batch is then stylised with them (--style-transform) and the decoder learns to render stylised features too (feature loss only).")
+    style_dirs: tuple[str, ...] = option((), "Folders of style images: part of each batch is then stylised with them (--style-transform) and the decoder learns to render stylised features too (feature loss; --style-statistics-weight adds the AdaIN paper's style loss).")
     style_transform: str = option("wct", "How batches are stylised with --style-dir: wct or adain (match the method the decoder serves).")
     style_fraction: float = option(0.5, "With --style-dir: the share of each batch that is stylised (at least one image).", range=Range(0, 1, low_open=True))
     style_weight: float = option(0.1, "With --style-dir: weight of the stylised images' feature loss.", range=WEIGHT)
@@ -117,10 +117,11 @@ def least_squares_head(decoder: Decoder, features: Tensor, images: Tensor) -> No
     conv = decoder.head[1]
     x = (features - decoder.feature_mean[:, None, None]) * decoder.feature_scale[:, None, None]
     cols = torch.nn.functional.unfold(decoder.head[0](x), conv.kernel_size).transpose(1, 2).reshape(-1, conv.weight[0].numel())
+    step = max(1, cols.shape[0] // 100_000)  # a subsample of positions is plenty for 3 x 577 unknowns
+    cols = cols[::step]
     design = torch.cat([cols, torch.ones_like(cols[:, :1])], dim=1).double().cpu()  # solved on the CPU (any device)
-    target = images.reshape(images.shape[0], 3, -1).transpose(1, 2).reshape(-1, 3).double().cpu()
-    step = max(1, design.shape[0] // 100_000)  # a subsample of positions is plenty for 3 x 577 unknowns
-    solution = torch.linalg.lstsq(design[::step], target[::step]).solution.float()
+    target = images.reshape(images.shape[0], 3, -1).transpose(1, 2).reshape(-1, 3)[::step].double().cpu()
+    solution = torch.linalg.lstsq(design, target).solution.float()
     conv.weight.copy_(solution[:-1].T.reshape(conv.weight.shape))
     conv.bias.copy_(solution[-1])
 
@@ -258,6 +259,7 @@ def train_decoder(
             least_squares_head(decoder, feats, sample)
     if options.init_from:
         shallower, init_meta = load_decoder(options.init_from)
+        shallower = shallower.to(device)  # warm_start combines its weights with this decoder's
         try:
             check_encoder(encoder, init_meta)
         except WeightsError as exc:
@@ -274,7 +276,9 @@ def train_decoder(
             if not resume:  # a resumed run takes the whole decoder from its checkpoint
                 train_bridge(decoder, encoder, shallower.level, bridge_scale, images, options, callback, cancel)
     opt = torch.optim.Adam(decoder.parameters(), lr=options.learning_rate)
-    what = {k: v for k, v in dataclasses.asdict(options).items() if k != "device"}  # a run may resume on another device
+    # a run may resume on another device; a field added later at its default keeps older checkpoints resumable
+    what = {k: v for k, v in dataclasses.asdict(options).items()
+            if k != "device" and not (k == "style_statistics_weight" and v == 0.0)}
     fp = hashlib.sha256(json.dumps({"options": what, "images": len(images), "styles": len(style_feats)},
                                 sort_keys=True).encode()).hexdigest()
 
