@@ -543,6 +543,8 @@ def test_a_weight_slice_is_the_same_encoder_up_to_its_depth(tmp_path):
     assert part.weights_name == "vgg16"
     assert part.channels == full.channels  # the full weights' widths, deeper blocks included
     assert part.with_layers(["relu2_1"]).channels == full.channels
+    with pytest.raises(InvalidOptionError, match="weights in use stop before conv3_2"):
+        part.with_layers(["relu4_1"])
     with pytest.raises(InvalidOptionError, match=r"up to conv3_1; layer\(s\) relu3_2, relu4_1 need a deeper slice"):
         load_encoder(str(path), ["relu3_2", "relu4_1"])
     with pytest.raises(InvalidOptionError, match="unknown conv layer 'conv3_9'.*Did you mean"):
