@@ -24,21 +24,27 @@ MODEL_FORMAT = "impasto-model/1"
 _META_KEY = "impasto"
 
 
-def save_model(path: str | os.PathLike[str], state: dict[str, Tensor], meta: dict[str, Any], *, fp16: bool = False) -> Path:
-    """Write ``state`` (optionally as fp16) and ``meta`` to ``path`` atomically."""
+def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` (moved to the CPU) with string ``metadata`` to ``path`` atomically, readable by all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.half() if fp16 and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".safetensors.tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps({"format": MODEL_FORMAT, **meta})})
+        save_file(tensors, tmp, metadata=metadata)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a model file is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_model(path: str | os.PathLike[str], state: dict[str, Tensor], meta: dict[str, Any], *, fp16: bool = False) -> Path:
+    """Write ``state`` (optionally as fp16) and ``meta`` to ``path`` atomically."""
+    tensors = {k: v.half() if fp16 and v.is_floating_point() else v for k, v in state.items()}
+    return write_safetensors(path, tensors, {_META_KEY: json.dumps({"format": MODEL_FORMAT, **meta})})
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -31,6 +31,7 @@ from impasto.errors import (
     WeightsUnavailableError,
     suggest,
 )
+from impasto.io.models import write_safetensors
 from impasto.validation import why_not_a_file
 
 ByteProgress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
@@ -365,18 +366,7 @@ def write_slice(loaded: LoadedWeights, name: str, upto: str, path: str | os.Path
         "upto": upto, "source_sha256": loaded.source.sha256, "weights_sha256": loaded.sha256,
         "channels": [int(loaded.state[f"conv{b + 1}_1.weight"].shape[0]) for b in range(len(VGG_BLOCKS[loaded.source.arch]))]}
     meta["sha256"] = tensors_sha256(state, meta)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"impasto_slice": json.dumps(meta)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return write_safetensors(path, state, {"impasto_slice": json.dumps(meta)})
 
 
 def load_slice(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
