@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from impasto.errors import InvalidOptionError, WeightsError
+from impasto.errors import CancelledError, InvalidOptionError, WeightsError
+from impasto.events import CancelToken, Done, Progress
 from impasto.features.decoder import LEVELS, Decoder, load_decoder
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
-from impasto.methods import arbitrary
+from impasto.methods import arbitrary, optimization
 from impasto.ops.stats import mean_std
 from impasto.training.decoder import DecoderOptions, psnr, reconstruct, train_decoder
 
@@ -389,3 +390,45 @@ def test_style_training_options_are_checked(tiny_decoder, tmp_path):
     for change, message in cases:
         with pytest.raises(InvalidOptionError, match=message):
             train_decoder(DecoderOptions(**{**opts.__dict__, **change}), tmp_path / "x.safetensors")
+
+
+def _events(log):
+    return lambda event: log.append(event)
+
+
+def test_refine_is_the_optimisation_method_started_from_the_one_pass_result(tiny_decoder):
+    """--refine N: the one-pass image, then N optimisation steps at its size on the same encoder; one Done,
+    every step's Progress, and the loss falls over the pass."""
+    _, result, _ = tiny_decoder
+    g = torch.Generator().manual_seed(7)
+    content, style = torch.rand(1, 3, 48, 64, generator=g), torch.rand(1, 3, 40, 40, generator=g) * 0.5 + 0.5
+    plain = arbitrary.Options(decoder=str(result.model_path), size=None, style_size=None, precision="fp32")
+    one_pass = arbitrary.run(content, style, plain)
+    log: list = []
+    refined = arbitrary.run(content, style, dataclasses.replace(plain, refine=6), callback=_events(log))
+    assert refined.steps == one_pass.steps + 6
+    assert {"content", "style", "total"} <= set(refined.final_losses)
+    done = [e for e in log if isinstance(e, Done)]
+    steps = [e for e in log if isinstance(e, Progress)]
+    assert len(done) == 1 and done[0].steps == 7
+    assert [e.step for e in steps] == list(range(1, 7)) and steps[-1].losses["total"] < steps[0].losses["total"]
+    by_hand = optimization.prepare(style, optimization.Options(size=None, precision="fp32"),
+                                   encoder=load_encoder("tiny", ["relu2_1"]))(content, init=one_pass.image, iterations=6)
+    torch.testing.assert_close(refined.image, by_hand.image)
+    assert not torch.allclose(refined.image, one_pass.image)
+
+
+def test_refine_can_be_cancelled_and_is_checked(tiny_decoder):
+    _, result, _ = tiny_decoder
+    g = torch.Generator().manual_seed(8)
+    content, style = torch.rand(1, 3, 48, 64, generator=g), torch.rand(1, 3, 40, 40, generator=g)
+    opts = arbitrary.Options(decoder=str(result.model_path), size=None, style_size=None, precision="fp32", refine=50)
+    token = CancelToken()
+
+    def cancel_at_third(event):
+        if isinstance(event, Progress) and event.step == 3:
+            token.cancel()
+    with pytest.raises(CancelledError):
+        arbitrary.run(content, style, opts, callback=cancel_at_third, cancel=token)
+    with pytest.raises(InvalidOptionError, match="refine must be"):
+        arbitrary.run(content, style, dataclasses.replace(opts, refine=-1))

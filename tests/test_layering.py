@@ -13,6 +13,8 @@ BASE = {"errors": 0, "events": 0, "options": 0, "validation": 0, "result": 0, "o
 # each exception says why. A copy of the optimisation loop in those files would be worse than the import.
 METHOD_IMPORTS = {
     ("exemplars", "optimization"): "Song et al.'s exemplar transfer is the optimisation method with a pooled MRF bank",
+    ("arbitrary", "optimization"): "--refine continues AdaIN's result with the optimisation method",
+    ("wct", "optimization"): "--refine continues WCT's result with the optimisation method",
 }
 LAYERS = {**BASE, "io": 1, "features": 2, "losses": 3, "methods": 4, "training": 4.5, "api": 5, "demo": 5, "explain": 5, "cli": 6}
 

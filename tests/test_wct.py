@@ -12,7 +12,7 @@ from impasto.features.decoder import ordered_levels
 from impasto.features.transfer import FeatureTransfer
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
-from impasto.methods import photoreal, wct
+from impasto.methods import optimization, photoreal, wct
 from impasto.ops.regions import UNCOVERED, binary_codes, colour_codes, resize_codes
 from impasto.ops.smoothing import matting_affinity, smooth_exact
 from impasto.ops.stats import mean_cov, mean_std
@@ -327,3 +327,17 @@ def test_unpool_levels_none_on_the_command_line_means_no_unpooling_level(tiny_de
     assert api.load_recipe(out)["options"]["unpool_levels"] == []
     plain = wct.run(load_image(content), load_image(style), _opts(wct, tiny_decoders, False, unpool_levels=())).image
     torch.testing.assert_close(load_image(out), (plain * 255).round() / 255, atol=1 / 255, rtol=0)
+
+
+def test_wct_refine_continues_from_the_cascade_with_the_optimisation_method(tiny_decoders):
+    content, style = _smooth_image(48, 64, 19), _smooth_image(40, 40, 20, 0.5, 0.4)
+    plain = _opts(wct, tiny_decoders, False, precision="fp32")
+    cascade = wct.run(content, style, plain)
+    refined = wct.run(content, style, _opts(wct, tiny_decoders, False, precision="fp32", refine=4))
+    assert refined.steps == cascade.steps + 4 == len(LEVELS3) + 4
+    by_hand = optimization.prepare(style, optimization.Options(size=None, precision="fp32"),
+                                   encoder=load_encoder("tiny", ["relu1_1"]))(content, init=cascade.image, iterations=4)
+    torch.testing.assert_close(refined.image, by_hand.image)
+    assert refined.final_losses["total"] == pytest.approx(by_hand.final_losses["total"])
+    lum = wct.run(content, style, _opts(wct, tiny_decoders, False, precision="fp32", refine=4, color="luminance")).image
+    assert not torch.allclose(lum, refined.image)  # the colour mode acts on the refined image

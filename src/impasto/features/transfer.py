@@ -266,9 +266,10 @@ class LevelTransfer:
         return "+".join(m.get("name", m["path"]) for m in self.metas)
 
     def result(self, content: Tensor, callback: Callback | None = None, cancel: CancelToken | None = None,
-               post: Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]] | None = None) -> Result:
+               post: Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]] | None = None, post_steps: int = 0) -> Result:
         """A method's Result for ``content``: the cascade, then ``post(stylised, sized content)`` (e.g. smoothing:
-        -> (image, figures for the result's losses)), then the colour mode; ``Done`` is sent at the end."""
+        -> (image, figures for the result's losses)), then the colour mode; ``Done`` is sent at the end.
+        ``post_steps``: steps ``post`` takes (an optimisation pass), counted with the decoders' in the result."""
         started = time.perf_counter()
         image, out = self(content, callback, cancel)
         figures: dict[str, float] = {}
@@ -277,8 +278,8 @@ class LevelTransfer:
         out = finish(out, image, self.o.color)
         seconds = time.perf_counter() - started
         if callback:
-            callback(Done(seconds=seconds, steps=len(self.decoders)))
-        return Result(image=out, weights=self.weights_name, weights_sha256=self.metas[0]["sha256"], steps=len(self.decoders),
+            callback(Done(seconds=seconds, steps=len(self.decoders) + post_steps))
+        return Result(image=out, weights=self.weights_name, weights_sha256=self.metas[0]["sha256"], steps=len(self.decoders) + post_steps,
                       seconds=seconds, final_losses=figures)
 
 

@@ -5,6 +5,11 @@ style's per-channel mean and std (AdaIN), blend with the content features by ``a
 decode to an image. The decoder only learns to invert the encoder (see
 ``impasto.training.decoder``), so any style works without training. Several styles blend by
 weight; masks restrict each content region to its matching style region (``features.transfer``).
+
+``refine`` N continues from the one-pass result with N steps of the optimisation method
+(``methods.optimization.Refine``, same encoder): the decoder alone renders little of a painting's
+strokes. Like ``methods.exemplars`` this imports another method, against DESIGN.md's one-way rule,
+so that the pass is the optimisation method itself rather than a copy of its loop.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from impasto.features.decoder import Decoder, cascade, check_encoder, load_decod
 from impasto.features.precision import to_bf16, use_bf16
 from impasto.features.transfer import BYTES_PER_PIXEL, FeatureTransfer, LevelTransfer, check_sizes, style_list, validate_common
 from impasto.features.vgg import VGGEncoder, load_encoder
-from impasto.options import SEED, SIDE, UNIT, WEIGHT, option
+from impasto.methods.optimization import REFINE_HELP, Refine
+from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
 
@@ -40,7 +46,8 @@ class Options:
     precision: str = option("auto", "auto (bf16 channels-last where the CPU supports it, several times faster), fp32 or bf16.")
     size: int | None = option(512, "Long side of the output (None: the content's size).", range=SIDE)
     style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).", range=SIDE)
-    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
+    refine: int = option(0, REFINE_HELP, range=Range(0, 100_000))
+    seed: int = option(0, "Seed of the refine steps (the one-pass transfer itself is deterministic).", range=SEED)
 
 
 def validate(o: Options, n_styles: int) -> None:
@@ -65,9 +72,12 @@ class Prepared:
         if use_bf16(options.precision):
             encoder, decoder = to_bf16(encoder), to_bf16(decoder)
         self.transfer = LevelTransfer(encoder, [decoder], [meta], styles, options, "adain", "adain")
+        self.refine = Refine.of(styles, options, encoder)
 
     def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
-        return self.transfer.result(content, callback, cancel)
+        if self.refine is None:
+            return self.transfer.result(content, callback, cancel)
+        return self.transfer.result(content, callback, cancel, self.refine.post(callback, cancel), self.refine.steps)
 
 
 def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:

@@ -15,6 +15,9 @@ reconstructed held-out photos at 14-18 dB, and a cascade started from it lost th
 parrots of kodim23 and the face of chelsea were gone at alpha 1. The unpooling one reconstructs
 them at 20-23 dB and keeps both subjects at alpha 1. Pass ``unpool_levels=()`` with a nearest
 relu5_1 decoder of your own for the paper's decoder, or ``levels`` from relu4_1 to skip relu5_1.
+
+``refine`` N continues from the cascade's result with N steps of the optimisation method, as AdaIN's
+``refine`` does (``methods.optimization.Refine``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken
 from impasto.features.decoder import LEVELS
 from impasto.features.transfer import BYTES_PER_PIXEL, LevelTransfer, check_sizes, prepare_levels, style_list, validate_common, validate_levels
-from impasto.options import SEED, SIDE, UNIT, WEIGHT, option
+from impasto.methods.optimization import REFINE_HELP, Refine
+from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
 
@@ -47,7 +51,8 @@ class Options:
     precision: str = option("auto", "auto (bf16 channels-last where the CPU supports it, several times faster), fp32 or bf16.")
     size: int | None = option(512, "Long side of the output (None: the content's size).", range=SIDE)
     style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).", range=SIDE)
-    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
+    refine: int = option(0, REFINE_HELP, range=Range(0, 100_000))
+    seed: int = option(0, "Seed of the refine steps (the one-pass transfer itself is deterministic).", range=SEED)
 
 
 def validate(o: Options, n_styles: int) -> None:
@@ -63,9 +68,12 @@ class Prepared:
 
     def __init__(self, styles: Sequence[Tensor], options: Options) -> None:
         self.transfer: LevelTransfer = prepare_levels(styles, options, options.unpool_levels, "wct")
+        self.refine = Refine.of(styles, options, self.transfer.encoder)
 
     def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
-        return self.transfer.result(content, callback, cancel)
+        if self.refine is None:
+            return self.transfer.result(content, callback, cancel)
+        return self.transfer.result(content, callback, cancel, self.refine.post(callback, cancel), self.refine.steps)
 
 
 def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:
