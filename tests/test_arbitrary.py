@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from impasto.errors import CancelledError, InvalidOptionError, WeightsError
-from impasto.events import CancelToken, Done, Progress
+from impasto.events import CancelToken, Done, Progress, Stage
 from impasto.features.decoder import LEVELS, Decoder, load_decoder
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
 from impasto.methods import arbitrary, optimization
+from impasto.ops.geometry import resize
 from impasto.ops.stats import mean_std
 from impasto.training.decoder import DecoderOptions, psnr, reconstruct, train_decoder
 
@@ -411,11 +412,50 @@ def test_refine_is_the_optimisation_method_started_from_the_one_pass_result(tiny
     done = [e for e in log if isinstance(e, Done)]
     steps = [e for e in log if isinstance(e, Progress)]
     assert len(done) == 1 and done[0].steps == 7
-    assert [e.step for e in steps] == list(range(1, 7)) and steps[-1].losses["total"] < steps[0].losses["total"]
-    by_hand = optimization.prepare(style, optimization.Options(size=None, precision="fp32"),
-                                   encoder=load_encoder("tiny", ["relu2_1"]))(content, init=one_pass.image, iterations=6)
+    assert [e.step for e in steps] == list(range(2, 8)) and {e.total for e in steps} == {7}  # after the decoder's step
+    assert steps[-1].losses["total"] < steps[0].losses["total"]
+    assert [e.name for e in log if isinstance(e, Stage)][-1] == "refine"
+    by_hand = optimization.prepare(style, optimization.Options(size=None, precision="fp32"), encoder=load_encoder("tiny", ["relu2_1"]),
+                                   styles_sized=True)(content, init=one_pass.image, iterations=6)
     torch.testing.assert_close(refined.image, by_hand.image)
     assert not torch.allclose(refined.image, one_pass.image)
+
+
+def test_refine_uses_the_styles_at_the_one_pass_style_size_and_the_blend_and_masks(tiny_decoder, tmp_path):
+    _, result, _ = tiny_decoder
+    g = torch.Generator().manual_seed(9)
+    content = torch.rand(1, 3, 48, 64, generator=g)
+    style, other = torch.rand(1, 3, 80, 80, generator=g) * 0.5 + 0.5, torch.rand(1, 3, 80, 80, generator=g) * 0.3
+    plain = arbitrary.Options(decoder=str(result.model_path), size=None, style_size=40, precision="fp32")
+    one_pass = arbitrary.run(content, style, plain).image
+    refined = arbitrary.run(content, style, dataclasses.replace(plain, refine=4)).image
+    at_40 = resize(style, (40, 40))
+    by_hand = optimization.prepare(at_40, optimization.Options(size=None, precision="fp32"), encoder=load_encoder("tiny", ["relu2_1"]),
+                                   styles_sized=True)(content, init=one_pass, iterations=4).image
+    torch.testing.assert_close(refined, by_hand)
+    bigger = arbitrary.run(content, style, dataclasses.replace(plain, refine=4, style_size=None)).image
+    assert not torch.allclose(bigger, refined, atol=1e-3)  # --style-size reaches the refine pass
+    first_only = arbitrary.run(content, [style, other], dataclasses.replace(plain, refine=4, style_blend=(1.0, 0.0))).image
+    torch.testing.assert_close(first_only, refined)
+    left = torch.zeros(1, 3, 48, 64)
+    left[..., :32] = 1
+    save_image(left, tmp_path / "left.png")
+    save_image(1 - left, tmp_path / "right.png")
+    masks = (str(tmp_path / "left.png"), str(tmp_path / "right.png"))
+    masked = dataclasses.replace(plain, content_mask=masks)
+    one_pass_masked = arbitrary.run(content, [style, other], masked).image
+    refined_masked = arbitrary.run(content, [style, other], dataclasses.replace(masked, refine=4)).image
+    at_40_other = resize(other, (40, 40))
+    by_hand_masked = optimization.prepare([at_40, at_40_other], optimization.Options(size=None, precision="fp32", content_mask=masks),
+                                          encoder=load_encoder("tiny", ["relu2_1"]), styles_sized=True)(
+        content, init=one_pass_masked, iterations=4).image
+    torch.testing.assert_close(refined_masked, by_hand_masked)
+
+
+def test_refine_memory_is_the_optimisation_methods():
+    assert optimization.refine_bytes(2200, arbitrary.Options()) == 2200
+    assert optimization.refine_bytes(2200, arbitrary.Options(refine=5)) == optimization.BYTES_PER_PIXEL == 2600
+    assert optimization.refine_bytes(3000, arbitrary.Options(refine=5)) == 3000
 
 
 def test_refine_can_be_cancelled_and_is_checked(tiny_decoder):

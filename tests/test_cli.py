@@ -256,3 +256,18 @@ def test_train_decoder_takes_unpool_as_a_flag_and_style_dirs(tmp_path, capsys):
     assert main(["train", "decoder", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--unpool / --no-unpool" in text and "--style-dir" in text and "--style-transform" in text
+
+
+@pytest.mark.parametrize(("method", "hint"), [("optimization", "add --checkpoint FILE"), ("adain", None)])
+def test_a_cancelled_run_suggests_a_checkpoint_only_where_the_method_takes_one(files, tmp_path, capsys, monkeypatch, method, hint):
+    from impasto import api
+    from impasto.errors import CancelledError
+
+    def cancelled(*args, **kwargs):
+        raise CancelledError("cancelled at step 3")
+    monkeypatch.setattr(api, "stylize", cancelled)
+    content, style = files
+    assert main(["stylize", content, style, "-o", str(tmp_path / "out.png"), "--method", method]) != 0
+    line = _one_error_line(capsys)
+    assert "cancelled at step 3" in line
+    assert (hint in line) if hint else ("checkpoint" not in line)

@@ -64,6 +64,12 @@ def test_no_upward_imports():
     assert not bad, "\n".join(bad)
 
 
+def test_every_declared_method_import_is_used():
+    used = {(path.stem, target.split(".")[2]) for path in (ROOT / "methods").glob("*.py")
+            for target in _imports(path) if target.startswith("impasto.methods.")}
+    assert set(METHOD_IMPORTS) <= used, f"stale exceptions: {set(METHOD_IMPORTS) - used}"
+
+
 def test_layering_check_catches_a_violation(tmp_path):
     fake = tmp_path / "x.py"
     fake.write_text("from impasto.cli import main\nimport impasto.api\n")

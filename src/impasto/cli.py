@@ -267,7 +267,8 @@ def _build_stylize() -> click.Command:
                                      resume=resume, keep_alpha=keep_alpha)
         except CancelledError as exc:
             hint = ("; checkpoint saved, continue with the same command plus --resume" if checkpoint
-                    else "; add --checkpoint FILE to be able to resume")
+                    else "; add --checkpoint FILE to be able to resume" if getattr(api.METHODS[method], "RESUMABLE", False)
+                    else "")
             raise CancelledError(f"{exc}{hint}") from None
         finally:
             signal.signal(signal.SIGINT, previous)

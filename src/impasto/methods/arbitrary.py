@@ -25,7 +25,7 @@ from impasto.features.decoder import Decoder, cascade, check_encoder, load_decod
 from impasto.features.precision import to_bf16, use_bf16
 from impasto.features.transfer import BYTES_PER_PIXEL, FeatureTransfer, LevelTransfer, check_sizes, style_list, validate_common
 from impasto.features.vgg import VGGEncoder, load_encoder
-from impasto.methods.optimization import REFINE_HELP, Refine
+from impasto.methods.optimization import REFINE_HELP, Refine, refine_bytes
 from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
@@ -47,7 +47,7 @@ class Options:
     size: int | None = option(512, "Long side of the output (None: the content's size).", range=SIDE)
     style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).", range=SIDE)
     refine: int = option(0, REFINE_HELP, range=Range(0, 100_000))
-    seed: int = option(0, "Seed of the refine steps (the one-pass transfer itself is deterministic).", range=SEED)
+    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
 
 
 def validate(o: Options, n_styles: int) -> None:
@@ -72,12 +72,13 @@ class Prepared:
         if use_bf16(options.precision):
             encoder, decoder = to_bf16(encoder), to_bf16(decoder)
         self.transfer = LevelTransfer(encoder, [decoder], [meta], styles, options, "adain", "adain")
-        self.refine = Refine.of(styles, options, encoder)
+        self.refine = Refine.of(self.transfer.styles, options, encoder, "adain")
 
     def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
         if self.refine is None:
             return self.transfer.result(content, callback, cancel)
-        return self.transfer.result(content, callback, cancel, self.refine.post(callback, cancel), self.refine.steps)
+        post = self.refine.post(callback, cancel, len(self.transfer.decoders))
+        return self.transfer.result(content, callback, cancel, post, self.refine.steps)
 
 
 def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:
@@ -94,5 +95,5 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
     options = options or Options()
     styles = style_list(style)
     validate(options, len(styles))
-    check_sizes(content, styles, options, "adain", BYTES_PER_PIXEL["adain"])  # before any weights load
+    check_sizes(content, styles, options, "adain", refine_bytes(BYTES_PER_PIXEL["adain"], options))  # before any weights load
     return prepare(styles, options)(content, callback=callback, cancel=cancel)

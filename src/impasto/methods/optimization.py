@@ -22,7 +22,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,22 +196,27 @@ def scale_plan(options: Options, height: int, width: int) -> list[tuple[tuple[in
     return [(size_for_long_side(height, width, s), n) for s, n in zip(sizes, steps, strict=True)]
 
 
-def style_size(style: Tensor, output: tuple[int, int], style_scale: float) -> tuple[int, int]:
-    """(H, W) of a style image at one scale: its long side is ``style_scale`` times the output's."""
+def style_size(style: Tensor, output: tuple[int, int], style_scale: float | None) -> tuple[int, int]:
+    """(H, W) of a style image at one scale: its long side is ``style_scale`` times the output's
+    (None: the image's own size, for styles a caller has sized already)."""
+    if style_scale is None:
+        return (style.shape[-2], style.shape[-1])
     return size_for_long_side(style.shape[-2], style.shape[-1], max(1, round(max(output) * style_scale)))
 
 
 def check_sizes(plan: list[tuple[tuple[int, int], int]], styles: Sequence[Tensor], options: Options,
-                method: str = "optimization") -> None:
-    """Every scale's images are large enough for the encoder and the finest scale fits in memory."""
+                method: str = "optimization", styles_sized: bool = False) -> None:
+    """Every scale's images are large enough for the encoder and the finest scale fits in memory
+    (``styles_sized``: the styles are used at their own size, as ``Prepared`` with ``styles_sized``)."""
     final = plan[-1][0]
+    scale = None if styles_sized else options.style_scale
+    hint = "raise --style-size" if styles_sized else "raise --style-scale or --size"
     for size, _ in plan:
         check_image_side(*size, "content image", method)
         for i, s in enumerate(styles):
-            h, w = style_size(s, size, options.style_scale)
-            check_image_side(h, w, f"style image {i + 1}", method,
-                             hint="raise --style-scale or --size, or crop the style image less thin")
-    pixels = [final[0] * final[1], *(math.prod(style_size(s, final, options.style_scale)) for s in styles)]
+            h, w = style_size(s, size, scale)
+            check_image_side(h, w, f"style image {i + 1}", method, hint=f"{hint}, or crop the style image less thin")
+    pixels = [final[0] * final[1], *(math.prod(style_size(s, final, scale)) for s in styles)]
     check_memory(f"--method {method}", "--size", options.size or max(final), pixels, BYTES_PER_PIXEL)
 
 
@@ -294,9 +299,12 @@ class Prepared:
     and reused for every later content image of that size (frames of a video), unless the colour mode
     makes them depend on the content (luminance, match). Call it per content image."""
 
-    def __init__(self, styles: Sequence[Tensor], options: Options, encoder: VGGEncoder | None = None) -> None:
+    def __init__(self, styles: Sequence[Tensor], options: Options, encoder: VGGEncoder | None = None, *,
+                 styles_sized: bool = False, method: str = "optimization") -> None:
         self.options = options
         self.styles = list(styles)
+        self.style_scale = None if styles_sized else options.style_scale  # None: the styles as given, at every scale
+        self.styles_sized, self.method = styles_sized, method
         layers = list(dict.fromkeys([*options.content_layers, *options.all_style_layers()]))
         encoder = encoder.with_layers(layers) if encoder is not None else load_encoder(options.encoder, layers, pooling=options.pooling)
         self.weights, self.weights_sha256 = encoder.weights_name, encoder.weights_sha256
@@ -353,7 +361,7 @@ class Prepared:
         if checkpoint is not None and (init is not None or extra_loss is not None):
             raise InvalidOptionError("checkpoint/resume cannot be combined with init or extra_loss (video frames are cached per frame instead)")
         plan = self.plan(content, init, iterations)
-        check_sizes(plan, styles, options)  # before any memory is taken
+        check_sizes(plan, styles, options, self.method, self.styles_sized)  # before any memory is taken
         given = maps is not None
         if maps is not None:
             if options.content_mask or options.style_mask:
@@ -396,7 +404,7 @@ class Prepared:
             if callback:
                 callback(Stage(name="scale", index=k, total=len(plan), size=size))
             c_k = resize(target_content, size)
-            s_k = [resize(s, style_size(s, size, options.style_scale)) for s in target_styles]
+            s_k = [resize(s, style_size(s, size, self.style_scale)) for s in target_styles]
             style = self._style(size, c_k, s_k, maps, reuse)
             style.reset()  # a cached style term keeps no matches from an earlier image
             if style_state is not None and k == start_scale and start_step > 0:
@@ -466,15 +474,18 @@ class Prepared:
                       steps=done, seconds=seconds, final_losses=losses)
 
 
-def prepare(style: Tensor | Sequence[Tensor], options: Options | None = None, *, encoder: VGGEncoder | None = None) -> Prepared:
+def prepare(style: Tensor | Sequence[Tensor], options: Options | None = None, *, encoder: VGGEncoder | None = None,
+            styles_sized: bool = False, method: str = "optimization") -> Prepared:
     """Load the encoder once for many content images or frames (``Prepared``'s call takes ``init`` and
-    ``extra_loss`` for video). Raises ``InvalidOptionError`` for bad options, ``WeightsError`` when no
-    encoder can be loaded."""
+    ``extra_loss`` for video). ``styles_sized``: use the style images at their own size at every scale
+    (``style_scale`` is then unused; a caller sized them, as the one-pass methods' ``refine`` does);
+    ``method``: the name size errors give. Raises ``InvalidOptionError`` for bad options, ``WeightsError``
+    when no encoder can be loaded."""
     options = options or Options()
     styles = [style] if isinstance(style, Tensor) else list(style)
     validate(options, len(styles))
     _check_tensors(None, styles)
-    return Prepared(styles, options, encoder)
+    return Prepared(styles, options, encoder, styles_sized=styles_sized, method=method)
 
 
 def run(
@@ -543,40 +554,53 @@ def _initial_image(options: Options, content: Tensor, style: Tensor) -> Tensor:
 
 REFINE_HELP = ("Optimisation steps started from the one-pass result (0: off): the optimisation method's defaults "
                "(Gram style loss, content at relu4_2, L-BFGS) at the output size only, which sharpens the result and "
-               "strengthens the style's strokes; about 1.5-3 s a step at 512 px on 2 CPU cores.")
+               "strengthens the style's strokes (styles at --style-size); 30 steps take about 2 minutes at 512 px on 2 CPU cores.")
+
+
+def refine_bytes(one_pass_bytes: float, o: Any) -> float:
+    """Memory per pixel of a one-pass method with options ``o``: its own, or this method's when ``o.refine``
+    adds a pass (the two run one after the other, on the same content and style pixels)."""
+    return max(one_pass_bytes, BYTES_PER_PIXEL) if o.refine else one_pass_bytes
 
 
 class Refine:
     """A short optimisation pass that starts from another method's result (the one-pass methods' ``refine``).
 
-    It optimises at the result's size only, with this method's defaults, the same styles, blend and masks,
-    for ``steps`` steps, on the one-pass method's encoder (its weights, more layers). Used as the one-pass methods' ``post`` step: ``refine.post(callback, cancel)``
+    It optimises at the result's size only, with this method's defaults, the same styles (at the size the
+    one-pass method used them), blend and masks, for ``steps`` steps, on the one-pass method's encoder (its
+    weights, more layers). Used as the one-pass methods' ``post`` step: ``refine.post(callback, cancel, done)``
     gives ``(result, sized content) -> (refined result, its final losses)``.
     """
 
-    def __init__(self, styles: Sequence[Tensor], steps: int, encoder: VGGEncoder, *,
+    def __init__(self, styles: Sequence[Tensor], steps: int, encoder: VGGEncoder, method: str, *,
                  style_blend: tuple[float, ...] | None = None, content_mask: tuple[str, ...] = (),
-                 style_mask: tuple[str, ...] = (), precision: str = "auto", seed: int = 0) -> None:
+                 style_mask: tuple[str, ...] = (), precision: str = "auto") -> None:
         self.steps = steps
         self.prepared = prepare(list(styles), Options(size=None, style_blend=style_blend, content_mask=content_mask,
-                                                      style_mask=style_mask, precision=precision, seed=seed),
-                                encoder=encoder)
+                                                      style_mask=style_mask, precision=precision),
+                                encoder=encoder, styles_sized=True, method=method)
 
     @classmethod
-    def of(cls, styles: Sequence[Tensor], o: Any, encoder: VGGEncoder) -> "Refine | None":
-        """The pass a one-pass method's options ``o`` ask for (``o.refine`` steps, its blend, masks,
-        precision and seed), or None when ``o.refine`` is 0."""
+    def of(cls, styles: Sequence[Tensor], o: Any, encoder: VGGEncoder, method: str) -> "Refine | None":
+        """The pass a one-pass method's options ``o`` ask for (``o.refine`` steps; its blend, masks and
+        precision), or None when ``o.refine`` is 0. ``styles``: as the one-pass method sized them."""
         if not o.refine:
             return None
-        return cls(styles, o.refine, encoder, style_blend=o.style_blend, content_mask=o.content_mask,
-                   style_mask=o.style_mask, precision=o.precision, seed=o.seed)
+        return cls(styles, o.refine, encoder, method, style_blend=o.style_blend, content_mask=o.content_mask,
+                   style_mask=o.style_mask, precision=o.precision)
 
-    def post(self, callback: Callback | None = None,
-             cancel: CancelToken | None = None) -> Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]]:
-        """The post step for one call; the pass reports Stage and Progress but not its own Done (the caller sends one)."""
+    def post(self, callback: Callback | None = None, cancel: CancelToken | None = None,
+             done: int = 0) -> Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]]:
+        """The post step for one call. The pass reports a Stage named "refine" and its Progress counted after
+        the ``done`` steps before it (the one-pass levels), but not its own Done (the caller sends one)."""
         def forward(event: Any) -> None:
-            if callback is not None and not isinstance(event, Done):
-                callback(event)
+            if callback is None or isinstance(event, Done):
+                return
+            if isinstance(event, Stage):
+                event = replace(event, name="refine")
+            elif isinstance(event, Progress):
+                event = replace(event, step=done + event.step, total=done + event.total)
+            callback(event)
 
         def refined(image: Tensor, content: Tensor) -> tuple[Tensor, dict[str, float]]:
             result = self.prepared(content, init=image.float().clamp(0, 1), iterations=self.steps, callback=forward, cancel=cancel)

@@ -30,7 +30,7 @@ from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken
 from impasto.features.decoder import LEVELS
 from impasto.features.transfer import BYTES_PER_PIXEL, LevelTransfer, check_sizes, prepare_levels, style_list, validate_common, validate_levels
-from impasto.methods.optimization import REFINE_HELP, Refine
+from impasto.methods.optimization import REFINE_HELP, Refine, refine_bytes
 from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
@@ -52,7 +52,7 @@ class Options:
     size: int | None = option(512, "Long side of the output (None: the content's size).", range=SIDE)
     style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).", range=SIDE)
     refine: int = option(0, REFINE_HELP, range=Range(0, 100_000))
-    seed: int = option(0, "Seed of the refine steps (the one-pass transfer itself is deterministic).", range=SEED)
+    seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
 
 
 def validate(o: Options, n_styles: int) -> None:
@@ -68,12 +68,13 @@ class Prepared:
 
     def __init__(self, styles: Sequence[Tensor], options: Options) -> None:
         self.transfer: LevelTransfer = prepare_levels(styles, options, options.unpool_levels, "wct")
-        self.refine = Refine.of(styles, options, self.transfer.encoder)
+        self.refine = Refine.of(self.transfer.styles, options, self.transfer.encoder, "wct")
 
     def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
         if self.refine is None:
             return self.transfer.result(content, callback, cancel)
-        return self.transfer.result(content, callback, cancel, self.refine.post(callback, cancel), self.refine.steps)
+        post = self.refine.post(callback, cancel, len(self.transfer.decoders))
+        return self.transfer.result(content, callback, cancel, post, self.refine.steps)
 
 
 def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:
@@ -90,5 +91,5 @@ def run(content: Tensor, style: Tensor | Sequence[Tensor] | None = None, options
     options = options or Options()
     styles = style_list(style)
     validate(options, len(styles))
-    check_sizes(content, styles, options, "wct", BYTES_PER_PIXEL["wct"])  # before any weights load
+    check_sizes(content, styles, options, "wct", refine_bytes(BYTES_PER_PIXEL["wct"], options))  # before any weights load
     return prepare(styles, options)(content, callback=callback, cancel=cancel)
