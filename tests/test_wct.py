@@ -342,3 +342,11 @@ def test_wct_refine_continues_from_the_cascade_with_the_optimisation_method(tiny
     assert refined.final_losses["total"] == pytest.approx(by_hand.final_losses["total"])
     lum = wct.run(content, style, _opts(wct, tiny_decoders, False, precision="fp32", refine=4, color="luminance")).image
     torch.testing.assert_close(lum, combine_luminance_chroma(refined.image, content))  # the colour mode acts on the refined image
+
+
+def test_photowct_defaults_are_the_judged_ones():
+    """Defaults change only with a blind win: two levels beat three 20/27 on held-out photo pairs
+    (bench/results/2026-12-03_photowct_levels_heldout_512); exact matting smoothing at 0.999."""
+    o = photoreal.Options()
+    assert o.levels == ("relu2_1", "relu1_1") and o.order == "coarse-to-fine"
+    assert (o.smooth, o.affinity, o.smooth_strength) == ("exact", "matting", 0.999)
