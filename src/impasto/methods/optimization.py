@@ -32,7 +32,7 @@ from torch import Tensor
 from impasto.errors import CheckpointError, InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken, Done, Progress, Stage
 from impasto.features.precision import bf16_input, to_bf16, use_bf16
-from impasto.features.transfer import RegionMaps, blend_weights
+from impasto.features.transfer import LevelTransfer, RegionMaps, blend_weights
 from impasto.features.vgg import POOLING, VGGEncoder, load_encoder
 from impasto.io.checkpoint import load_checkpoint, save_checkpoint
 from impasto.io.image import load_image
@@ -606,3 +606,11 @@ class Refine:
             result = self.prepared(content, init=image.float().clamp(0, 1), iterations=self.steps, callback=forward, cancel=cancel)
             return result.image, result.final_losses
         return refined
+
+    @staticmethod
+    def result(refine: "Refine | None", transfer: LevelTransfer, content: Tensor, callback: Callback | None = None,
+               cancel: CancelToken | None = None) -> Result:
+        """A one-pass method's Result: ``transfer``'s cascade, then ``refine``'s pass when there is one."""
+        if refine is None:
+            return transfer.result(content, callback, cancel)
+        return transfer.result(content, callback, cancel, refine.post(callback, cancel, len(transfer.decoders)), refine.steps)

@@ -71,10 +71,7 @@ class Prepared:
         self.refine = Refine.of(self.transfer.styles, options, self.transfer.encoder, "wct")
 
     def __call__(self, content: Tensor, *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Result:
-        if self.refine is None:
-            return self.transfer.result(content, callback, cancel)
-        post = self.refine.post(callback, cancel, len(self.transfer.decoders))
-        return self.transfer.result(content, callback, cancel, post, self.refine.steps)
+        return Refine.result(self.refine, self.transfer, content, callback, cancel)
 
 
 def prepare(style: Tensor | Sequence[Tensor] | None, options: Options | None = None) -> Prepared:
