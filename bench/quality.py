@@ -74,6 +74,13 @@ KEY_FORMAT = 1
 Z95 = NormalDist().inv_cdf(0.975)  # 1.959963984540054
 SPLITS = ("heldout", "dev", "all")
 NSPT_MODEL = "models/vgg16-onnx-caffe.pth"  # relative to the neural-style-pt checkout, as the peers README names it
+NSPT_RECIPES = ("single", "multires")
+# neural-style-pt's own multi-resolution recipe (examples/scripts/starry_stanford.sh in its repository): 256 px
+# from noise with the default step count, then each stage started from the previous stage's picture at twice
+# the size, 500 steps at 512 px and 200 above; style weight 500 (2500 from 2048 px), TV weight 0.
+NSPT_MULTIRES_FIRST = 256
+NSPT_MULTIRES_STEPS = (500, 200)  # the second stage, then every later one
+NSPT_MULTIRES_STYLE_WEIGHT = (500, 2500)  # below 2048 px, from 2048 px
 
 # Default pairs from shared/data, split so that no image is in both: tune on "dev", judge on "heldout".
 # The styles impasto ships feed-forward models for (Starry Night, Great Wave, Composition VII) and the
@@ -226,7 +233,7 @@ class NsptSide:
     name = "nspt"
 
     def __init__(self, repo: Path | None, model: str, size: int, iterations: int, seed: int, threads: int,
-                 shim: Path):
+                 shim: Path, recipe: str = "single", gpu: str = "c"):
         if repo is None:
             raise BenchError("--peer nspt needs --nspt DIR, the folder of a neural-style-pt checkout "
                              "(ProGamerGov/neural-style-pt, beside the project, not inside it)")
@@ -247,30 +254,82 @@ class NsptSide:
         if not (shim / "torchvision").is_dir():
             raise BenchError(f"the torchvision shim {shim}/torchvision is missing (see {PEERS_DIR / 'README.md'}); "
                              "pass --tv-shim DIR")
+        if recipe not in NSPT_RECIPES:
+            raise BenchError(f"--nspt-recipe must be one of {', '.join(NSPT_RECIPES)}, got '{recipe}'")
+        if recipe == "multires" and size <= NSPT_MULTIRES_FIRST:
+            raise BenchError(f"--nspt-recipe multires starts at {NSPT_MULTIRES_FIRST} px and doubles up to --size; "
+                             f"--size {size} needs no second stage: use the single recipe")
+        if not re.fullmatch(r"c|\d+", gpu):
+            raise BenchError(f"--nspt-gpu is neural-style-pt's -gpu: 'c' for the CPU or a CUDA device index, got '{gpu}'")
         self.shim, self.size, self.iterations, self.seed, self.threads = shim.resolve(), size, iterations, seed, threads
+        self.recipe, self.gpu = recipe, gpu
+
+    def stages(self) -> list[dict[str, int]]:
+        """[{"image_size", "num_iterations"[, "style_weight", "tv_weight"]}, ...] in the order they run."""
+        if self.recipe == "single":
+            return [{"image_size": self.size, "num_iterations": self.iterations}]
+        sizes = [NSPT_MULTIRES_FIRST]
+        while sizes[-1] * 2 < self.size:
+            sizes.append(sizes[-1] * 2)
+        sizes.append(self.size)
+        steps = [self.iterations, *(NSPT_MULTIRES_STEPS[min(k, 1)] for k in range(len(sizes) - 1))]
+        return [{"image_size": s, "num_iterations": n, "style_weight": NSPT_MULTIRES_STYLE_WEIGHT[s >= 2048],
+                 "tv_weight": 0} for s, n in zip(sizes, steps, strict=True)]
 
     def settings(self) -> dict[str, Any]:
-        return {"side": "nspt", "model_file": self.model.name, "image_size": self.size,
-                "num_iterations": self.iterations, "optimizer": "lbfgs", "seed": self.seed}
+        # the recipe and the device are named only when they are not the defaults, so renders cached by
+        # earlier versions of this bench (single recipe, CPU) keep matching
+        out: dict[str, Any] = {"side": "nspt", "model_file": self.model.name, "image_size": self.size,
+                               "num_iterations": self.iterations, "optimizer": "lbfgs", "seed": self.seed}
+        if self.recipe != "single":
+            out.update(recipe=self.recipe, stages=self.stages())
+        if self.gpu != "c":
+            out["gpu"] = self.gpu
+        return out
 
-    def command(self, content: Path, style: Path, out: Path) -> list[str]:
+    def commands(self, content: Path, style: Path, out: Path) -> list[list[str]]:
+        """One neural_style.py command line per stage; each stage but the last writes ``out``'s name with
+        ``.stageK`` before the suffix, and the next starts from it (``-init image -init_image``)."""
         # the model path relative to the checkout, as the README passes it (the name picks the network)
         model = os.path.relpath(self.model, self.repo) if self.model.is_relative_to(self.repo) else str(self.model)
-        return [sys.executable, "neural_style.py", "-gpu", "c", "-model_file", model,
-                "-content_image", str(content.resolve()), "-style_image", str(style.resolve()),
-                "-image_size", str(self.size), "-num_iterations", str(self.iterations), "-optimizer", "lbfgs",
-                "-seed", str(self.seed), "-save_iter", "0", "-output_image", str(out.resolve())]
+        stages, cmds, previous = self.stages(), [], None
+        for k, stage in enumerate(stages):
+            target = out if k == len(stages) - 1 else out.with_name(f"{out.stem}.stage{k}{out.suffix}")
+            cmd = [sys.executable, "neural_style.py", "-gpu", self.gpu, "-model_file", model,
+                   "-content_image", str(content.resolve()), "-style_image", str(style.resolve()),
+                   "-image_size", str(stage["image_size"]), "-num_iterations", str(stage["num_iterations"]),
+                   "-optimizer", "lbfgs", "-seed", str(self.seed), "-save_iter", "0",
+                   "-output_image", str(target.resolve())]
+            if "style_weight" in stage:
+                cmd += ["-style_weight", str(stage["style_weight"]), "-tv_weight", str(stage["tv_weight"])]
+            if previous is not None:
+                cmd += ["-init", "image", "-init_image", str(previous.resolve())]
+            cmds.append(cmd)
+            previous = target
+        return cmds
 
     def run(self, content: Path, style: Path, out: Path) -> None:
         env = dict(os.environ, PYTHONPATH=str(self.shim), OMP_NUM_THREADS=str(self.threads),
                    MKL_NUM_THREADS=str(self.threads))
         log = out.with_name(out.name.replace(".partial.png", ".log"))
-        with log.open("w") as fh:
-            rc = subprocess.run(self.command(content, style, out), cwd=self.repo, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, check=False).returncode
-        if rc != 0 or not out.is_file():
-            written = "written" if out.is_file() else "missing"
-            raise BenchError(f"neural-style-pt failed (exit status {rc}, output {written}); its output is in {log}")
+        cmds = self.commands(content, style, out)
+        try:
+            with log.open("w") as fh:
+                for k, cmd in enumerate(cmds):
+                    if len(cmds) > 1:
+                        fh.write(f"== stage {k + 1} of {len(cmds)}: {' '.join(cmd[1:])}\n")
+                        fh.flush()
+                    target = Path(cmd[cmd.index("-output_image") + 1])
+                    rc = subprocess.run(cmd, cwd=self.repo, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                        check=False).returncode
+                    if rc != 0 or not target.is_file():
+                        written = "written" if target.is_file() else "missing"
+                        stage = f" at stage {k + 1} of {len(cmds)}" if len(cmds) > 1 else ""
+                        raise BenchError(f"neural-style-pt failed{stage} (exit status {rc}, output {written}); "
+                                         f"its output is in {log}")
+        finally:
+            for cmd in cmds[:-1]:  # the intermediate stages are not renders: never left beside them
+                Path(cmd[cmd.index("-output_image") + 1]).unlink(missing_ok=True)
 
 
 class StlSide:
@@ -451,7 +510,7 @@ def cmd_render(args: argparse.Namespace) -> None:
         raise BenchError(f"--options must be a JSON object, got {type(options).__name__}")
     # the peer is checked first: a missing checkout should fail before minutes of impasto renders
     peer: Side | None = (NsptSide(args.nspt, args.nspt_model, args.size, args.nspt_iterations, args.seed, args.threads,
-                                  Path(args.tv_shim)) if args.peer == "nspt"
+                                  Path(args.tv_shim), args.nspt_recipe, args.nspt_gpu) if args.peer == "nspt"
                          else StlSide(args.size, args.threads) if args.peer == "stl"
                          else ReinhardSide(args.size) if args.peer == "reinhard"
                          else WctSmoothSide(args.size) if args.peer == "wct_smooth" else None)
@@ -845,7 +904,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=1, help="threads for every side (default 1)")
     r.add_argument("--nspt", type=Path, help="neural-style-pt checkout (for --peer nspt)")
     r.add_argument("--nspt-model", default=NSPT_MODEL, help=f"its model file, relative to the checkout ({NSPT_MODEL})")
-    r.add_argument("--nspt-iterations", type=int, default=400)
+    r.add_argument("--nspt-iterations", type=int, default=400,
+                   help="its -num_iterations (default 400; its own default, 1000, is needed from 512 px); with "
+                        "--nspt-recipe multires, the first stage's")
+    r.add_argument("--nspt-recipe", default="single", choices=NSPT_RECIPES,
+                   help="single: one run at --size; multires: its repository's multi-resolution recipe (256 px, "
+                        "then doubling up to --size, each stage started from the last; for 1024 px and up)")
+    r.add_argument("--nspt-gpu", default="c", help="its -gpu: c for the CPU (default) or a CUDA device index")
     r.add_argument("--tv-shim", default=str(PEERS_DIR / "tv_shim"), help="the torchvision shim's folder")
     r.add_argument("--force", action="store_true", help="render again even where a render exists")
     r.set_defaults(func=cmd_render)

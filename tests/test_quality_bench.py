@@ -414,7 +414,7 @@ def test_nspt_needs_its_checkout_and_model(tmp_path: Path) -> None:
     (repo / "models").mkdir()
     (repo / "models" / "vgg16-onnx-caffe.pth").write_bytes(b"")
     side = qb.NsptSide(repo, **args)
-    cmd = side.command(tmp_path / "c.png", tmp_path / "s.png", tmp_path / "o.png")
+    (cmd,) = side.commands(tmp_path / "c.png", tmp_path / "s.png", tmp_path / "o.png")
     assert cmd[1:5] == ["neural_style.py", "-gpu", "c", "-model_file"] and cmd[5] == "models/vgg16-onnx-caffe.pth"
     flags = dict(zip(cmd[6::2], cmd[7::2]))
     assert flags == {"-content_image": str(tmp_path / "c.png"), "-style_image": str(tmp_path / "s.png"),
@@ -440,8 +440,11 @@ from PIL import Image
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 assert os.path.isfile("neural_style.py"), "runs from its checkout"
 print("PYTHONPATH", os.environ["PYTHONPATH"], "threads", os.environ["OMP_NUM_THREADS"])
-if args["-seed"] == "13":
+if args["-seed"] == "13" or (args["-seed"] == "14" and args["-image_size"] == "64"):
     sys.exit("simulated failure")
+if "-init_image" in args:
+    assert args["-init"] == "image" and os.path.isfile(args["-init_image"]), "starts from the last stage"
+    print("init from", Image.open(args["-init_image"]).size)
 side = int(args["-image_size"])
 Image.new("RGB", (side, side // 2), (20, 20, 220)).save(args["-output_image"])
 """
@@ -465,6 +468,71 @@ def test_nspt_runs_as_a_subprocess_from_its_checkout(tmp_path: Path) -> None:
     with pytest.raises(qb.BenchError, match=r"neural-style-pt failed \(exit status 1.*c__c\.log"):
         qb.render_one(failing, qb.Pair(content, content), content, content, tmp_path / "renders", force=True)
     assert "simulated failure" in log + (tmp_path / "renders" / "nspt" / "c__c.log").read_text()
+
+
+def test_nspt_multires_recipe_follows_its_repository_script(tmp_path: Path) -> None:
+    shim = tmp_path / "shim"
+    (shim / "torchvision").mkdir(parents=True)
+    repo = tmp_path / "nspt_repo"
+    (repo / "models").mkdir(parents=True)
+    (repo / "neural_style.py").write_text("")
+    (repo / "models" / "vgg16-onnx-caffe.pth").write_bytes(b"")
+    args = dict(model=qb.NSPT_MODEL, seed=0, threads=1, shim=shim)
+    side = qb.NsptSide(repo, size=1024, iterations=1000, recipe="multires", gpu="0", **args)
+    assert side.stages() == [{"image_size": 256, "num_iterations": 1000, "style_weight": 500, "tv_weight": 0},
+                             {"image_size": 512, "num_iterations": 500, "style_weight": 500, "tv_weight": 0},
+                             {"image_size": 1024, "num_iterations": 200, "style_weight": 500, "tv_weight": 0}]
+    assert [s["image_size"] for s in qb.NsptSide(repo, size=2048, iterations=9, recipe="multires", **args).stages()] \
+        == [256, 512, 1024, 2048]
+    assert qb.NsptSide(repo, size=2048, iterations=9, recipe="multires", **args).stages()[-1]["style_weight"] == 2500
+    assert [s["image_size"] for s in qb.NsptSide(repo, size=700, iterations=9, recipe="multires", **args).stages()] \
+        == [256, 512, 700]
+    cmds = side.commands(tmp_path / "c.png", tmp_path / "s.png", tmp_path / "o.png")
+    flags = [dict(zip(c[2::2], c[3::2])) for c in cmds]
+    assert [f["-gpu"] for f in flags] == ["0"] * 3
+    assert [f["-output_image"] for f in flags] == [str(tmp_path / "o.stage0.png"), str(tmp_path / "o.stage1.png"),
+                                                   str(tmp_path / "o.png")]
+    assert "-init_image" not in flags[0] and flags[1]["-init_image"] == flags[0]["-output_image"] \
+        and flags[2]["-init_image"] == flags[1]["-output_image"] and flags[2]["-init"] == "image"
+    assert [(f["-style_weight"], f["-tv_weight"]) for f in flags] == [("500", "0")] * 3
+    settings = side.settings()
+    assert settings["recipe"] == "multires" and settings["gpu"] == "0" and len(settings["stages"]) == 3
+    # the defaults add no keys, so renders cached before the recipe existed keep matching
+    single = qb.NsptSide(repo, size=512, iterations=1000, **args).settings()
+    assert single == {"side": "nspt", "model_file": "vgg16-onnx-caffe.pth", "image_size": 512,
+                      "num_iterations": 1000, "optimizer": "lbfgs", "seed": 0}
+    with pytest.raises(qb.BenchError, match="needs no second stage"):
+        qb.NsptSide(repo, size=256, iterations=9, recipe="multires", **args)
+    with pytest.raises(qb.BenchError, match="must be one of single, multires"):
+        qb.NsptSide(repo, size=512, iterations=9, recipe="multi", **args)
+    with pytest.raises(qb.BenchError, match="'c' for the CPU or a CUDA device index"):
+        qb.NsptSide(repo, size=512, iterations=9, gpu="cuda:0", **args)
+
+
+def test_nspt_multires_runs_its_stages_and_leaves_only_the_render(tmp_path: Path) -> None:
+    shim = tmp_path / "shim"
+    (shim / "torchvision").mkdir(parents=True)
+    repo = tmp_path / "nspt_repo"
+    (repo / "models").mkdir(parents=True)
+    (repo / "neural_style.py").write_text(FAKE_NSPT)
+    (repo / "models" / "vgg16-onnx-caffe.pth").write_bytes(b"")
+    content = tmp_path / "c.png"
+    _png_with_metadata(content, (16, 8), GREEN, "c")
+    renders = tmp_path / "renders"
+    side = qb.NsptSide(repo, qb.NSPT_MODEL, size=600, iterations=3, seed=0, threads=1, shim=shim, recipe="multires")
+    meta = qb.render_one(side, qb.Pair(content, content), content, content, renders)
+    assert meta["size"] == [600, 300] and meta["settings"]["recipe"] == "multires"
+    assert sorted(p.name for p in (renders / "nspt").iterdir()) == ["c__c.json", "c__c.log", "c__c.png"]
+    log = (renders / "nspt" / "c__c.log").read_text()
+    assert log.count("== stage") == 3 and "init from (256, 128)" in log and "init from (512, 256)" in log
+    # a stage that fails names itself, and no stage file or render is left
+    failing = qb.NsptSide(repo, qb.NSPT_MODEL, size=600, iterations=3, seed=14, threads=1, shim=shim, recipe="multires")
+    failing.stages = lambda: [{"image_size": 32, "num_iterations": 1, "style_weight": 500, "tv_weight": 0},  # type: ignore[method-assign]
+                              {"image_size": 64, "num_iterations": 1, "style_weight": 500, "tv_weight": 0},
+                              {"image_size": 600, "num_iterations": 1, "style_weight": 500, "tv_weight": 0}]
+    with pytest.raises(qb.BenchError, match=r"failed at stage 2 of 3 \(exit status 1"):
+        qb.render_one(failing, qb.Pair(content, content), content, content, tmp_path / "r2")
+    assert sorted(p.name for p in (tmp_path / "r2" / "nspt").iterdir()) == ["c__c.log"]
 
 
 def test_reinhard_gives_the_photo_the_references_lab_statistics() -> None:
