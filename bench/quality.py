@@ -76,9 +76,10 @@ SPLITS = ("heldout", "dev", "all")
 NSPT_MODEL = "models/vgg16-onnx-caffe.pth"  # relative to the neural-style-pt checkout, as the peers README names it
 NSPT_RECIPES = ("single", "multires")
 # neural-style-pt's own multi-resolution recipe (examples/scripts/starry_stanford.sh in its repository): 256 px
-# from noise with the default step count, then each stage started from the previous stage's picture at twice
+# from noise with its default step count (1000), then each stage started from the previous stage's picture at twice
 # the size, 500 steps at 512 px and 200 above; style weight 500 (2500 from 2048 px), TV weight 0.
 NSPT_MULTIRES_FIRST = 256
+NSPT_ITERATIONS = {"single": 400, "multires": 1000}  # --nspt-iterations when not given (single: the 256 px study's)
 NSPT_MULTIRES_STEPS = (500, 200)  # the second stage, then every later one
 NSPT_MULTIRES_STYLE_WEIGHT = (500, 2500)  # below 2048 px, from 2048 px
 
@@ -232,7 +233,7 @@ class NsptSide:
 
     name = "nspt"
 
-    def __init__(self, repo: Path | None, model: str, size: int, iterations: int, seed: int, threads: int,
+    def __init__(self, repo: Path | None, model: str, size: int, iterations: int | None, seed: int, threads: int,
                  shim: Path, recipe: str = "single", gpu: str = "c"):
         if repo is None:
             raise BenchError("--peer nspt needs --nspt DIR, the folder of a neural-style-pt checkout "
@@ -261,6 +262,7 @@ class NsptSide:
                              f"--size {size} needs no second stage: use the single recipe")
         if not re.fullmatch(r"c|\d+", gpu):
             raise BenchError(f"--nspt-gpu is neural-style-pt's -gpu: 'c' for the CPU or a CUDA device index, got '{gpu}'")
+        iterations = NSPT_ITERATIONS[recipe] if iterations is None else iterations
         self.shim, self.size, self.iterations, self.seed, self.threads = shim.resolve(), size, iterations, seed, threads
         self.recipe, self.gpu = recipe, gpu
 
@@ -304,6 +306,8 @@ class NsptSide:
                 cmd += ["-style_weight", str(stage["style_weight"]), "-tv_weight", str(stage["tv_weight"])]
             if previous is not None:
                 cmd += ["-init", "image", "-init_image", str(previous.resolve())]
+            if self.gpu != "c":
+                cmd += ["-backend", "cudnn"]  # as its script does: the default backend turns cuDNN off
             cmds.append(cmd)
             previous = target
         return cmds
@@ -904,12 +908,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=1, help="threads for every side (default 1)")
     r.add_argument("--nspt", type=Path, help="neural-style-pt checkout (for --peer nspt)")
     r.add_argument("--nspt-model", default=NSPT_MODEL, help=f"its model file, relative to the checkout ({NSPT_MODEL})")
-    r.add_argument("--nspt-iterations", type=int, default=400,
-                   help="its -num_iterations (default 400; its own default, 1000, is needed from 512 px); with "
-                        "--nspt-recipe multires, the first stage's")
+    r.add_argument("--nspt-iterations", type=int,
+                   help="its -num_iterations (default 400, as in the 256 px study; its own default, 1000, is needed "
+                        "from 512 px); with --nspt-recipe multires, the first stage's (default 1000, as its script)")
     r.add_argument("--nspt-recipe", default="single", choices=NSPT_RECIPES,
                    help="single: one run at --size; multires: its repository's multi-resolution recipe (256 px, "
-                        "then doubling up to --size, each stage started from the last; for 1024 px and up)")
+                        "then doubling up to --size, each stage started from the last; for 1024 and 2048 px; its script switches to Adam above)")
     r.add_argument("--nspt-gpu", default="c", help="its -gpu: c for the CPU (default) or a CUDA device index")
     r.add_argument("--tv-shim", default=str(PEERS_DIR / "tv_shim"), help="the torchvision shim's folder")
     r.add_argument("--force", action="store_true", help="render again even where a render exists")

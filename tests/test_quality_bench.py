@@ -495,6 +495,14 @@ def test_nspt_multires_recipe_follows_its_repository_script(tmp_path: Path) -> N
     assert "-init_image" not in flags[0] and flags[1]["-init_image"] == flags[0]["-output_image"] \
         and flags[2]["-init_image"] == flags[1]["-output_image"] and flags[2]["-init"] == "image"
     assert [(f["-style_weight"], f["-tv_weight"]) for f in flags] == [("500", "0")] * 3
+    assert [f["-backend"] for f in flags] == ["cudnn"] * 3  # on a GPU, as its script runs
+    # the CLI's defaults: the first stage runs neural-style-pt's own 1000 steps, a single run the study's 400
+    parse = lambda *extra: qb.build_parser().parse_args(["render", "--peer", "nspt", *extra])  # noqa: E731
+    assert parse("--nspt-recipe", "multires").nspt_iterations is None
+    assert qb.NsptSide(repo, size=1024, iterations=None, recipe="multires", **args).stages()[0]["num_iterations"] == 1000
+    assert qb.NsptSide(repo, size=512, iterations=None, **args).stages() == [{"image_size": 512, "num_iterations": 400}]
+    assert "-backend" not in qb.NsptSide(repo, size=512, iterations=None, **args).commands(
+        tmp_path / "c.png", tmp_path / "s.png", tmp_path / "o.png")[0]
     settings = side.settings()
     assert settings["recipe"] == "multires" and settings["gpu"] == "0" and len(settings["stages"]) == 3
     # the defaults add no keys, so renders cached before the recipe existed keep matching
