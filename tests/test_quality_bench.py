@@ -450,13 +450,19 @@ Image.new("RGB", (side, side // 2), (20, 20, 220)).save(args["-output_image"])
 """
 
 
-def test_nspt_runs_as_a_subprocess_from_its_checkout(tmp_path: Path) -> None:
+def _fake_nspt_checkout(tmp_path: Path, script: str) -> tuple[Path, Path]:
+    """(checkout, torchvision shim folder): a neural-style-pt checkout whose neural_style.py is ``script``."""
     shim = tmp_path / "shim"
     (shim / "torchvision").mkdir(parents=True)
     repo = tmp_path / "nspt_repo"
     (repo / "models").mkdir(parents=True)
-    (repo / "neural_style.py").write_text(FAKE_NSPT)
+    (repo / "neural_style.py").write_text(script)
     (repo / "models" / "vgg16-onnx-caffe.pth").write_bytes(b"")
+    return repo, shim
+
+
+def test_nspt_runs_as_a_subprocess_from_its_checkout(tmp_path: Path) -> None:
+    repo, shim = _fake_nspt_checkout(tmp_path, FAKE_NSPT)
     content = tmp_path / "c.png"
     _png_with_metadata(content, (16, 8), GREEN, "c")
     side = qb.NsptSide(repo, qb.NSPT_MODEL, size=32, iterations=3, seed=0, threads=1, shim=shim)
@@ -471,12 +477,7 @@ def test_nspt_runs_as_a_subprocess_from_its_checkout(tmp_path: Path) -> None:
 
 
 def test_nspt_multires_recipe_follows_its_repository_script(tmp_path: Path) -> None:
-    shim = tmp_path / "shim"
-    (shim / "torchvision").mkdir(parents=True)
-    repo = tmp_path / "nspt_repo"
-    (repo / "models").mkdir(parents=True)
-    (repo / "neural_style.py").write_text("")
-    (repo / "models" / "vgg16-onnx-caffe.pth").write_bytes(b"")
+    repo, shim = _fake_nspt_checkout(tmp_path, "")
     args = dict(model=qb.NSPT_MODEL, seed=0, threads=1, shim=shim)
     side = qb.NsptSide(repo, size=1024, iterations=1000, recipe="multires", gpu="0", **args)
     assert side.stages() == [{"image_size": 256, "num_iterations": 1000, "style_weight": 500, "tv_weight": 0},
@@ -518,12 +519,7 @@ def test_nspt_multires_recipe_follows_its_repository_script(tmp_path: Path) -> N
 
 
 def test_nspt_multires_runs_its_stages_and_leaves_only_the_render(tmp_path: Path) -> None:
-    shim = tmp_path / "shim"
-    (shim / "torchvision").mkdir(parents=True)
-    repo = tmp_path / "nspt_repo"
-    (repo / "models").mkdir(parents=True)
-    (repo / "neural_style.py").write_text(FAKE_NSPT)
-    (repo / "models" / "vgg16-onnx-caffe.pth").write_bytes(b"")
+    repo, shim = _fake_nspt_checkout(tmp_path, FAKE_NSPT)
     content = tmp_path / "c.png"
     _png_with_metadata(content, (16, 8), GREEN, "c")
     renders = tmp_path / "renders"
