@@ -38,9 +38,10 @@ import difflib
 import json
 import math
 import os
-import resource
 import random
 import re
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -454,15 +455,32 @@ def prepare_input(source: Path, folder: Path) -> Path:
     return target
 
 
+def _copy_render(source: Path, folder: Path, pair_id: str) -> None:
+    """``source/PAIR.png`` and ``.json`` into ``folder``, each written atomically (the JSON last: a render
+    counts as present only when both are)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in (".png", ".json"):
+        partial = folder / f".{pair_id}.copy{suffix}"
+        shutil.copyfile(source / f"{pair_id}{suffix}", partial)
+        os.replace(partial, folder / f"{pair_id}{suffix}")
+
+
 def render_one(side: Side, pair: Pair, content: Path, style: Path, renders: Path,
-               force: bool = False) -> dict[str, Any]:
+               force: bool = False, store: Path | None = None) -> dict[str, Any]:
     """Render ``pair`` with ``side`` into ``renders/SIDE/PAIR.png`` (+ ``.json``), or reuse what is there.
 
-    Raises BenchError when a cached render was made with other settings (and ``force`` is off)."""
+    ``store``, when given, is a second render folder that outlives the study folder (e.g. tracked by git, for
+    renders that take CPU hours): a render missing from ``renders`` is taken from ``store/SIDE`` when it is
+    there, and a new render is copied into it. Raises BenchError when a cached render was made with other
+    settings (and ``force`` is off)."""
     folder = renders / side.name
     folder.mkdir(parents=True, exist_ok=True)
     target, meta_path = folder / f"{pair.id}.png", folder / f"{pair.id}.json"
     settings = _json_normal(side.settings())
+    stored = store / side.name if store is not None else None
+    if (stored is not None and not force and not (target.is_file() and meta_path.is_file())
+            and (stored / f"{pair.id}.png").is_file() and (stored / f"{pair.id}.json").is_file()):
+        _copy_render(stored, folder, pair.id)
     if target.is_file() and meta_path.is_file() and not force:
         meta = json.loads(meta_path.read_text())
         if meta.get("settings") != settings:
@@ -483,6 +501,8 @@ def render_one(side: Side, pair: Pair, content: Path, style: Path, renders: Path
             "size": size, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "load": round(load, 2)}
     meta_path.write_text(json.dumps(meta, indent=1))
     print(f"{side.name:24} {pair.id:56} {seconds:8.1f} s  cpu {cpu:8.1f} s  {size[0]}x{size[1]}  load {load:.2f}")
+    if stored is not None:
+        _copy_render(folder, stored, pair.id)
     return meta
 
 
@@ -535,7 +555,8 @@ def cmd_render(args: argparse.Namespace) -> None:
             content = prepare_input(pair.content, out / "inputs" / "content")
             style = prepare_input(pair.style, out / "inputs" / "style")
             for side in (impasto_side, peer) if peer is not None else (impasto_side,):
-                render_one(side, pair, content, style, out / "renders", args.force)
+                render_one(side, pair, content, style, out / "renders", args.force,
+                           Path(args.store) if args.store else None)
         except ImpastoError as exc:
             raise BenchError(f"{pair.id}: {exc}") from exc
     print(f"renders in {out / 'renders'}; next: python bench/quality.py kit --out {out}")
@@ -917,6 +938,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nspt-gpu", default="c", help="its -gpu: c for the CPU (default) or a CUDA device index")
     r.add_argument("--tv-shim", default=str(PEERS_DIR / "tv_shim"), help="the torchvision shim's folder")
     r.add_argument("--force", action="store_true", help="render again even where a render exists")
+    r.add_argument("--store", help="a render folder that outlives --out (e.g. tracked by git): renders found there are "
+                                   "reused, new ones are copied there (for renders that take CPU hours)")
     r.set_defaults(func=cmd_render)
 
     k = sub.add_parser("kit", help="blind montages for the judges, and the key apart from them")

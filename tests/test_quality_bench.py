@@ -380,6 +380,33 @@ def test_render_caches_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture
     assert changed.runs == 1
 
 
+def test_render_store_outlives_the_study_folder(tmp_path: Path) -> None:
+    content, style = tmp_path / "c.png", tmp_path / "s.png"
+    _png_with_metadata(content, (12, 8), GREEN, "c")
+    _png_with_metadata(style, (8, 8), GREY, "s")
+    pair, side, store = qb.Pair(content, style), FakeSide("nspt", RED), tmp_path / "store"
+    meta = qb.render_one(side, pair, content, style, tmp_path / "study1" / "renders", store=store)
+    assert side.runs == 1
+    # the new render was copied into the store, whole and without temporary files
+    assert sorted(p.name for p in (store / "nspt").iterdir()) == ["c__s.json", "c__s.png"]
+    assert json.loads((store / "nspt" / "c__s.json").read_text()) == meta
+    # a fresh study folder (a new checkout) takes it from the store instead of rendering again
+    again = qb.render_one(side, pair, content, style, tmp_path / "study2" / "renders", store=store)
+    assert side.runs == 1 and again == meta
+    assert (tmp_path / "study2" / "renders" / "nspt" / "c__s.png").read_bytes() == (store / "nspt" / "c__s.png").read_bytes()
+    # a stored render with other settings is refused like a cached one, and --force renders and replaces it
+    changed = FakeSide("nspt", RED, setting=2)
+    with pytest.raises(qb.BenchError, match="other settings.*--force"):
+        qb.render_one(changed, pair, content, style, tmp_path / "study3" / "renders", store=store)
+    qb.render_one(changed, pair, content, style, tmp_path / "study3" / "renders", force=True, store=store)
+    assert changed.runs == 1
+    assert json.loads((store / "nspt" / "c__s.json").read_text())["settings"]["setting"] == 2
+    # a store holding only the image (an interrupted copy) is not taken
+    (store / "nspt" / "c__s.json").unlink()
+    qb.render_one(side, pair, content, style, tmp_path / "study4" / "renders", store=store)
+    assert side.runs == 2
+
+
 def test_pairs_file_and_default_splits(tmp_path: Path) -> None:
     (tmp_path / "pairs.csv").write_text(f"# a comment\ncontent,style\ncontent/a.jpg,{tmp_path / 'b.jpg'}\n\n")
     (pair,) = qb.read_pairs(tmp_path / "pairs.csv", data=Path("/data"))
