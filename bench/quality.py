@@ -223,7 +223,15 @@ class ImpastoSide:
                              f"got '{self.name}'")
 
     def settings(self) -> dict[str, Any]:
-        return _json_normal({"side": "impasto", "method": self.method, "options": dataclasses.asdict(self.options)})
+        out = {"side": "impasto", "method": self.method, "options": dataclasses.asdict(self.options)}
+        precision = getattr(self.options, "precision", None)
+        if precision is not None:
+            # "auto" is bf16 on a CPU with bf16 and fp32 elsewhere: different pixels, so the machine's choice is
+            # part of a render's settings (a render made on the other kind of machine is not reused)
+            from impasto.features.precision import use_bf16
+
+            out["resolved_precision"] = "bf16" if use_bf16(precision) else "fp32"
+        return _json_normal(out)
 
     def run(self, content: Path, style: Path, out: Path) -> None:
         self._api.stylize(str(content), str(style), method=self.method, options=self.options).save(out)

@@ -265,6 +265,19 @@ def test_render_with_no_peer_renders_impasto_only(tmp_path: Path, capsys: pytest
         torch.set_num_threads(threads)
     assert sorted(p.name for p in (tmp_path / "o" / "renders").iterdir()) == ["impasto_candidate"]
     assert "no peer" in capsys.readouterr().out
+    # the precision the machine resolved is part of the settings: auto means bf16 on some CPUs, fp32 on others
+    meta = json.loads((tmp_path / "o" / "renders" / "impasto_candidate" / "c__s.json").read_text())
+    assert meta["settings"]["resolved_precision"] == "fp32"
+
+
+def test_impasto_side_names_the_precision_auto_resolved_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    from impasto.features import precision
+
+    for supported, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "bf16_supported", lambda supported=supported: supported)
+        side = qb.ImpastoSide("optimization", {"encoder": "tiny"}, size=64, seed=0)
+        assert side.settings()["options"]["precision"] == "auto"
+        assert side.settings()["resolved_precision"] == expected
 
 
 # ---------------------------------------------------------------------------------------------- tally
