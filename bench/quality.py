@@ -463,14 +463,27 @@ def prepare_input(source: Path, folder: Path) -> Path:
     return target
 
 
-def _copy_render(source: Path, folder: Path, pair_id: str) -> None:
-    """``source/PAIR.png`` and ``.json`` into ``folder``, each written atomically (the JSON last: a render
-    counts as present only when both are)."""
+def _copy_render(source: Path, folder: Path, pair_id: str, **meta_changes: str) -> None:
+    """``source/PAIR.png`` and ``.json`` into ``folder``, each written atomically, the JSON last and any old
+    JSON removed first: a render counts as present only when both are, so an interrupted copy never pairs a
+    new image with an old JSON. ``meta_changes`` replace fields of the copied JSON."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{pair_id}.json").unlink(missing_ok=True)
     for suffix in (".png", ".json"):
         partial = folder / f".{pair_id}.copy{suffix}"
-        shutil.copyfile(source / f"{pair_id}{suffix}", partial)
+        if suffix == ".json" and meta_changes:
+            meta = json.loads((source / f"{pair_id}.json").read_text())
+            partial.write_text(json.dumps({**meta, **meta_changes}, indent=1))
+        else:
+            shutil.copyfile(source / f"{pair_id}{suffix}", partial)
         os.replace(partial, folder / f"{pair_id}{suffix}")
+
+
+def _stored_settings(folder: Path, pair_id: str) -> Any:
+    """The settings of the render ``folder/PAIR`` (None when its image or JSON is missing)."""
+    if not ((folder / f"{pair_id}.png").is_file() and (folder / f"{pair_id}.json").is_file()):
+        return None
+    return json.loads((folder / f"{pair_id}.json").read_text()).get("settings")
 
 
 def render_one(side: Side, pair: Pair, content: Path, style: Path, renders: Path,
@@ -478,23 +491,28 @@ def render_one(side: Side, pair: Pair, content: Path, style: Path, renders: Path
     """Render ``pair`` with ``side`` into ``renders/SIDE/PAIR.png`` (+ ``.json``), or reuse what is there.
 
     ``store``, when given, is a second render folder that outlives the study folder (e.g. tracked by git, for
-    renders that take CPU hours): a render missing from ``renders`` is taken from ``store/SIDE`` when it is
-    there, and a new render is copied into it. Raises BenchError when a cached render was made with other
-    settings (and ``force`` is off)."""
+    renders that take CPU hours): a render missing from ``renders`` (or there with other settings) is taken
+    from ``store/SIDE`` when the store's has these settings; a new render is copied into the store (replacing
+    what was there), and a cached one when the store lacks it. Raises BenchError when a cached render was made with other settings (and
+    ``force`` is off)."""
     folder = renders / side.name
     folder.mkdir(parents=True, exist_ok=True)
     target, meta_path = folder / f"{pair.id}.png", folder / f"{pair.id}.json"
     settings = _json_normal(side.settings())
     stored = store / side.name if store is not None else None
-    if (stored is not None and not force and not (target.is_file() and meta_path.is_file())
-            and (stored / f"{pair.id}.png").is_file() and (stored / f"{pair.id}.json").is_file()):
-        _copy_render(stored, folder, pair.id)
+    if stored is not None and not force:
+        here, there = _stored_settings(folder, pair.id), _stored_settings(stored, pair.id)
+        if there is not None and (here is None or (here != settings and there == settings)):
+            # the inputs' paths are this study's: the kit builds its montages from them
+            _copy_render(stored, folder, pair.id, content=str(content.resolve()), style=str(style.resolve()))
     if target.is_file() and meta_path.is_file() and not force:
         meta = json.loads(meta_path.read_text())
         if meta.get("settings") != settings:
             raise BenchError(f"{target} was rendered with other settings ({_diff(meta.get('settings'), settings)}); "
                              "pass --force to render again, or use another --out or --label")
         print(f"{side.name:24} {pair.id:56} cached ({meta['seconds']:.1f} s)")
+        if stored is not None and _stored_settings(stored, pair.id) is None:
+            _copy_render(folder, stored, pair.id)
         return meta
     partial = folder / f"{pair.id}.partial.png"
     t0, cpu0 = time.perf_counter(), _cpu_seconds()

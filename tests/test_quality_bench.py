@@ -420,6 +420,37 @@ def test_render_store_outlives_the_study_folder(tmp_path: Path) -> None:
     assert side.runs == 2
 
 
+def test_render_store_wins_over_a_stale_study_render_and_gets_cached_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content, style = tmp_path / "c.png", tmp_path / "s.png"
+    _png_with_metadata(content, (12, 8), GREEN, "c")
+    _png_with_metadata(style, (8, 8), GREY, "s")
+    pair, store = qb.Pair(content, style), tmp_path / "store"
+    old, new = FakeSide("nspt", RED, setting=1), FakeSide("nspt", BLUE, setting=2)
+    qb.render_one(old, pair, content, style, tmp_path / "study" / "renders")  # cached before --store was used
+    qb.render_one(new, pair, content, style, tmp_path / "other" / "renders", store=store)
+    assert new.runs == 1
+    # the study's stale render gives way to the store's matching one instead of asking for --force
+    moved = tmp_path / "elsewhere" / "c.png"
+    moved.parent.mkdir()
+    moved.write_bytes(content.read_bytes())
+    meta = qb.render_one(new, pair, moved, style, tmp_path / "study" / "renders", store=store)
+    assert new.runs == 1 and meta["settings"]["setting"] == 2
+    assert meta["content"] == str(moved.resolve())  # this study's inputs, where the kit looks for them
+    # a render cached without --store reaches an empty store on the next run with it
+    qb.render_one(old, pair, content, style, tmp_path / "study5" / "renders")
+    qb.render_one(old, pair, content, style, tmp_path / "study5" / "renders", store=tmp_path / "store2")
+    assert old.runs == 2 and (tmp_path / "store2" / "nspt" / "c__s.json").is_file()
+    # a copy interrupted after the image leaves no old JSON beside the new image
+    real_copy = qb.shutil.copyfile
+    def copy_then_fail(src, dst):  # noqa: ANN001, ANN202
+        real_copy(src, dst)
+        raise OSError("disk full")
+    monkeypatch.setattr(qb.shutil, "copyfile", copy_then_fail)
+    with pytest.raises(OSError):
+        qb.render_one(new, pair, content, style, tmp_path / "study5" / "renders", force=True, store=tmp_path / "store2")
+    assert not (tmp_path / "store2" / "nspt" / "c__s.json").exists()
+
+
 def test_pairs_file_and_default_splits(tmp_path: Path) -> None:
     (tmp_path / "pairs.csv").write_text(f"# a comment\ncontent,style\ncontent/a.jpg,{tmp_path / 'b.jpg'}\n\n")
     (pair,) = qb.read_pairs(tmp_path / "pairs.csv", data=Path("/data"))
