@@ -493,8 +493,8 @@ def render_one(side: Side, pair: Pair, content: Path, style: Path, renders: Path
     ``store``, when given, is a second render folder that outlives the study folder (e.g. tracked by git, for
     renders that take CPU hours): a render missing from ``renders`` (or there with other settings) is taken
     from ``store/SIDE`` when the store's has these settings; a new render is copied into the store (replacing
-    what was there), and a cached one when the store lacks it. Raises BenchError when a cached render was made with other settings (and
-    ``force`` is off)."""
+    what was there), and a cached one when the store lacks it. Raises BenchError when a cached render was
+    made with other settings (and ``force`` is off)."""
     folder = renders / side.name
     folder.mkdir(parents=True, exist_ok=True)
     target, meta_path = folder / f"{pair.id}.png", folder / f"{pair.id}.json"
