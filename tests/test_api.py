@@ -73,7 +73,7 @@ def test_recipe_round_trip_and_rerun_reproduces(files, tmp_path):
     out = result.save(tmp_path / "out.png")
     recipe = impasto.load_recipe(out)
     assert recipe["method"] == "optimization"
-    assert recipe["options"]["style_weight"] == 200.0 and recipe["seed"] == 0
+    assert recipe["options"]["style_weight"] == 50.0 and recipe["seed"] == 0
     assert recipe["weights"] == {"name": "tiny", "sha256": "random-seed-0"}
     assert recipe["versions"]["torch"] == torch.__version__
     assert recipe["inputs"]["content"]["path"] == str(content.resolve())

@@ -152,7 +152,7 @@ register_style_loss(StyleLoss(
               lambda f, t, where, state=None: mrf_loss(f, t[0], where=where, matches=state)),
     state=Matches,
     layers=("relu3_1", "relu4_1"),  # Li & Wand's; shallow maps have too many patches to match
-    # Normalised, the patch loss is ~100x stronger than Gram's: at gain 1 and the default style weight 200
+    # Normalised, the patch loss is ~100x stronger than Gram's: at gain 1 and style weight 200 (then the default)
     # kodim23 x Starry Night (128 px) became the painting with no parrots; weight 2 kept them.
     gain=0.01,
 ))

@@ -76,7 +76,7 @@ class Options:
     style_layers: tuple[str, ...] | None = option(None, "Layers whose statistics the result must take from the style image(s) (default: relu1_1,relu2_1,relu3_1,relu4_1, or the style loss's own, e.g. relu3_1,relu4_1 for mrf).")
     style_layer_weights: tuple[float, ...] | None = option(None, "One weight per style layer (default: by VGG block, relu1 0.01, relu2 1, relu3 1, relu4 0.05, relu5 0.01, scaled to sum to 1).", range=WEIGHT)
     content_weight: float = option(1.0, "alpha: weight of the content loss.", range=WEIGHT)
-    style_weight: float = option(200.0, "beta: weight of the style loss.", range=WEIGHT)
+    style_weight: float = option(50.0, "beta: weight of the style loss (50 keeps faces readable; neural-style-pt's strength, about 200, can draw the painting across them).", range=WEIGHT)
     ratio: float | None = option(None, "alpha/beta; when set, style_weight = content_weight / ratio.", range=Range(0, 1e12, low_open=True))
     tv_weight: float = option(1e-1, "gamma: weight of the total-variation smoothness prior (on the image in [0, 1]).", range=WEIGHT)
     laplacian_weight: float = option(0.0, "Weight of the Laplacian content loss (Li et al. 2017): keeps the photo's fine edges (try 10-100).", range=WEIGHT)
