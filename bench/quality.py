@@ -99,6 +99,9 @@ STYLES = {
             "vangogh_starry_night_over_the_rhone.jpg"),
 }
 
+# The helper sessions that judge view images scaled down to this width; wider montages lose detail.
+VIEWER_WIDTH = 1568
+
 INSTRUCTIONS = """\
 Blind side-by-side comparison
 
@@ -620,9 +623,12 @@ def _to_height(image: Image.Image, height: int) -> Image.Image:
     return image.resize((max(1, round(w * height / h)), height), Image.LANCZOS)
 
 
-def montage(content: Path, style: Path, a: Path, b: Path, height: int) -> Image.Image:
+def montage(content: Path, style: Path, a: Path, b: Path, height: int, max_width: int = 0) -> Image.Image:
     """'content | style | A | B', each tile ``height`` px tall under its label; A and B are resized to the
-    content tile's exact size so that no pixel size tells the two apart. The image carries no metadata."""
+    content tile's exact size so that no pixel size tells the two apart. Where that row would be wider than
+    ``max_width`` (0: no limit), the tiles go in two rows instead, 'content | style' over 'A | B', so that an
+    image viewer that scales wider pictures down shows the results at their true size. The image carries no
+    metadata."""
     tiles = []
     for path in (content, style, a, b):
         with Image.open(path) as im:
@@ -631,13 +637,19 @@ def montage(content: Path, style: Path, a: Path, b: Path, height: int) -> Image.
     tiles[2], tiles[3] = (t.resize(tiles[0].size, Image.LANCZOS) for t in tiles[2:])
     gap, band = max(4, height // 48), max(16, height // 10)
     font = _font(max(10, round(band * 0.7)))
-    canvas = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) + 1), band + height + gap), "white")
+    labelled = list(zip(tiles, ("content", "style", *SIDES)))
+    rows = [labelled]
+    if max_width and sum(t.width for t in tiles) + gap * (len(tiles) + 1) > max_width:
+        rows = [labelled[:2], labelled[2:]]
+    width = max(sum(t.width for t, _ in row) + gap * (len(row) + 1) for row in rows)
+    canvas = Image.new("RGB", (width, (band + height + gap) * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
-    x = gap
-    for tile, label in zip(tiles, ("content", "style", *SIDES)):
-        draw.text((x + tile.width / 2, band / 2), label, fill="black", font=font, anchor="mm")
-        canvas.paste(tile, (x, band))
-        x += tile.width + gap
+    for r, row in enumerate(rows):
+        x, top = gap, r * (band + height + gap)
+        for tile, label in row:
+            draw.text((x + tile.width / 2, top + band / 2), label, fill="black", font=font, anchor="mm")
+            canvas.paste(tile, (x, top + band))
+            x += tile.width + gap
     canvas.info.clear()
     return canvas
 
@@ -678,7 +690,7 @@ def _clear_kit_folder(folder: Path, force: bool) -> None:
 
 def build_kit(renders: Path, kit: Path, key_path: Path, *, impasto: str | None = None,
               peers: Sequence[str] | None = None, seed: int = 0, height: int = 384,
-              force: bool = False) -> dict[str, Any]:
+              max_width: int = 0, force: bool = False) -> dict[str, Any]:
     """Write the blind montages, instructions and answer template to ``kit`` and the key to ``key_path``.
 
     One comparison per peer (``impasto`` vs each of ``peers``), over the pairs both sides have rendered.
@@ -689,6 +701,8 @@ def build_kit(renders: Path, kit: Path, key_path: Path, *, impasto: str | None =
                          "judges get the whole kit folder")
     if height < 16:
         raise BenchError(f"--height must be at least 16 px, got {height}")
+    if max_width < 0:
+        raise BenchError(f"--max-width must be 0 (no limit) or a width in pixels, got {max_width}")
     found = sorted(p.name for p in renders.iterdir() if p.is_dir()) if renders.is_dir() else []
     impasto_sides = [n for n in found if n.startswith(IMPASTO_PREFIX)]
     if impasto is None:
@@ -748,14 +762,14 @@ def build_kit(renders: Path, kit: Path, key_path: Path, *, impasto: str | None =
         mine, other = ours[pair], theirs[peer][pair]
         a, b = (mine, other) if impasto_side == "A" else (other, mine)
         image = montage(Path(mine["content"]), Path(mine["style"]), renders / a["side"] / f"{pair}.png",
-                        renders / b["side"] / f"{pair}.png", height)
+                        renders / b["side"] / f"{pair}.png", height, max_width)
         save_plain_png(image, kit / f"{item}.png")
         items[item] = {
             "impasto_side": impasto_side, "pair": pair, "comparison": f"{impasto} vs {peer}",
             "impasto": impasto, "peer": peer,
             "content": mine.get("source_content", mine["content"]), "style": mine.get("source_style", mine["style"]),
             "sizes": {"impasto": mine["size"], "peer": other["size"], "tile_height": height,
-                      "montage": list(image.size)},
+                      "montage": list(image.size), "max_width": max_width},
         }
     (kit / INSTRUCTIONS_NAME).write_text(INSTRUCTIONS.format(template=TEMPLATE_NAME, **QUESTIONS))
     with (kit / TEMPLATE_NAME).open("w", newline="") as fh:
@@ -774,7 +788,7 @@ def cmd_kit(args: argparse.Namespace) -> None:
     out = Path(args.out)
     kit, key_path = Path(args.kit or out / "kit"), Path(args.key or out / "key" / "key.json")
     key = build_kit(Path(args.renders or out / "renders"), kit, key_path, impasto=args.impasto, peers=args.peers,
-                    seed=args.seed, height=args.height, force=args.force)
+                    seed=args.seed, height=args.height, max_width=args.max_width, force=args.force)
     per = {}
     for item in key["items"].values():
         per.setdefault(item["comparison"], []).append(item["impasto_side"])
@@ -977,6 +991,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--peers", nargs="+", help="peers to compare with (default: every peer rendered)")
     k.add_argument("--seed", type=int, default=0, help="seed of the side assignment and the order")
     k.add_argument("--height", type=int, default=384, help="tile height in pixels (default 384)")
+    k.add_argument("--max-width", type=int, default=VIEWER_WIDTH,
+                   help="a montage whose one row would be wider goes in two rows, content | style over A | B "
+                        f"(default {VIEWER_WIDTH}: the widest picture the judges' image viewer shows unscaled; 0: one row always)")
     k.add_argument("--force", action="store_true", help="replace an existing kit and key")
     k.set_defaults(func=cmd_kit)
 

@@ -164,6 +164,31 @@ def test_montage_tiles_share_one_height_and_labels(tmp_path: Path) -> None:
         assert any(sum(rgb.getpixel((x, y))) < 200 for x in range(rgb.width) for y in range(band))
 
 
+def test_a_montage_wider_than_max_width_goes_in_two_rows(tmp_path: Path) -> None:
+    """content | style over A | B when one row would be wider than --max-width; A stays left of B, and the
+    key says the judges saw the pictures at the kit's size."""
+    renders = _study(tmp_path, 1)
+    band, gap = max(16, 24 // 10), max(4, 24 // 48)
+    one_row = 36 + 24 + 36 + 36 + 5 * gap  # photo0 (24x16) and the results at height 24: 36 px wide
+    key = _kit(tmp_path, renders, max_width=one_row - 1)
+    for item, info in key["items"].items():
+        with Image.open(tmp_path / "kit" / f"{item}.png") as im:
+            rgb = im.convert("RGB")
+        assert info["sizes"]["montage"] == list(rgb.size) and info["sizes"]["max_width"] == one_row - 1
+        assert rgb.height == 2 * (band + 24 + gap) and rgb.width < one_row
+        top = [rgb.getpixel((x, band + 12)) for x in range(rgb.width)]
+        bottom = [rgb.getpixel((x, 2 * band + gap + 36)) for x in range(rgb.width)]
+        assert {GREEN, GREY} <= set(top) and not {RED, BLUE} & set(top)
+        assert {RED, BLUE} <= set(bottom) and not {GREEN, GREY} & set(bottom)
+        assert _impasto_is_left(tmp_path / "kit" / f"{item}.png") == (info["impasto_side"] == "A")
+        # the bottom row's label band holds text too (the A and B labels)
+        assert any(sum(rgb.getpixel((x, y))) < 200 for x in range(rgb.width) for y in range(band + 24 + gap, 2 * band + 24 + gap))
+    wide = _kit(tmp_path, renders, max_width=one_row, force=True)  # exactly as wide: one row
+    assert all(v["sizes"]["montage"][1] == band + 24 + gap for v in wide["items"].values())
+    with pytest.raises(qb.BenchError, match="--max-width"):
+        _kit(tmp_path, renders, max_width=-1, force=True)
+
+
 def test_key_records_pair_comparison_and_sizes(tmp_path: Path) -> None:
     key = _kit(tmp_path, _study(tmp_path, 3, peers=("nspt", "stl")))
     on_disk = json.loads((tmp_path / "key" / "key.json").read_text())
