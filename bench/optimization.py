@@ -35,7 +35,8 @@ from torch import Tensor
 from impasto.events import Event, Progress, Stage
 from impasto.features.vgg import VGGEncoder, load_encoder
 from impasto.io.image import load_image, save_image
-from impasto.methods.optimization import Options, run
+from impasto.losses.objective import layer_weights
+from impasto.methods.optimization import DEFAULT_STYLE_LAYERS, Options, run, style_layer_prior
 from impasto.ops.geometry import contact_sheet, resize, size_for_long_side
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +47,8 @@ SQUARE_CONTENT = DATA / "content" / "skimage_astronaut.jpg"  # 512x512: the most
 SQUARE_STYLE = DATA / "style" / "munch_the_scream.jpg"
 
 ENCODER = "vgg16"
-CONTENT_LAYERS = ("relu4_2",)
-STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_LAYERS = Options().content_layers  # impasto's defaults, so the figures are those of a default run
+STYLE_LAYERS = DEFAULT_STYLE_LAYERS
 WARMUP_STEPS = 2  # steps not counted in the per-iteration figures
 RATIO_TARGET = 0.5  # impasto s/iter over reference s/iter
 E2E_TARGET_S = 60.0  # seconds for a default 512 px result on 2 CPU cores
@@ -122,8 +123,9 @@ def tv(image: Tensor) -> Tensor:
 class ReferenceObjective:
     """The Gatys objective in plain fp32 eager PyTorch.
 
-    Per-layer division by the target's mean square (a constant computed once) is applied as
-    impasto does, so both loops minimise the same function and their losses can be compared.
+    Per-layer division by the target's mean square (a constant computed once) and impasto's default
+    per-layer style weights (by VGG block, summing to 1) are applied as impasto does, so both loops
+    minimise the same function and their losses can be compared.
     """
 
     def __init__(self, encoder: VGGEncoder, content: Tensor, style: Tensor) -> None:
@@ -136,11 +138,12 @@ class ReferenceObjective:
         self.style_targets = {k: gram(sf[k]) for k in STYLE_LAYERS}
         self.content_norm = {k: float(t.pow(2).mean()) + 1e-8 for k, t in self.content_targets.items()}
         self.style_norm = {k: float(t.pow(2).mean()) + 1e-8 for k, t in self.style_targets.items()}
+        self.style_weights = layer_weights(STYLE_LAYERS, None, style_layer_prior)
 
     def __call__(self, image: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         feats = self.encoder(image)
         c = sum(F.mse_loss(feats[k], t) / self.content_norm[k] for k, t in self.content_targets.items()) / len(CONTENT_LAYERS)
-        s = sum(F.mse_loss(gram(feats[k]), t) / self.style_norm[k] for k, t in self.style_targets.items()) / len(STYLE_LAYERS)
+        s = sum(self.style_weights[k] * F.mse_loss(gram(feats[k]), t) / self.style_norm[k] for k, t in self.style_targets.items())
         t = tv(image)
         total = self.cw * c + self.sw * s + self.tvw * t
         return total, {"content": c, "style": s, "tv": t}
@@ -150,8 +153,9 @@ def run_reference(encoder: VGGEncoder, content: Tensor, style: Tensor, steps: in
     """``steps`` L-BFGS iterations; returns per-step seconds and the final losses."""
     objective = ReferenceObjective(encoder, content, style)
     x = content.clone().requires_grad_(True)
-    # Same optimiser settings as impasto's L-BFGS path (one closure evaluation per step).
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=50, tolerance_grad=0.0, tolerance_change=0.0)
+    # Same optimiser settings as impasto's L-BFGS path (one closure evaluation per step, its default memory).
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=Options().lbfgs_history, tolerance_grad=0.0,
+                            tolerance_change=0.0)
     last: dict[str, Tensor] = {}
 
     def closure() -> Tensor:
