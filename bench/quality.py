@@ -828,10 +828,19 @@ def load_key(path: Path) -> dict[str, Any]:
     return key
 
 
+def _item_name(cell: str, known: list[str]) -> str:
+    """An item as a judge wrote it (``item_01``, ``item_01.png``, or its number ``1`` / ``01``) as the kit names it."""
+    item = cell.removesuffix(".png")
+    if item.isdigit() and f"item_{int(item):02d}" in known:
+        return f"item_{int(item):02d}"
+    return item
+
+
 def read_answers(path: Path, items: Iterable[str]) -> dict[str, dict[str, str]]:
     """One judge's answers: item -> {question: 'A' | 'B'}.
 
-    Accepts a, b in any case and surrounding spaces; rows with every cell empty are skipped; extra columns
+    Accepts a, b in any case and surrounding spaces, and an item by its number (``3`` for ``item_03``); rows
+    with every cell empty are skipped; extra columns
     (a comment) are ignored. Raises BenchError naming the file and each bad row: a missing column, an unknown
     or repeated item, a value other than A or B (an empty cell included)."""
     known = list(items)
@@ -850,7 +859,7 @@ def read_answers(path: Path, items: Iterable[str]) -> dict[str, dict[str, str]]:
             row = dict(zip(header, (c.strip() for c in cells)))
             if not any(row.values()):
                 continue
-            item = row.get("item", "").removesuffix(".png")
+            item = _item_name(row.get("item", ""), known)
             if item not in known:
                 problems.append(f"row {line}: unknown item '{item}' (the kit has {known[0]} .. {known[-1]})"
                                 f"{_suggest(item, known)}" if known else f"row {line}: unknown item '{item}'")

@@ -386,8 +386,16 @@ def test_tally_counts_per_comparison(tmp_path: Path) -> None:
         assert (stl["impasto_wins"], stl["total"]) == (0, 3)
 
 
+def test_answers_may_name_items_by_number(tmp_path: Path) -> None:
+    key = _kit(tmp_path, _study(tmp_path, 2))
+    path = _answer(tmp_path / "numbers.csv", [["1", "a", "B", "A"], ["02", "B", "A", "b"]])
+    assert qb.read_answers(path, key["items"]) == {"item_01": {"style": "A", "content": "B", "overall": "A"},
+                                                   "item_02": {"style": "B", "content": "A", "overall": "B"}}
+
+
 @pytest.mark.parametrize("rows, header, message", [
     ([["item_01", "A", "B", "A"], ["item_99", "A", "A", "A"]], None, r"bad\.csv: row 3: unknown item 'item_99'"),
+    ([["1", "A", "B", "A"], ["9", "A", "A", "A"]], None, r"bad\.csv: row 3: unknown item '9'"),
     ([["item_01", "A", "C", "A"]], None, r"bad\.csv: row 2 \(item_01\), column content: 'C' is not A or B"),
     ([["item_01", "A", "", "A"]], None, r"bad\.csv: row 2 \(item_01\), column content: '' is not A or B"),
     ([["item_01", "A", "B", "A"], ["item_01", "B", "B", "B"]], None, r"bad\.csv: row 3: item_01 is answered twice"),
