@@ -831,8 +831,9 @@ def load_key(path: Path) -> dict[str, Any]:
 def _item_name(cell: str, known: list[str]) -> str:
     """An item as a judge wrote it (``item_01``, ``item_01.png``, or its number ``1`` / ``01``) as the kit names it."""
     item = cell.removesuffix(".png")
-    if item.isdigit() and f"item_{int(item):02d}" in known:
-        return f"item_{int(item):02d}"
+    if re.fullmatch(r"[0-9]+", item):
+        by_number = {int(k.removeprefix("item_")): k for k in known if re.fullmatch(r"item_[0-9]+", k)}
+        return by_number.get(int(item), item)
     return item
 
 

@@ -391,6 +391,9 @@ def test_answers_may_name_items_by_number(tmp_path: Path) -> None:
     path = _answer(tmp_path / "numbers.csv", [["1", "a", "B", "A"], ["02", "B", "A", "b"]])
     assert qb.read_answers(path, key["items"]) == {"item_01": {"style": "A", "content": "B", "overall": "A"},
                                                    "item_02": {"style": "B", "content": "A", "overall": "B"}}
+    wide = [f"item_{i:03d}" for i in range(1, 101)]  # a kit of 100 items pads to three digits
+    path = _answer(tmp_path / "wide.csv", [["7", "A", "A", "A"], ["100", "B", "B", "B"]])
+    assert set(qb.read_answers(path, wide)) == {"item_007", "item_100"}
 
 
 @pytest.mark.parametrize("rows, header, message", [
