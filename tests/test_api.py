@@ -134,9 +134,10 @@ def test_real_vgg16_integration_small(vgg16_cache):
     result = impasto.stylize(data / "content" / "skimage_chelsea.jpg", data / "style" / "vangogh_starry_night.jpg",
                              options={"size": 96, "scale_iterations": [15, 15]}, callback=events.append)
     totals = [e.losses["total"] for e in events if isinstance(e, impasto.Progress)]
-    # L-BFGS runs without a line search, as in neural-style: a single evaluation can jump up (a rejected-looking
-    # step), so judge each scale by its best evaluation, not by whichever one came last
-    assert min(totals[1:15]) < 0.5 * totals[0] and min(totals[16:]) < 0.5 * totals[15]
+    # L-BFGS runs without a line search, as in neural-style, so the loss is not monotone: one step can jump up
+    # (kept, not rejected). Judge the first scale by its best evaluation and the second by its last five, so a
+    # single jump passes but a run that ends far above where it was does not.
+    assert min(totals[1:15]) < 0.5 * totals[0] and min(totals[-5:]) < 0.5 * totals[15]
     content = torch.nn.functional.interpolate(load_image(data / "content" / "skimage_chelsea.jpg"),
                                               size=result.image.shape[-2:], mode="bilinear", antialias=True)
     assert float((result.image - content).abs().mean()) > 0.05  # visibly stylised
