@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", default="auto", help="auto, vgg16, vgg19 (tiny: tests)")
     args = parser.parse_args(argv)
 
+    from dataclasses import asdict
+
     import torch
 
     from impasto.io.image import load_image, save_image
@@ -51,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         row = [(to_pil(content), Path(content_name).stem, ""), (to_pil(style), Path(style_name).stem, "")]
         for name in names:
             cell = cells / f"{Path(content_name).stem}__{Path(style_name).stem}__{name}"
+            options = Options(size=args.size, iterations=args.iterations, style_loss=name, encoder=args.encoder)
+            # every option, defaults included: a cell made before a default changed is made again
             settings = {"size": args.size, "iterations": args.iterations, "style_loss": name, "encoder": args.encoder,
-                        "content": content_name, "style": style_name, "torch": torch.__version__}
+                        "content": content_name, "style": style_name, "torch": torch.__version__,
+                        "options": json.loads(json.dumps(asdict(options), default=str))}
             meta_path, png = cell.with_suffix(".json"), cell.with_suffix(".png")
             meta = json.loads(meta_path.read_text()) if meta_path.is_file() and png.is_file() else None
             if meta is not None and meta.get("settings") == settings:
@@ -60,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{Path(content_name).stem:20} {name:20} cached ({seconds:.1f} s)", flush=True)
             else:
                 started = time.perf_counter()
-                image = run(content, style, Options(size=args.size, iterations=args.iterations, style_loss=name,
-                                                    encoder=args.encoder)).image
+                image = run(content, style, options).image
                 seconds = time.perf_counter() - started
                 save_image(image, png)  # the PNG first: a cell counts only once its settings are written
                 meta_path.write_text(json.dumps({"settings": settings, "seconds": round(seconds, 2)}, indent=1))

@@ -45,3 +45,21 @@ def test_cells_are_kept_and_reused_until_a_setting_changes(tmp_path, capsys):
     assert meta["settings"]["iterations"] == 3
     with Image.open(out) as im:
         assert im.width > im.height  # one row: content, style and two loss cells side by side
+
+
+def test_a_changed_default_makes_the_cells_again(tmp_path, capsys, monkeypatch):
+    """Cells made before a default changed (as style_weight 200 -> 50 did) are not reused."""
+    import functools
+
+    import impasto.methods.optimization as optimization
+
+    grid = _grid_module()
+    args = ["--size", "32", "--iterations", "2", "--losses", "gram", "--pairs", "1", "--encoder", "tiny",
+            "--out", str(tmp_path / "grid.png")]
+    assert grid.main(args) == 0 and grid.main(args) == 0
+    assert capsys.readouterr().out.count("cached") == 1
+    monkeypatch.setattr(optimization, "Options", functools.partial(optimization.Options, style_weight=123.0))
+    assert grid.main(args) == 0
+    assert "cached" not in capsys.readouterr().out
+    meta = json.loads((tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__gram.json").read_text())
+    assert meta["settings"]["options"]["style_weight"] == 123.0
