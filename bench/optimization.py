@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from impasto.events import Event, Progress, Stage
+from impasto.features.precision import use_bf16
 from impasto.features.vgg import VGGEncoder, load_encoder
 from impasto.io.image import load_image, save_image
 from impasto.losses.objective import layer_weights
@@ -231,8 +232,11 @@ def per_iteration(content: Tensor, style: Tensor, sizes: list[int], steps: int) 
         ref_times, ref_losses = run_reference(encoder, c, s, steps)
         print(" impasto ...", end="", flush=True)
         imp_times, imp_losses, weights = run_impasto(c, s, size, steps)
-        print(" impasto fp32 (untimed, for the sanity check) ...", end="", flush=True)
-        _, fp32_losses, _ = run_impasto(c, s, size, steps, precision="fp32")
+        if use_bf16(Options().precision):  # the timed run was bf16: an fp32 one for the sanity check
+            print(" impasto fp32 (untimed, for the sanity check) ...", end="", flush=True)
+            _, fp32_losses, _ = run_impasto(c, s, size, steps, precision="fp32")
+        else:  # the timed run was fp32 already
+            fp32_losses = imp_losses
         print(f" done (load avg {load_average()})", flush=True)
         # Reference: times of steps 1..N -> drop the first WARMUP_STEPS.
         # Impasto: intervals are steps 2..N -> drop WARMUP_STEPS - 1 more.
