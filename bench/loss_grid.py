@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from impasto.io.image import load_image, save_image
     from impasto.io.plot import labelled_grid, to_pil
-    from impasto.losses.registry import style_loss_names
+    from impasto.losses.registry import get_style_loss, style_loss_names
     from impasto.methods.optimization import Options, run
 
     names = args.losses or list(style_loss_names())
@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             cell = cells / f"{Path(content_name).stem}__{Path(style_name).stem}__{name}"
             options = Options(size=args.size, iterations=args.iterations, style_loss=name, encoder=args.encoder)
-            # every option, defaults included: a cell made before a default changed is made again
+            # every option, defaults included, and the loss's gain: a cell made before a default or a gain
+            # changed is made again
             settings = {"size": args.size, "iterations": args.iterations, "style_loss": name, "encoder": args.encoder,
+                        "gain": get_style_loss(name).gain,
                         "content": content_name, "style": style_name, "torch": torch.__version__,
                         "options": json.loads(json.dumps(asdict(options), default=str))}
             meta_path, png = cell.with_suffix(".json"), cell.with_suffix(".png")

@@ -63,3 +63,22 @@ def test_a_changed_default_makes_the_cells_again(tmp_path, capsys, monkeypatch):
     assert "cached" not in capsys.readouterr().out
     meta = json.loads((tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__gram.json").read_text())
     assert meta["settings"]["options"]["style_weight"] == 123.0
+
+
+def test_a_changed_gain_makes_the_cell_again(tmp_path, capsys, monkeypatch):
+    """A cell made before its loss's gain changed (as mrf's 0.01 -> 0.04 did) is not reused."""
+    import dataclasses
+
+    from impasto.losses import registry
+
+    grid = _grid_module()
+    args = ["--size", "32", "--iterations", "2", "--losses", "mean_std", "--pairs", "1", "--encoder", "tiny",
+            "--out", str(tmp_path / "grid.png")]
+    assert grid.main(args) == 0 and grid.main(args) == 0
+    assert capsys.readouterr().out.count("cached") == 1
+    louder = dataclasses.replace(registry.STYLE_LOSSES["mean_std"], gain=3.0)
+    monkeypatch.setitem(registry.STYLE_LOSSES, "mean_std", louder)
+    assert grid.main(args) == 0
+    assert "cached" not in capsys.readouterr().out
+    meta = json.loads((tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__mean_std.json").read_text())
+    assert meta["settings"]["gain"] == 3.0
