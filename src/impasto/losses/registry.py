@@ -152,10 +152,11 @@ register_style_loss(StyleLoss(
               lambda f, t, where, state=None: mrf_loss(f, t[0], where=where, matches=state)),
     state=Matches,
     layers=("relu3_1", "relu4_1"),  # Li & Wand's; shallow maps have too many patches to match
-    # Normalised, the patch loss is ~100x stronger than Gram's: at gain 1 and style weight 200 (then the default)
-    # kodim23 x Starry Night (128 px) became the painting with no parrots; weight 2 kept them. The gain puts it on
-    # Gram's scale, so it follows --style-weight like every loss (at the default 50: 0.5, not yet looked at).
-    gain=0.01,
+    # Normalised, the patch loss is far stronger than Gram's: at gain 1 and style weight 200 kodim23 x Starry Night
+    # (128 px) became the painting with no parrots; an effective weight of 2 kept them. At the default weight 50,
+    # kodim23 x Starry Night at 256 px: effective 0.5 barely touched the photo (at 512 px it was inert), 1 gave a
+    # light texture, 2 a painted look with the parrots readable (bench/README, 2026-12-04). So 2 / 50.
+    gain=0.04,
 ))
 register_style_loss(StyleLoss(
     "gram_shifted", "Gram of the features with copies shifted 4 positions right and down: long-range structure "
