@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from impasto.io.image import load_image, save_image
     from impasto.io.plot import labelled_grid, to_pil
-    from impasto.losses.registry import get_style_loss, style_loss_names
+    from impasto.losses.registry import parse_style_losses, style_loss_names
     from impasto.methods.optimization import Options, run
 
     names = args.losses or list(style_loss_names())
@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             cell = cells / f"{Path(content_name).stem}__{Path(style_name).stem}__{name}"
             options = Options(size=args.size, iterations=args.iterations, style_loss=name, encoder=args.encoder)
-            # every option, defaults included, and the loss's gain: a cell made before a default or a gain
-            # changed is made again
+            # every option, defaults included, and the loss's gain (one per loss of a+b): a cell made before a
+            # default or a gain changed is made again (a change inside a loss's code is not seen: delete its cells)
+            gains = [loss.gain for loss, _ in parse_style_losses(name)]
             settings = {"size": args.size, "iterations": args.iterations, "style_loss": name, "encoder": args.encoder,
-                        "gain": get_style_loss(name).gain,
+                        "gain": gains[0] if len(gains) == 1 else gains,
                         "content": content_name, "style": style_name, "torch": torch.__version__,
                         "options": json.loads(json.dumps(asdict(options), default=str))}
             meta_path, png = cell.with_suffix(".json"), cell.with_suffix(".png")

@@ -96,6 +96,39 @@ def test_rerun_of_a_recipe_older_than_match_every_matches_every_step(files, tmp_
     assert [o["match_every"] for o in seen] == [10, 1]
 
 
+def test_rerun_keeps_each_style_loss_as_strong_as_when_the_recipe_was_made(files, tmp_path, monkeypatch):
+    """A loss's gain that changed since (mrf: 0.01 until 2026-12-04, now 0.04) is made up for in its weight."""
+    from impasto.losses.registry import STYLE_LOSSES
+
+    content, style = files
+    options = {**FAST, "style_loss": "gram+mrf", "style_loss_weights": [1.0, 0.5], "style_layers": ["relu1_1"]}
+    recipe = impasto.stylize(content, style, options=options).recipe
+    assert recipe["style_loss_gains"]["mrf"] == STYLE_LOSSES["mrf"].gain
+    seen = []
+    real = impasto.api.stylize
+    monkeypatch.setattr(impasto.api, "stylize", lambda *a, **kw: seen.append(kw["options"]) or real(*a, **kw))
+    impasto.rerun(recipe)  # the gains it records are today's: nothing to make up for
+    del recipe["style_loss_gains"]  # as written before recipes recorded them, when mrf's gain was 0.01
+    impasto.rerun(recipe)
+    recipe["style_loss_gains"] = {**recipe.get("style_loss_gains", {}), "mrf": 2 * STYLE_LOSSES["mrf"].gain}
+    impasto.rerun(recipe)
+    mrf = STYLE_LOSSES["mrf"].gain
+    assert [w for o in seen for w in o["style_loss_weights"]] == pytest.approx([1.0, 0.5, 1.0, 0.5 * 0.01 / mrf, 1.0, 1.0])
+    assert all(o["style_weight"] == recipe["options"]["style_weight"] for o in seen)
+
+
+def test_rerun_of_an_old_exemplars_recipe_scales_its_style_weight(monkeypatch):
+    """The exemplars method has one weight, for its mrf term: an old recipe at 200 re-runs at 200 x 0.01 / gain."""
+    from impasto.losses.registry import STYLE_LOSSES
+
+    old = {"style_weight": 200.0, "size": 64}
+    assert impasto.api._same_strength("exemplars", old, impasto.api.RECIPE_GAINS_BEFORE) == \
+        {"style_weight": pytest.approx(200.0 * 0.01 / STYLE_LOSSES["mrf"].gain), "size": 64}
+    today = {name: loss.gain for name, loss in STYLE_LOSSES.items()}
+    assert impasto.api._same_strength("exemplars", old, today) == old
+    assert impasto.api._same_strength("adain", {"alpha": 1.0}, {}) == {"alpha": 1.0}  # no style loss to scale
+
+
 def test_rerun_refuses_changed_inputs(files, tmp_path):
     content, style = files
     recipe = impasto.stylize(content, style, options=FAST).recipe

@@ -82,3 +82,6 @@ def test_a_changed_gain_makes_the_cell_again(tmp_path, capsys, monkeypatch):
     assert "cached" not in capsys.readouterr().out
     meta = json.loads((tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__mean_std.json").read_text())
     assert meta["settings"]["gain"] == 3.0
+    assert grid.main([*args[:5], "gram+mean_std", *args[6:]]) == 0  # a combination: one gain per loss
+    meta = json.loads((tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__gram+mean_std.json").read_text())
+    assert meta["settings"]["gain"] == [1.0, 3.0]

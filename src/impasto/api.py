@@ -30,6 +30,7 @@ from torch import Tensor
 from impasto.errors import ImageSizeError, InvalidImageError, InvalidOptionError, suggest
 from impasto.events import Callback, CancelToken
 from impasto.io.image import load_image, load_image_with_alpha, read_recipe, save_image, to_pil
+from impasto.losses.registry import STYLE_LOSSES, parse_style_losses
 from impasto.methods import arbitrary, exemplars, feedforward, optimization, photoreal, wct
 from impasto.ops.geometry import resize
 from impasto.options import options_from_dict
@@ -177,6 +178,7 @@ def stylize(
         "method": method,
         "options": dataclasses.asdict(opts),
         "seed": opts.seed,
+        "style_loss_gains": {name: loss.gain for name, loss in STYLE_LOSSES.items()},
         "inputs": {"content": content_info, "styles": [s[2] for s in loaded], "keep_alpha": keep_alpha},
         "weights": {"name": result.weights, "sha256": result.weights_sha256},
         "versions": {"impasto": _version(), "torch": torch.__version__, "python": platform.python_version()},
@@ -231,6 +233,29 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 # Options added later whose default differs from what older versions did: a recipe without the field
 # was made with this value (MRF matched every step before --match-every existed).
 RECIPE_DEFAULTS_BEFORE: dict[str, dict[str, Any]] = {"optimization": {"match_every": 1}, "exemplars": {"match_every": 1}}
+# The style losses' gains of a recipe that does not record them (before 2026-12-04): mrf's was 0.01, the
+# others' 1 (the gain multiplies a loss's term, so a recipe holds only half of its strength without it).
+RECIPE_GAINS_BEFORE: dict[str, float] = {"mrf": 0.01}
+
+
+def _same_strength(method: str, options: dict[str, Any], gains: dict[str, Any]) -> dict[str, Any]:
+    """``options`` of a recipe with the weights of its style losses rescaled so that each term is as strong as
+    when the recipe was made, under the gains recorded in it (``gains``), where a loss's gain changed since."""
+    spec = options.get("style_loss") or getattr(METHODS[method], "STYLE_LOSS", None)
+    if not isinstance(spec, str):
+        return options
+    try:
+        losses = parse_style_losses(spec, options.get("style_loss_weights"))
+    except InvalidOptionError:
+        return options  # stylize names the fault
+    ratios = [float(gains.get(loss.name, 1.0)) / loss.gain for loss, _ in losses]
+    if all(r == 1.0 for r in ratios):
+        return options
+    if "style_loss" in options:  # a loss of its own weight each
+        return {**options, "style_loss_weights": [w * r for (_, w), r in zip(losses, ratios, strict=True)]}
+    if not isinstance(options.get("style_weight"), (int, float)):
+        return options
+    return {**options, "style_weight": options["style_weight"] * ratios[0]}
 
 
 def rerun(recipe: dict[str, Any], *, callback: Callback | None = None, cancel: CancelToken | None = None) -> Stylized:
@@ -247,6 +272,8 @@ def rerun(recipe: dict[str, Any], *, callback: Callback | None = None, cancel: C
         if pixel_hash(load_image(entry["path"])) != entry["pixels_sha256"]:
             raise InvalidOptionError(f"input {entry['path']} changed since the recipe was made (pixel hash differs)")
     options = {**RECIPE_DEFAULTS_BEFORE.get(recipe["method"], {}), **recipe["options"]}
+    gains = recipe.get("style_loss_gains")
+    options = _same_strength(recipe["method"], options, gains if isinstance(gains, dict) else RECIPE_GAINS_BEFORE)
     if options.get("encoder") == "auto" and isinstance(recipe["weights"].get("name"), str):  # pin the weights actually used
         options["encoder"] = recipe["weights"]["name"]
     return stylize(
@@ -311,6 +338,7 @@ def video_fingerprint(method: str, opts: Any, style_hashes: Sequence[str]) -> st
     named += [(f"{k}:{v}", v) for k in ("decoders", "content_mask", "style_mask") for v in options.get(k) or ()]
     files = {k: digest for k, v in named if (digest := _file_digest(v))}
     blob = json.dumps({"method": method, "options": options, "styles": list(style_hashes), "files": files,
+                       "gains": {name: loss.gain for name, loss in STYLE_LOSSES.items()},
                        "impasto": _version()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -154,7 +154,7 @@ register_style_loss(StyleLoss(
     layers=("relu3_1", "relu4_1"),  # Li & Wand's; shallow maps have too many patches to match
     # Normalised, the patch loss is far stronger than Gram's: at gain 1 and style weight 200 kodim23 x Starry Night
     # (128 px) became the painting with no parrots; an effective weight of 2 kept them. At the default weight 50,
-    # kodim23 x Starry Night at 256 px: effective 0.5 barely touched the photo (at 512 px it was inert), 1 gave a
+    # kodim23 x Starry Night at 256 px: effective 0.5 barely touched the photo (at 512 px nearly nothing), 1 gave a
     # light texture, 2 a painted look with the parrots readable (bench/README, 2026-12-04). So 2 / 50.
     gain=0.04,
 ))

@@ -41,6 +41,7 @@ from impasto.result import Result
 from impasto.validation import check_fields
 
 RESUMABLE = True  # the optimisation inside takes checkpoint/resume
+STYLE_LOSS = "mrf"  # the registered style loss its --style-weight applies to (recipes record its gain)
 
 # Distinct colours for the source map (exemplar i gets PALETTE[i % len]).
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240),
