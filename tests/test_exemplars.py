@@ -106,7 +106,7 @@ def test_label_maps_restrict_each_part_of_the_photo_to_the_same_part_of_the_exem
     paths = {name: str(save_image(t, tmp_path / f"{name}.png"))
              for name, t in (("halves", halves), ("flipped", 1 - halves), ("all", torch.ones_like(halves)))}
     base = dict(size=96, iterations=30, min_size=96, encoder="tiny", precision="fp32", cleanup="none",
-                patch_layers=("relu1_1", "relu2_1"), style_weight=5e3)
+                patch_layers=("relu1_1", "relu2_1"), style_weight=2e4)
 
     def run(*style_masks: str, content_mask: str = paths["halves"]) -> torch.Tensor:
         masks = dict(content_mask=(content_mask,), style_mask=style_masks) if style_masks else {}

@@ -20,6 +20,15 @@ def _grid_module():
     return module
 
 
+def _cached_once(grid, loss, tmp_path, capsys) -> list[str]:
+    """Grid arguments for one tiny cell of ``loss``, run twice: made, then reused."""
+    args = ["--size", "32", "--iterations", "2", "--losses", loss, "--pairs", "1", "--encoder", "tiny",
+            "--out", str(tmp_path / "grid.png")]
+    assert grid.main(args) == 0 and grid.main(args) == 0
+    assert capsys.readouterr().out.count("cached") == 1
+    return args
+
+
 def test_cells_are_kept_and_reused_until_a_setting_changes(tmp_path, capsys):
     grid = _grid_module()
     out = tmp_path / "grid.png"
@@ -54,10 +63,7 @@ def test_a_changed_default_makes_the_cells_again(tmp_path, capsys, monkeypatch):
     import impasto.methods.optimization as optimization
 
     grid = _grid_module()
-    args = ["--size", "32", "--iterations", "2", "--losses", "gram", "--pairs", "1", "--encoder", "tiny",
-            "--out", str(tmp_path / "grid.png")]
-    assert grid.main(args) == 0 and grid.main(args) == 0
-    assert capsys.readouterr().out.count("cached") == 1
+    args = _cached_once(grid, "gram", tmp_path, capsys)
     monkeypatch.setattr(optimization, "Options", functools.partial(optimization.Options, style_weight=123.0))
     assert grid.main(args) == 0
     assert "cached" not in capsys.readouterr().out
@@ -72,10 +78,7 @@ def test_a_changed_gain_makes_the_cell_again(tmp_path, capsys, monkeypatch):
     from impasto.losses import registry
 
     grid = _grid_module()
-    args = ["--size", "32", "--iterations", "2", "--losses", "mean_std", "--pairs", "1", "--encoder", "tiny",
-            "--out", str(tmp_path / "grid.png")]
-    assert grid.main(args) == 0 and grid.main(args) == 0
-    assert capsys.readouterr().out.count("cached") == 1
+    args = _cached_once(grid, "mean_std", tmp_path, capsys)
     louder = dataclasses.replace(registry.STYLE_LOSSES["mean_std"], gain=3.0)
     monkeypatch.setitem(registry.STYLE_LOSSES, "mean_std", louder)
     assert grid.main(args) == 0

@@ -155,8 +155,9 @@ register_style_loss(StyleLoss(
     # Normalised, the patch loss is far stronger than Gram's: at gain 1 and style weight 200 kodim23 x Starry Night
     # (128 px) became the painting with no parrots; an effective weight of 2 kept them. At the default weight 50,
     # kodim23 x Starry Night at 256 px: effective 0.5 barely touched the photo (at 512 px nearly nothing), 1 gave a
-    # light texture, 2 a painted look with the parrots readable (bench/README, 2026-12-04). So 2 / 50.
-    gain=0.04,
+    # light texture, 2 a painted look with the parrots readable but the astronaut's face melted (bench/README,
+    # 2026-12-04). Gain 0.04 (2 at weight 50) is the candidate; it ships only after a blind comparison.
+    gain=0.01,
 ))
 register_style_loss(StyleLoss(
     "gram_shifted", "Gram of the features with copies shifted 4 positions right and down: long-range structure "

@@ -57,7 +57,7 @@ class Options:
     min_size: int = option(256, "Smallest long side of the coarse-to-fine schedule.", range=SIDE)
     patch_layers: tuple[str, ...] = option(("relu3_1", "relu4_1"), "Layers whose 3x3 patches are matched in the exemplars' pooled bank.")
     content_weight: float = option(1.0, "Weight of the photo's relu4_2 content term.", range=WEIGHT)
-    style_weight: float = option(50.0, "Weight of the patch (MRF) term (on the scale of the optimisation method's --style-weight).", range=WEIGHT)
+    style_weight: float = option(200.0, "Weight of the patch (MRF) term (on the scale of the optimisation method's --style-weight).", range=WEIGHT)
     tv_weight: float = option(0.1, "Total-variation weight: smooths the fine colour speckle the patch loss leaves (1 removed most of it on a portrait at 256 px, strokes kept).", range=WEIGHT)
     match_every: int = option(1, "Find the nearest exemplar patches again every N steps, reusing them in between (1: every step, as Li & Wand).", range=Range(1, 1000))
     cleanup: str = option("guided", "Seam cleanup where exemplar sources change: guided (filter guided by the photo) or none.")
