@@ -8,16 +8,18 @@ from torch import Tensor, nn
 from impasto.errors import InvalidOptionError
 
 
-def content_loss(features: Tensor, target: Tensor) -> Tensor:
+def content_loss(features: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean squared error ``||F - P||^2 / (N_l M_l)`` (per sample, averaged over the batch).
 
     Gatys et al. use ``1/2 ||F - P||^2``; dividing by the element count instead keeps the
-    weight independent of layer width and image size.
+    weight independent of layer width and image size. ``weight``, broadcast against the features
+    (e.g. (1, 1, H, W)), multiplies each squared error before the mean.
     """
     if features.shape != target.shape:
         raise InvalidOptionError(f"content features {tuple(features.shape)} and target {tuple(target.shape)} differ in shape")
     acc = torch.promote_types(features.dtype, torch.float32)
-    return (features.to(acc) - target.to(acc)).pow(2).mean()
+    error = (features.to(acc) - target.to(acc)).pow(2)
+    return (error if weight is None else error * weight.to(acc)).mean()
 
 
 class ContentLoss(nn.Module):

@@ -34,14 +34,26 @@ def layer_weights(layers: Sequence[str], weights: Sequence[float] | None,
     return {layer: w / sum(raw) for layer, w in zip(layers, raw, strict=True)}
 
 
-def normalised_mse(features: Tensor, target: Tensor) -> Tensor:
-    """``content_loss`` divided by the target's mean square (comparable across layers and images)."""
-    return content_loss(features, target) / (target.float().pow(2).mean() + EPS)
+def normalised_mse(features: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``content_loss`` divided by the target's mean square (comparable across layers and images);
+    ``weight`` (broadcast over the features) weighs each position's squared error."""
+    return content_loss(features, target, weight) / (target.float().pow(2).mean() + EPS)
 
 
-def content_term(features: Mapping[str, Tensor], targets: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
-    """Sum over layers of weight x ``normalised_mse`` of the features against the targets."""
-    return sum(w * normalised_mse(features[k], targets[k]) for k, w in weights.items())
+def content_term(features: Mapping[str, Tensor], targets: Mapping[str, Tensor], weights: Mapping[str, float],
+                 gain: Tensor | None = None) -> Tensor:
+    """Sum over layers of weight x ``normalised_mse`` of the features against the targets.
+
+    ``gain``: an optional (1, 1, H, W) map >= 0 over the image; each layer's squared error at a position is
+    then multiplied by 1 + the map (area-resized to the layer's size) there, e.g. more content inside faces."""
+    if gain is None:
+        return sum(w * normalised_mse(features[k], targets[k]) for k, w in weights.items())
+    return sum(w * normalised_mse(features[k], targets[k], 1 + _resized(gain, features[k].shape[-2:]))
+               for k, w in weights.items())
+
+
+def _resized(field: Tensor, size: tuple[int, int]) -> Tensor:
+    return field if tuple(field.shape[-2:]) == tuple(size) else torch.nn.functional.interpolate(field, size=tuple(size), mode="area")
 
 
 def _target_scale(loss: StyleLoss, target: tuple[Tensor, ...] | list[tuple[Tensor, ...]]) -> float:

@@ -1,0 +1,114 @@
+"""Face boxes (OpenCV's Haar cascades, no extra) and the optimisation's --protect-faces content weight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import data_dir
+from impasto.errors import InvalidOptionError
+from impasto.features.face_boxes import face_boxes, face_map
+from impasto.features.vgg import load_encoder
+from impasto.io.image import load_image
+from impasto.losses.content import content_loss
+from impasto.losses.objective import content_term
+from impasto.methods import optimization as opt
+from impasto.ops.geometry import resize_long_side
+
+
+def _photo(name: str, side: int = 512) -> torch.Tensor:
+    return resize_long_side(load_image(data_dir() / "content" / name), side)
+
+
+@pytest.mark.parametrize("name, centre", [("kodim04.jpg", (0.53, 0.5)), ("skimage_astronaut.jpg", (0.44, 0.22))])
+def test_finds_the_one_frontal_face_of_a_portrait(name, centre):
+    boxes = face_boxes(_photo(name))
+    assert len(boxes) == 1
+    x0, y0, x1, y1 = boxes[0]
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    assert abs((x0 + x1) / 2 - centre[0]) < 0.08 and abs((y0 + y1) / 2 - centre[1]) < 0.08
+
+
+@pytest.mark.parametrize("name", ["kodim21.jpg", "skimage_chelsea.jpg", "skimage_rocket.jpg", "kodim13.jpg"])
+def test_no_face_in_a_landscape_a_cat_or_a_rocket(name):
+    assert face_boxes(_photo(name)) == []
+
+
+def test_the_photo_size_does_not_change_the_boxes_much():
+    small, large = face_boxes(_photo("skimage_astronaut.jpg", 300)), face_boxes(_photo("skimage_astronaut.jpg", 1024))
+    assert len(small) == len(large) == 1
+    assert max(abs(a - b) for a, b in zip(small[0], large[0])) < 0.05
+
+
+def test_face_boxes_refuses_a_batch_or_a_grey_tensor():
+    with pytest.raises(InvalidOptionError, match="face detection"):
+        face_boxes(torch.rand(2, 3, 64, 64))
+    with pytest.raises(InvalidOptionError, match="face detection"):
+        face_boxes(torch.rand(1, 1, 64, 64))
+
+
+def test_face_map_is_one_inside_fades_and_is_zero_away():
+    m = face_map([(0.25, 0.25, 0.5, 0.5)], (100, 200))
+    assert m.shape == (1, 1, 100, 200) and m.min() >= 0 and m.max() <= 1
+    cy, cx = round((0.375 + 0.025) * 100), round(0.375 * 200)
+    assert m[0, 0, cy, cx] == 1.0
+    assert m[0, 0, 95, 190] == 0.0 and m[0, 0, 2, 2] == 0.0
+    # the ellipse's x radius is 0.55 box widths (0.1375 of the image): pixel 98 is at 0.855 of it, in the fade
+    assert 0.3 < m[0, 0, cy, 98] < 0.7
+    assert torch.equal(face_map([], (10, 12)), torch.zeros(1, 1, 10, 12))
+    two = face_map([(0.0, 0.0, 0.2, 0.2), (0.7, 0.7, 0.9, 0.9)], (50, 50))
+    assert two[0, 0, 5, 5] > 0.9 and two[0, 0, 41, 40] > 0.9 and two[0, 0, 25, 25] == 0
+
+
+def test_weighted_content_loss_weighs_each_position():
+    g = torch.Generator().manual_seed(0)
+    f, t = torch.rand(1, 4, 6, 8, generator=g, dtype=torch.float64), torch.rand(1, 4, 6, 8, generator=g, dtype=torch.float64)
+    assert torch.allclose(content_loss(f, t, torch.ones(1, 1, 6, 8)), content_loss(f, t))
+    w = torch.zeros(1, 1, 6, 8, dtype=torch.float64)
+    w[..., :3, :] = 2.0
+    assert torch.allclose(content_loss(f, t, w), ((f - t)[..., :3, :] ** 2).sum() * 2 / f.numel())
+    x = f.clone().requires_grad_(True)
+    content_loss(x, t, w).backward()
+    assert torch.all(x.grad[..., 3:, :] == 0) and torch.all(x.grad[..., :3, :] != 0)
+    assert torch.autograd.gradcheck(lambda a: content_loss(a, t, w), (f.clone().requires_grad_(True),))
+
+
+def test_content_term_gain_is_resized_to_each_layer_and_zero_gain_changes_nothing():
+    g = torch.Generator().manual_seed(1)
+    feats = {"a": torch.rand(1, 3, 8, 8, generator=g), "b": torch.rand(1, 5, 4, 4, generator=g)}
+    targets = {k: torch.rand(v.shape, generator=g) for k, v in feats.items()}
+    weights = {"a": 0.5, "b": 0.5}
+    plain = content_term(feats, targets, weights)
+    assert torch.allclose(content_term(feats, targets, weights, torch.zeros(1, 1, 32, 32)), plain)
+    assert torch.allclose(content_term(feats, targets, weights, torch.ones(1, 1, 32, 32)), 2 * plain)
+    left = torch.zeros(1, 1, 32, 32)
+    left[..., :16] = 1.0
+    assert plain < content_term(feats, targets, weights, left) < 2 * plain
+
+
+def test_protect_faces_keeps_the_face_closer_to_the_photo_and_leaves_the_rest():
+    """Measured where the loss acts: the content layer's squared error, inside the face box and away from it."""
+    content = _photo("skimage_astronaut.jpg", 128)
+    style = resize_long_side(load_image(data_dir() / "style" / "vangogh_starry_night.jpg"), 128)
+    base = dict(encoder="tiny", size=128, min_size=128, scale_iterations=(25,), precision="fp32", style_weight=1e2)
+    plain = opt.run(content, style, opt.Options(**base)).image
+    kept = opt.run(content, style, opt.Options(**base, protect_faces=20.0)).image
+    encoder = load_encoder("tiny", ["relu4_2"])
+    with torch.no_grad():
+        target = encoder(content)["relu4_2"]
+        errors = {k: (encoder(im)["relu4_2"] - target).pow(2).mean(1)[0] for k, im in (("plain", plain), ("kept", kept))}
+    (x0, y0, x1, y1), = face_boxes(content)
+    h, w = target.shape[-2:]
+    face = torch.zeros(h, w, dtype=torch.bool)
+    face[int(y0 * h):round(y1 * h) + 1, int(x0 * w):round(x1 * w) + 1] = True
+    away = torch.zeros(h, w, dtype=torch.bool)
+    away[round(0.7 * h):, :round(0.3 * w)] = True
+    assert errors["kept"][face].mean() < 0.6 * errors["plain"][face].mean()  # measured: 0.47
+    assert errors["kept"][away].mean() == pytest.approx(float(errors["plain"][away].mean()), rel=0.2)
+
+
+def test_protect_faces_is_off_by_default_and_refuses_a_negative_weight():
+    assert opt.Options().protect_faces == 0.0
+    with pytest.raises(InvalidOptionError, match="protect_faces"):
+        opt.run(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32),
+                opt.Options(encoder="tiny", size=32, scale_iterations=(1,), protect_faces=-1.0))
