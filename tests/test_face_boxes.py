@@ -107,6 +107,13 @@ def test_protect_faces_keeps_the_face_closer_to_the_photo_and_leaves_the_rest():
     assert errors["kept"][away].mean() == pytest.approx(float(errors["plain"][away].mean()), rel=0.2)
 
 
+def test_protect_faces_changes_nothing_where_no_face_is_found():
+    content, style = _photo("kodim21.jpg", 96), _photo("kodim13.jpg", 96)
+    base = dict(encoder="tiny", size=96, min_size=96, scale_iterations=(5,), precision="fp32")
+    assert torch.equal(opt.run(content, style, opt.Options(**base)).image,
+                       opt.run(content, style, opt.Options(**base, protect_faces=10.0)).image)
+
+
 def test_protect_faces_is_off_by_default_and_refuses_a_negative_weight():
     assert opt.Options().protect_faces == 0.0
     with pytest.raises(InvalidOptionError, match="protect_faces"):

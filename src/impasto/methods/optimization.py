@@ -384,7 +384,8 @@ class Prepared:
         reuse = target_styles is styles and not given
         total_steps = sum(n for _, n in plan)
         lr = options.learning_rate or DEFAULT_LR[options.optimizer]
-        faces = face_map(face_boxes(content), plan[-1][0]) if options.protect_faces > 0 else None
+        boxes = face_boxes(content) if options.protect_faces > 0 else []
+        faces = face_map(boxes, plan[-1][0]) if boxes else None  # no face: the same run as without the option
 
         start_scale, start_step, image, opt_state = 0, 0, None, None
         style_state: list | None = None
