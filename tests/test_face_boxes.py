@@ -119,3 +119,23 @@ def test_protect_faces_is_off_by_default_and_refuses_a_negative_weight():
     with pytest.raises(InvalidOptionError, match="protect_faces"):
         opt.run(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32),
                 opt.Options(encoder="tiny", size=32, scale_iterations=(1,), protect_faces=-1.0))
+
+
+def test_methods_built_on_the_optimiser_do_not_protect_faces(monkeypatch):
+    """Exemplars, explain and the one-pass methods' refinement set protect_faces themselves: a change of the
+    optimisation's default must not change them unjudged."""
+    from impasto import explain
+    from impasto.methods import exemplars
+
+    original = opt.Options
+
+    def faces_on_by_default(*args, **kwargs):  # as if the optimisation's default were on
+        kwargs.setdefault("protect_faces", 10.0)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(opt, "Options", faces_on_by_default)
+    assert opt.Options().protect_faces == 10.0
+    assert exemplars._optimization_options(exemplars.Options()).protect_faces == 0.0
+    assert explain._base(explain.ExplainOptions(), "relu1_1").protect_faces == 0.0
+    refine = opt.Refine([torch.rand(1, 3, 32, 32)], 1, load_encoder("tiny", ["relu1_1"]), "adain")
+    assert refine.prepared.options.protect_faces == 0.0

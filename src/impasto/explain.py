@@ -47,7 +47,7 @@ class Cell:
 def _base(options: ExplainOptions, level: str) -> optimization.Options:
     return optimization.Options(size=options.size, scale_iterations=(options.iterations,), init="noise",
                                 encoder=options.encoder, precision=options.precision, seed=options.seed,
-                                tv_weight=0.0, content_layers=(level,), style_layers=(level,))
+                                tv_weight=0.0, content_layers=(level,), style_layers=(level,), protect_faces=0.0)
 
 
 def explain(content: Tensor, style: Tensor, options: ExplainOptions | None = None, *,

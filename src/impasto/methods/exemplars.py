@@ -91,7 +91,8 @@ def _optimization_options(options: Options) -> optimization.Options:
                                 content_weight=options.content_weight, style_weight=options.style_weight,
                                 tv_weight=options.tv_weight, style_loss="mrf", style_layers=options.patch_layers, match_every=options.match_every,
                                 content_mask=options.content_mask, style_mask=options.style_mask, encoder=options.encoder,
-                                precision=options.precision, seed=options.seed)
+                                precision=options.precision, seed=options.seed,
+                                protect_faces=0.0)  # the exemplars' own face handling is --face-parts
 
 
 def source_map(result: Tensor, exemplars: Sequence[Tensor], encoder, layer: str,

@@ -591,7 +591,8 @@ class Refine:
                  content_mask: tuple[str, ...] = (), style_mask: tuple[str, ...] = (), precision: str = "auto") -> None:
         self.steps = steps
         self.prepared = prepare(list(styles), Options(size=None, style_weight=style_weight, style_blend=style_blend,
-                                                      content_mask=content_mask, style_mask=style_mask, precision=precision),
+                                                      content_mask=content_mask, style_mask=style_mask, precision=precision,
+                                                      protect_faces=0.0),  # not judged for the one-pass methods
                                 encoder=encoder, styles_sized=True, method=method)
 
     @classmethod
