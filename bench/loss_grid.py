@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     from impasto.losses.registry import parse_style_losses, style_loss_names
     from impasto.methods.optimization import Options, run
 
+    from impasto.api import without_added_defaults
+
+    def _comparable(settings: Any) -> Any:  # an option added since a cell was made, at its old value, keeps the cell
+        if not isinstance(settings, dict) or not isinstance(settings.get("options"), dict):
+            return settings
+        return {**settings, "options": without_added_defaults("optimization", settings["options"])}
+
     names = args.losses or list(style_loss_names())
     cells = Path(args.out).with_name(Path(args.out).stem + "_cells")
     cells.mkdir(parents=True, exist_ok=True)
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                         "options": json.loads(json.dumps(asdict(options), default=str))}
             meta_path, png = cell.with_suffix(".json"), cell.with_suffix(".png")
             meta = json.loads(meta_path.read_text()) if meta_path.is_file() and png.is_file() else None
-            if meta is not None and meta.get("settings") == settings:
+            if meta is not None and _comparable(meta.get("settings")) == _comparable(settings):
                 image, seconds = load_image(png), meta["seconds"]
                 print(f"{Path(content_name).stem:20} {name:20} cached ({seconds:.1f} s)", flush=True)
             else:

@@ -483,6 +483,16 @@ def _copy_render(source: Path, folder: Path, pair_id: str, **meta_changes: str) 
         os.replace(partial, folder / f"{pair_id}{suffix}")
 
 
+def _comparable(settings: Any) -> Any:
+    """Settings as compared: impasto's options without those added later at the value older versions ran with
+    (``impasto.api.without_added_defaults``), so a new option does not make every stored render stale."""
+    if not isinstance(settings, dict) or settings.get("side") != "impasto" or not isinstance(settings.get("options"), dict):
+        return settings
+    from impasto.api import without_added_defaults
+
+    return {**settings, "options": without_added_defaults(str(settings.get("method")), settings["options"])}
+
+
 def _stored_settings(folder: Path, pair_id: str) -> Any:
     """The settings of the render ``folder/PAIR`` (None when its image or JSON is missing)."""
     if not ((folder / f"{pair_id}.png").is_file() and (folder / f"{pair_id}.json").is_file()):
@@ -506,12 +516,13 @@ def render_one(side: Side, pair: Pair, content: Path, style: Path, renders: Path
     stored = store / side.name if store is not None else None
     if stored is not None and not force:
         here, there = _stored_settings(folder, pair.id), _stored_settings(stored, pair.id)
-        if there is not None and (here is None or (here != settings and there == settings)):
+        same = _comparable(settings)
+        if there is not None and (here is None or (_comparable(here) != same and _comparable(there) == same)):
             # the inputs' paths are this study's: the kit builds its montages from them
             _copy_render(stored, folder, pair.id, content=str(content.resolve()), style=str(style.resolve()))
     if target.is_file() and meta_path.is_file() and not force:
         meta = json.loads(meta_path.read_text())
-        if meta.get("settings") != settings:
+        if _comparable(meta.get("settings")) != _comparable(settings):
             raise BenchError(f"{target} was rendered with other settings ({_diff(meta.get('settings'), settings)}); "
                              "pass --force to render again, or use another --out or --label")
         print(f"{side.name:24} {pair.id:56} cached ({meta['seconds']:.1f} s)")

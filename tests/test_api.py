@@ -96,6 +96,25 @@ def test_rerun_of_a_recipe_older_than_match_every_matches_every_step(files, tmp_
     assert [o["match_every"] for o in seen] == [10, 1]
 
 
+def test_rerun_of_a_recipe_older_than_protect_faces_does_not_protect_them(files, monkeypatch):
+    content, style = files
+    recipe = impasto.stylize(content, style, options={**FAST, "protect_faces": 5.0}).recipe
+    seen = []
+    real = impasto.api.stylize
+    monkeypatch.setattr(impasto.api, "stylize", lambda *a, **kw: seen.append(kw["options"]) or real(*a, **kw))
+    impasto.rerun(recipe)
+    del recipe["options"]["protect_faces"]  # as written before the option existed
+    impasto.rerun(recipe)
+    assert [o["protect_faces"] for o in seen] == [5.0, 0.0]
+
+
+def test_without_added_defaults_drops_only_options_at_the_value_older_versions_ran_with():
+    drop = impasto.api.without_added_defaults
+    assert drop("optimization", {"style_weight": 50.0, "match_every": 1, "protect_faces": 0.0}) == {"style_weight": 50.0}
+    assert drop("optimization", {"match_every": 10, "protect_faces": 10.0}) == {"match_every": 10, "protect_faces": 10.0}
+    assert drop("adain", {"alpha": 1.0}) == {"alpha": 1.0}
+
+
 def test_rerun_keeps_each_style_loss_as_strong_as_when_the_recipe_was_made(files, tmp_path, monkeypatch):
     """A loss's gain that changed since (mrf: 0.01 until 2026-12-04, now 0.04) is made up for in its weight."""
     from impasto.losses.registry import STYLE_LOSSES

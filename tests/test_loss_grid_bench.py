@@ -88,3 +88,15 @@ def test_a_changed_gain_makes_the_cell_again(tmp_path, capsys, monkeypatch):
     assert grid.main([*args[:5], "gram+mean_std", *args[6:]]) == 0  # a combination: one gain per loss
     meta = json.loads((tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__gram+mean_std.json").read_text())
     assert meta["settings"]["gain"] == [1.0, 3.0]
+
+
+def test_a_cell_made_before_an_option_existed_is_reused_while_the_option_keeps_the_old_behaviour(tmp_path, capsys):
+    """protect_faces 0 (its default) runs as before the option existed: the 27 cells of hours stay valid."""
+    grid = _grid_module()
+    args = _cached_once(grid, "gram", tmp_path, capsys)
+    meta_path = tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__gram.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["settings"]["options"]["protect_faces"]  # as written before the option existed
+    meta_path.write_text(json.dumps(meta))
+    assert grid.main(args) == 0
+    assert capsys.readouterr().out.count("cached") == 1

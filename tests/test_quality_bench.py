@@ -501,6 +501,33 @@ def test_render_store_wins_over_a_stale_study_render_and_gets_cached_ones(tmp_pa
     assert not (tmp_path / "store2" / "nspt" / "c__s.json").exists()
 
 
+class OptionsSide(FakeSide):
+    """An impasto side whose settings are options as recorded, to test how an option added later is compared."""
+
+    def __init__(self, options: dict):
+        super().__init__("impasto_optimization", RED)
+        self.options = options
+
+    def settings(self) -> dict:
+        return {"side": "impasto", "method": "optimization", "options": dict(self.options)}
+
+
+def test_an_option_added_later_at_its_old_value_keeps_stored_renders(tmp_path: Path) -> None:
+    content, style = tmp_path / "c.png", tmp_path / "s.png"
+    _png_with_metadata(content, (12, 8), GREEN, "c")
+    _png_with_metadata(style, (8, 8), GREY, "s")
+    pair, store = qb.Pair(content, style), tmp_path / "store"
+    older = OptionsSide({"style_weight": 50.0})  # made before protect_faces existed
+    qb.render_one(older, pair, content, style, tmp_path / "a" / "renders", store=store)
+    now = OptionsSide({"style_weight": 50.0, "protect_faces": 0.0})  # today's record of the same run
+    qb.render_one(now, pair, content, style, tmp_path / "a" / "renders", store=store)
+    qb.render_one(now, pair, content, style, tmp_path / "b" / "renders", store=store)
+    assert older.runs == 1 and now.runs == 0
+    with pytest.raises(qb.BenchError, match="other settings"):  # the option set to something else is another run
+        qb.render_one(OptionsSide({"style_weight": 50.0, "protect_faces": 10.0}), pair, content, style,
+                      tmp_path / "a" / "renders", store=store)
+
+
 def test_pairs_file_and_default_splits(tmp_path: Path) -> None:
     (tmp_path / "pairs.csv").write_text(f"# a comment\ncontent,style\ncontent/a.jpg,{tmp_path / 'b.jpg'}\n\n")
     (pair,) = qb.read_pairs(tmp_path / "pairs.csv", data=Path("/data"))

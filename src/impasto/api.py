@@ -15,7 +15,7 @@ import os
 import platform
 import shutil
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import metadata
@@ -232,10 +232,19 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 # Options added later whose default differs from what older versions did: a recipe without the field
 # was made with this value (MRF matched every step before --match-every existed).
-RECIPE_DEFAULTS_BEFORE: dict[str, dict[str, Any]] = {"optimization": {"match_every": 1}, "exemplars": {"match_every": 1}}
+RECIPE_DEFAULTS_BEFORE: dict[str, dict[str, Any]] = {"optimization": {"match_every": 1, "protect_faces": 0.0},
+                                                     "exemplars": {"match_every": 1}}
 # The style losses' gains of a recipe that does not record them (before 2026-12-04): mrf's was 0.01, the
 # others' 1 (the gain multiplies a loss's term, so a recipe holds only half of its strength without it).
 RECIPE_GAINS_BEFORE: dict[str, float] = {"mrf": 0.01}
+
+
+def without_added_defaults(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` (as recorded, e.g. ``dataclasses.asdict``) without the options added later that hold the value
+    older versions ran with (``RECIPE_DEFAULTS_BEFORE``): two records that differ only there make the same
+    picture, so caches compare these (a new option does not invalidate what was made before it)."""
+    before = RECIPE_DEFAULTS_BEFORE.get(method, {})
+    return {k: v for k, v in options.items() if not (k in before and v == before[k])}
 
 
 def _same_strength(method: str, options: dict[str, Any], gains: dict[str, Any]) -> dict[str, Any]:
