@@ -139,3 +139,20 @@ def test_methods_built_on_the_optimiser_do_not_protect_faces(monkeypatch):
     assert explain._base(explain.ExplainOptions(), "relu1_1").protect_faces == 0.0
     refine = opt.Refine([torch.rand(1, 3, 32, 32)], 1, load_encoder("tiny", ["relu1_1"]), "adain")
     assert refine.prepared.options.protect_faces == 0.0
+
+
+def test_missing_cascade_files_are_a_clear_error(tmp_path, monkeypatch):
+    import cv2
+
+    from impasto.errors import WeightsUnavailableError
+    from impasto.features import face_boxes as fb
+
+    monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + "/")
+    fb._cascades.cache_clear()
+    try:
+        with pytest.raises(WeightsUnavailableError, match="reinstall opencv-python-headless"):
+            face_boxes(torch.rand(1, 3, 64, 64))
+    finally:
+        monkeypatch.undo()
+        fb._cascades.cache_clear()
+    assert face_boxes(torch.zeros(1, 3, 64, 64)) == []

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from impasto.errors import InvalidOptionError
+from impasto.errors import InvalidOptionError, WeightsUnavailableError
 
 __all__ = ["DETECT_SIDE", "Box", "face_boxes", "face_map"]
 
@@ -37,7 +37,8 @@ def _cascades():  # noqa: ANN202 (OpenCV objects)
     face = cv2.CascadeClassifier(os.path.join(folder, "haarcascade_frontalface_default.xml"))
     eye = cv2.CascadeClassifier(os.path.join(folder, "haarcascade_eye.xml"))
     if face.empty() or eye.empty():
-        raise RuntimeError(f"OpenCV's Haar cascades could not be read from {folder}; reinstall opencv-python-headless")
+        raise WeightsUnavailableError(f"OpenCV's Haar cascades could not be read from {folder}; reinstall "
+                                      "opencv-python-headless (a 4.x version: OpenCV 5 has no cascades)")
     return cv2, face, eye
 
 
