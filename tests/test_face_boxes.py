@@ -156,3 +156,20 @@ def test_missing_cascade_files_are_a_clear_error(tmp_path, monkeypatch):
         monkeypatch.undo()
         fb._cascades.cache_clear()
     assert face_boxes(torch.zeros(1, 3, 64, 64)) == []
+
+
+def test_a_checkpoint_written_before_protect_faces_existed_still_resumes():
+    """The fingerprint of a run without face protection is the one the code before the option computed."""
+    import dataclasses
+    import hashlib
+    import json
+
+    content, style = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    options = opt.Options(encoder="tiny", size=16)
+    fields = dataclasses.asdict(options)
+    del fields["protect_faces"]
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    for t in (content, style):
+        digest.update(t.detach().contiguous().float().numpy().tobytes())
+    assert opt.fingerprint(content, [style], options) == digest.hexdigest()
+    assert opt.fingerprint(content, [style], dataclasses.replace(options, protect_faces=10.0)) != digest.hexdigest()

@@ -80,7 +80,7 @@ class Options:
     style_weight: float = option(50.0, "beta: weight of the style loss (50 keeps faces readable; neural-style-pt's strength, about 200, can draw the painting across them).", range=WEIGHT)
     ratio: float | None = option(None, "alpha/beta; when set, style_weight = content_weight / ratio.", range=Range(0, 1e12, low_open=True))
     tv_weight: float = option(1e-1, "gamma: weight of the total-variation smoothness prior (on the image in [0, 1]).", range=WEIGHT)
-    protect_faces: float = option(0.0, "Extra content weight inside the faces found in the photo (OpenCV's frontal-face cascade): the content loss there is multiplied by 1 + this, so the style does not draw over eyes and mouth (0: off; try 4-10; faces turned away are not found).", range=WEIGHT)
+    protect_faces: float = option(0.0, "Extra content weight inside the faces found in the photo (OpenCV's frontal-face cascade): the content loss there is multiplied by 1 + this, so the style does not draw over eyes and mouth (0: off; 10 won a blind test on portraits, but with a black-and-white or flat style it can leave a photo-like face; faces turned away or smaller than about a fifth of the picture are not found; video finds faces per frame).", range=WEIGHT)
     laplacian_weight: float = option(0.0, "Weight of the Laplacian content loss (Li et al. 2017): keeps the photo's fine edges (try 10-100).", range=WEIGHT)
     laplacian_pool: int = option(4, "Average pooling before the Laplacian (larger: coarser edges kept).", range=Range(1, 64))
     style_loss: str = option("gram", style_loss_help)
@@ -277,10 +277,19 @@ class _Objective:
         return total, parts
 
 
+# Options added after checkpoints existed, with the value that runs as before them: left out of the fingerprint at
+# that value, so an older checkpoint of the same run still resumes (match_every predates this rule).
+FINGERPRINT_ADDED: dict[str, Any] = {"protect_faces": 0.0}
+
+
 def fingerprint(content: Tensor, styles: Sequence[Tensor], options: Options, maps: RegionMaps | None = None) -> str:
     """Hash of everything that determines the result, to refuse resuming a different job (``maps``:
     label maps given to the call instead of the options' mask files)."""
-    digest = hashlib.sha256(json.dumps(asdict(options), sort_keys=True, default=str).encode())
+    fields = asdict(options)
+    for name, before in FINGERPRINT_ADDED.items():  # a checkpoint written before the option existed still resumes
+        if fields.get(name) == before:
+            del fields[name]
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     for t in (content, *styles):
         digest.update(t.detach().contiguous().float().numpy().tobytes())
     if maps is not None:
