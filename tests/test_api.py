@@ -82,30 +82,21 @@ def test_recipe_round_trip_and_rerun_reproduces(files, tmp_path):
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(out2)))
 
 
-def test_rerun_of_a_recipe_older_than_match_every_matches_every_step(files, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, extra, value, before", [
+    ("match_every", {"style_loss": "mrf", "style_layers": ["relu1_1"]}, 10, 1),  # MRF matched every step
+    ("protect_faces", {}, 5.0, 0.0),  # faces were not protected
+])
+def test_rerun_of_a_recipe_older_than_an_option_runs_as_before_it(files, monkeypatch, name, extra, value, before):
     content, style = files
-    options = {**FAST, "style_loss": "mrf", "style_layers": ["relu1_1"], "match_every": 10}
-    recipe = impasto.stylize(content, style, options=options).recipe
-    assert recipe["options"]["match_every"] == 10
+    recipe = impasto.stylize(content, style, options={**FAST, **extra, name: value}).recipe
+    assert recipe["options"][name] == value
     seen = []
     real = impasto.api.stylize
     monkeypatch.setattr(impasto.api, "stylize", lambda *a, **kw: seen.append(kw["options"]) or real(*a, **kw))
     impasto.rerun(recipe)
-    del recipe["options"]["match_every"]  # as written before the option existed
+    del recipe["options"][name]  # as written before the option existed
     impasto.rerun(recipe)
-    assert [o["match_every"] for o in seen] == [10, 1]
-
-
-def test_rerun_of_a_recipe_older_than_protect_faces_does_not_protect_them(files, monkeypatch):
-    content, style = files
-    recipe = impasto.stylize(content, style, options={**FAST, "protect_faces": 5.0}).recipe
-    seen = []
-    real = impasto.api.stylize
-    monkeypatch.setattr(impasto.api, "stylize", lambda *a, **kw: seen.append(kw["options"]) or real(*a, **kw))
-    impasto.rerun(recipe)
-    del recipe["options"]["protect_faces"]  # as written before the option existed
-    impasto.rerun(recipe)
-    assert [o["protect_faces"] for o in seen] == [5.0, 0.0]
+    assert [o[name] for o in seen] == [value, before]
 
 
 def test_without_added_defaults_drops_only_options_at_the_value_older_versions_ran_with():

@@ -11,7 +11,7 @@ from impasto.features.face_boxes import face_boxes, face_map
 from impasto.features.vgg import load_encoder
 from impasto.io.image import load_image
 from impasto.losses.content import content_loss
-from impasto.losses.objective import content_term
+from impasto.losses.objective import content_term, position_weight_maps
 from impasto.methods import optimization as opt
 from impasto.ops.geometry import resize_long_side
 
@@ -78,12 +78,15 @@ def test_content_term_gain_is_resized_to_each_layer_and_zero_gain_changes_nothin
     feats = {"a": torch.rand(1, 3, 8, 8, generator=g), "b": torch.rand(1, 5, 4, 4, generator=g)}
     targets = {k: torch.rand(v.shape, generator=g) for k, v in feats.items()}
     weights = {"a": 0.5, "b": 0.5}
+    sizes = {k: tuple(v.shape[-2:]) for k, v in feats.items()}
     plain = content_term(feats, targets, weights)
-    assert torch.allclose(content_term(feats, targets, weights, torch.zeros(1, 1, 32, 32)), plain)
-    assert torch.allclose(content_term(feats, targets, weights, torch.ones(1, 1, 32, 32)), 2 * plain)
+    assert torch.allclose(content_term(feats, targets, weights, position_weight_maps(torch.zeros(1, 1, 32, 32), sizes)), plain)
+    assert torch.allclose(content_term(feats, targets, weights, position_weight_maps(torch.ones(1, 1, 32, 32), sizes)), 2 * plain)
     left = torch.zeros(1, 1, 32, 32)
     left[..., :16] = 1.0
-    assert plain < content_term(feats, targets, weights, left) < 2 * plain
+    maps = position_weight_maps(left, sizes)
+    assert maps["a"].shape == (1, 1, 8, 8) and maps["b"].shape == (1, 1, 4, 4)
+    assert plain < content_term(feats, targets, weights, maps) < 2 * plain
 
 
 def test_protect_faces_keeps_the_face_closer_to_the_photo_and_leaves_the_rest():

@@ -41,19 +41,19 @@ def normalised_mse(features: Tensor, target: Tensor, weight: Tensor | None = Non
 
 
 def content_term(features: Mapping[str, Tensor], targets: Mapping[str, Tensor], weights: Mapping[str, float],
-                 gain: Tensor | None = None) -> Tensor:
+                 position_weights: Mapping[str, Tensor] | None = None) -> Tensor:
     """Sum over layers of weight x ``normalised_mse`` of the features against the targets.
 
-    ``gain``: an optional (1, 1, H, W) map >= 0 over the image; each layer's squared error at a position is
-    then multiplied by 1 + the map (area-resized to the layer's size) there, e.g. more content inside faces."""
-    if gain is None:
-        return sum(w * normalised_mse(features[k], targets[k]) for k, w in weights.items())
-    return sum(w * normalised_mse(features[k], targets[k], 1 + _resized(gain, features[k].shape[-2:]))
-               for k, w in weights.items())
+    ``position_weights``: optional per-layer maps (broadcast over the layer's features, e.g. (1, 1, h, w)) that
+    weigh each position's squared error, e.g. more content inside faces (see ``position_weight_maps``)."""
+    maps = position_weights or {}
+    return sum(w * normalised_mse(features[k], targets[k], maps.get(k)) for k, w in weights.items())
 
 
-def _resized(field: Tensor, size: tuple[int, int]) -> Tensor:
-    return field if tuple(field.shape[-2:]) == tuple(size) else torch.nn.functional.interpolate(field, size=tuple(size), mode="area")
+def position_weight_maps(gain: Tensor, sizes: Mapping[str, tuple[int, int]]) -> dict[str, Tensor]:
+    """1 + ``gain`` (a (1, 1, H, W) map >= 0 over the image) area-resized to each layer's (h, w): the
+    ``position_weights`` of ``content_term``, computed once per image size."""
+    return {k: 1 + torch.nn.functional.interpolate(gain, size=tuple(size), mode="area") for k, size in sizes.items()}
 
 
 def _target_scale(loss: StyleLoss, target: tuple[Tensor, ...] | list[tuple[Tensor, ...]]) -> float:

@@ -41,7 +41,7 @@ from impasto.options import MIN_SIDE, Range, SEED, SIDE, WEIGHT, option
 from impasto.result import Result
 from impasto.validation import check_fields, check_image_side, check_memory
 from impasto.losses.content import laplacian, laplacian_loss
-from impasto.losses.objective import StyleSum, content_term, layer_weights
+from impasto.losses.objective import StyleSum, content_term, layer_weights, position_weight_maps
 from impasto.losses.registry import StyleLoss, parse_style_losses, style_loss_help
 from impasto.losses.regularizers import tv_loss
 from impasto.ops import color as color_ops
@@ -248,7 +248,6 @@ class _Objective:
                  options: Options, extra_loss: ExtraLoss | None = None, faces: Tensor | None = None) -> None:
         self.encoder = encoder
         # faces: a (1, 1, H, W) map of the faces in this scale's content, or None
-        self.content_gain = options.protect_faces * faces if faces is not None and options.protect_faces > 0 else None
         self.prepare = prepare
         self.options = options
         self.style = style
@@ -257,12 +256,14 @@ class _Objective:
         with torch.no_grad():
             feats = encoder(prepare(content))
             self.content_targets = {k: feats[k] for k in options.content_layers}
+            self.content_maps = None if faces is None or options.protect_faces <= 0 else position_weight_maps(
+                options.protect_faces * faces, {k: tuple(t.shape[-2:]) for k, t in self.content_targets.items()})
             self.laplacian = laplacian(content, options.laplacian_pool) if options.laplacian_weight > 0 else None
 
     def __call__(self, image: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         o = self.options
         feats = self.encoder(self.prepare(image))
-        c = content_term(feats, self.content_targets, self.content_weights, self.content_gain)
+        c = content_term(feats, self.content_targets, self.content_weights, self.content_maps)
         s = self.style(feats)
         tv = tv_loss(image)
         total = o.content_weight * c + o.resolved_style_weight() * s + o.tv_weight * tv
