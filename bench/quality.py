@@ -45,6 +45,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -461,9 +462,16 @@ def prepare_input(source: Path, folder: Path) -> Path:
         from impasto.io.image import load_image, to_pil
 
         folder.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{source.stem}.partial.png")
-        to_pil(load_image(source)).save(partial, format="PNG")
-        os.replace(partial, target)
+        # A name of its own per call: two renders started together (one per core) prepare the same input,
+        # and a shared partial name let one rename the other's file away under it.
+        handle, name = tempfile.mkstemp(dir=folder, prefix=f".{source.stem}.", suffix=".partial.png")
+        os.close(handle)
+        partial = Path(name)
+        try:
+            to_pil(load_image(source)).save(partial, format="PNG")
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
     return target
 
 

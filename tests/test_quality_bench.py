@@ -735,3 +735,45 @@ def test_wct_smooth_side_is_impastos_wct_then_photowcts_smoothing(tmp_path: Path
     assert float((out - wct).abs().mean()) > 0.01  # the smoothing changed it
     assert side.settings()["smoothing"]["smooth"] == "exact" and side.settings()["wct"]["size"] == 64
     assert torch.isfinite(out).all()
+
+
+def test_two_renders_preparing_the_same_input_at_once_both_succeed(tmp_path, monkeypatch):
+    """Two renders started together (one per core) prepare the same input: each writes a partial file of its
+    own, so neither renames the other's away (a shared partial name failed with FileNotFoundError)."""
+    import threading
+
+    import impasto.io.image as image_io
+
+    source = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 6), RED).save(source)
+    both_saved = threading.Barrier(2, timeout=20)
+    real_to_pil = image_io.to_pil
+
+    class SavesThenWaits:
+        def __init__(self, picture):
+            self.picture = picture
+
+        def save(self, path, format):
+            self.picture.save(path, format=format)
+            both_saved.wait()  # both partial files are written before either is renamed
+
+    monkeypatch.setattr(image_io, "to_pil", lambda tensor: SavesThenWaits(real_to_pil(tensor)))
+    folder = tmp_path / "inputs"
+    errors, results = [], []
+
+    def prepare():
+        try:
+            results.append(qb.prepare_input(source, folder))
+        except Exception as error:  # noqa: BLE001 - the test reports whatever the thread raised
+            errors.append(error)
+
+    threads = [threading.Thread(target=prepare) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert results == [folder / "photo.png"] * 2
+    assert [p.name for p in folder.iterdir()] == ["photo.png"]  # no partial file left behind
+    with Image.open(folder / "photo.png") as done:
+        assert done.size == (8, 6) and done.getpixel((3, 3)) == RED
