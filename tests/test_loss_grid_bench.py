@@ -91,7 +91,8 @@ def test_a_changed_gain_makes_the_cell_again(tmp_path, capsys, monkeypatch):
 
 
 def test_a_cell_made_before_an_option_existed_is_reused_while_the_option_keeps_the_old_behaviour(tmp_path, capsys):
-    """protect_faces 0 (its default) runs as before the option existed: the 27 cells of hours stay valid."""
+    """protect_faces 0 (the grid holds it there) runs as before the option existed: the 27 cells of hours stay
+    valid."""
     grid = _grid_module()
     args = _cached_once(grid, "gram", tmp_path, capsys)
     meta_path = tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__gram.json"

@@ -401,6 +401,18 @@ def _frame_stream(source: str | os.PathLike[str], cut: VideoCut) -> tuple[Any, i
     return read_frames(source), len(frame_sources(source)), None
 
 
+def video_options(method: str, options: Any) -> Any:
+    """``options`` (None or a dict of the fields given) with the method's ``VIDEO_DEFAULTS`` for the fields not
+    given: options whose picture default is not right for video (the optimisation's face protection). An
+    ``Options`` instance is taken as it is: its fields are all set."""
+    defaults = getattr(METHODS.get(method), "VIDEO_DEFAULTS", {})
+    if options is None:
+        return dict(defaults) or None
+    if isinstance(options, dict):
+        return {**defaults, **options}
+    return options
+
+
 def stylize_video(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -425,7 +437,9 @@ def stylize_video(
     its audio packets copied unchanged, written atomically at the end; the frames are made in
     ``work_dir`` (default ``OUTPUT.frames``) and removed afterwards unless ``keep_frames``. Any other
     ``output``: a folder of PNG frames. ``temporal``: ``methods.video.Options`` or a dict of its
-    fields (temporal mode, flow, weights); ``cut`` the part of a video file to stylise.
+    fields (temporal mode, flow, weights); ``cut`` the part of a video file to stylise. ``options``: as for
+    ``stylize``, except that fields not given take the method's ``VIDEO_DEFAULTS`` (``video_options``): the
+    optimisation protects faces in video only when asked.
 
     The method is prepared once (weights, style targets) and called per frame. Each PNG frame carries
     a fingerprint of what made it (method, options, temporal options, cut, style pixels, model files)
@@ -447,7 +461,7 @@ def stylize_video(
                                  f"{suggest(on_bad_frame, BAD_FRAME_POLICIES)}")
     cut = cut or VideoCut()
     cut.check()
-    opts = resolve_options(method, options)
+    opts = resolve_options(method, video_options(method, options))
     vopts = temporal if isinstance(temporal, video_method.Options) else \
         options_from_dict(video_method.Options, temporal) if isinstance(temporal, dict) else video_method.Options()
     takes_loss = method in TEMPORAL_LOSS_METHODS

@@ -125,15 +125,16 @@ def _param_for(name: str, annotation: Any, helptext: str, defaults: dict[str, An
     return click.Option([name, flag], type=ptype, default=None, show_default=False, help=helptext)
 
 
-def options_params(classes: dict[str, type]) -> list[click.Option]:
-    """One option per field name over several Options classes (label -> class), in first-seen order."""
+def options_params(classes: dict[str, type], defaults: dict[str, dict[str, Any]] | None = None) -> list[click.Option]:
+    """One option per field name over several Options classes (label -> class), in first-seen order.
+    ``defaults``: label -> {field: value} where this command's default is not the class's (video)."""
     seen: dict[str, tuple[Any, str, dict[str, Any]]] = {}
     for label, cls in classes.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name not in seen:
                 seen[f.name] = (hints[f.name], field_help(f), {})
-            seen[f.name][2][label] = f.default
+            seen[f.name][2][label] = (defaults or {}).get(label, {}).get(f.name, f.default)
     return [_param_for(name, ann, helptext, defaults) for name, (ann, helptext, defaults) in seen.items()]
 
 
@@ -664,7 +665,7 @@ def _build_stylize_video() -> click.Command:
         click.Option(["--overwrite"], is_flag=True, default=False, help="Allow -o to be the input folder or inside it."),
         click.Option(["-q", "--quiet"], is_flag=True, default=False, help="No progress bar."),
         *options_params({"temporal": video_method.Options}),
-        *options_params(classes),
+        *options_params(classes, {name: getattr(module, "VIDEO_DEFAULTS", {}) for name, module in api.METHODS.items()}),
     ]
     return click.Command("stylize-video", callback=callback, params=params,
                          help="Stylise SOURCE (an mp4/mov/mkv/webm/avi file, a folder of frames or a GIF) into -o "

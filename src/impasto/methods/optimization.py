@@ -52,6 +52,10 @@ INITS = ("content", "noise", "style")  # or a path to an image file
 COLOR_MODES = ("style", "luminance", "match", "color_only")
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.02}
 RESUMABLE = True  # run() takes checkpoint/resume (api.check_call refuses them for the other methods)
+# Defaults of stylize-video where they differ from a picture's: faces are found frame by frame, and the cascade can
+# miss a face in one frame and find it in the next (measured: 9 of 40 frames of a slow pan over a portrait), which
+# would switch its weight on and off. Given explicitly, the option applies to video too.
+VIDEO_DEFAULTS: dict[str, Any] = {"protect_faces": 0.0}
 
 
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
@@ -80,7 +84,7 @@ class Options:
     style_weight: float = option(50.0, "beta: weight of the style loss (50 keeps faces readable; neural-style-pt's strength, about 200, can draw the painting across them).", range=WEIGHT)
     ratio: float | None = option(None, "alpha/beta; when set, style_weight = content_weight / ratio.", range=Range(0, 1e12, low_open=True))
     tv_weight: float = option(1e-1, "gamma: weight of the total-variation smoothness prior (on the image in [0, 1]).", range=WEIGHT)
-    protect_faces: float = option(0.0, "Extra content weight inside the faces found in the photo (OpenCV's frontal-face cascade): the content loss there is multiplied by 1 + this, so the style does not draw over eyes and mouth (0: off; 10 won a blind test on portraits, but with a black-and-white or flat style it can leave a photo-like face; faces turned away or smaller than about a fifth of the picture are not found; video finds faces per frame).", range=WEIGHT)
+    protect_faces: float = option(10.0, "Extra content weight inside the faces found in the photo (OpenCV's frontal-face cascade): the content loss there is multiplied by 1 + this, so the style does not draw over eyes and mouth (10 won a blind test on portraits, 21 of 24 judgements; 0: off, as before 2026-12-04). With a black-and-white or flat style it can leave a photo-like face (try 3, or 0); faces turned away or smaller than about a fifth of the picture are not found; a photo without a face runs as with 0. Video: off unless given, because a face found in one frame can be missed in the next.", range=WEIGHT)
     laplacian_weight: float = option(0.0, "Weight of the Laplacian content loss (Li et al. 2017): keeps the photo's fine edges (try 10-100).", range=WEIGHT)
     laplacian_pool: int = option(4, "Average pooling before the Laplacian (larger: coarser edges kept).", range=Range(1, 64))
     style_loss: str = option("gram", style_loss_help)
@@ -389,13 +393,14 @@ class Prepared:
             maps = self._maps
         started = time.perf_counter()
         torch.manual_seed(options.seed)
-        fp = fingerprint(content, styles, options, maps if given else None)
+        boxes = face_boxes(content) if options.protect_faces > 0 else []
+        faces = face_map(boxes, plan[-1][0]) if boxes else None  # no face: the same run as without the option
+        # ... and the same checkpoint: a run without a face resumes one written with faces off (or before the option)
+        fp = fingerprint(content, styles, options if boxes else replace(options, protect_faces=0.0), maps if given else None)
         target_content, target_styles = self._targets(content)
         reuse = target_styles is styles and not given
         total_steps = sum(n for _, n in plan)
         lr = options.learning_rate or DEFAULT_LR[options.optimizer]
-        boxes = face_boxes(content) if options.protect_faces > 0 else []
-        faces = face_map(boxes, plan[-1][0]) if boxes else None  # no face: the same run as without the option
 
         start_scale, start_step, image, opt_state = 0, 0, None, None
         style_state: list | None = None
