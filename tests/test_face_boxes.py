@@ -223,3 +223,18 @@ def test_a_photo_without_a_face_resumes_a_checkpoint_written_with_faces_off(tmp_
         else:
             with pytest.raises(CheckpointError, match="different run"):
                 opt.run(content, style, opt.Options(**base), checkpoint=checkpoint, resume=True)
+
+
+def test_face_pan_bench_makes_a_moving_crop_and_marks_the_frames_with_a_face():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("face_pan", Path(__file__).resolve().parents[1] / "bench" / "face_pan.py")
+    pan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pan)
+    photo = _photo("kodim04.jpg", 640)
+    frames = pan.pan_frames(photo, 5)
+    assert len(frames) == 5 and all(max(f.shape[-2:]) == 512 and f.min() >= 0 and f.max() <= 1 for f in frames)
+    assert frames[0].shape != frames[-1].shape or not torch.allclose(frames[0], frames[-1], atol=0.1)
+    assert pan.strip(photo, 5) == "FFFFF"
+    assert pan.strip(_photo("kodim21.jpg", 640), 3) == "..."
