@@ -238,3 +238,14 @@ def test_face_pan_bench_makes_a_moving_crop_and_marks_the_frames_with_a_face():
     assert frames[0].shape != frames[-1].shape or not torch.allclose(frames[0], frames[-1], atol=0.1)
     assert pan.strip(photo, 5) == "FFFFF"
     assert pan.strip(_photo("kodim21.jpg", 640), 3) == "..."
+
+
+def test_a_recipe_records_the_opencv_that_found_the_faces(tmp_path):
+    import cv2
+
+    from impasto import api
+
+    result = api.stylize(_photo("kodim04.jpg", 128), _photo("kodim13.jpg", 64),
+                         options={"encoder": "tiny", "size": 64, "scale_iterations": (1,), "precision": "fp32"})
+    assert result.recipe["options"]["protect_faces"] == 10.0
+    assert result.recipe["versions"]["opencv"] == cv2.__version__

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,15 @@ def _version() -> str:
         return metadata.version("impasto")
     except metadata.PackageNotFoundError:  # running from a source tree
         return "0+unknown"
+
+
+def _versions() -> dict[str, str]:
+    """What a recipe records of the software: impasto, torch, Python, and OpenCV where it was loaded (face boxes,
+    optical flow: its cascades and flow can change between releases)."""
+    versions = {"impasto": _version(), "torch": torch.__version__, "python": platform.python_version()}
+    if "cv2" in sys.modules:
+        versions["opencv"] = str(getattr(sys.modules["cv2"], "__version__", "unknown"))
+    return versions
 
 
 def pixel_hash(image: Tensor) -> str:
@@ -181,7 +191,7 @@ def stylize(
         "style_loss_gains": {name: loss.gain for name, loss in STYLE_LOSSES.items()},
         "inputs": {"content": content_info, "styles": [s[2] for s in loaded], "keep_alpha": keep_alpha},
         "weights": {"name": result.weights, "sha256": result.weights_sha256},
-        "versions": {"impasto": _version(), "torch": torch.__version__, "python": platform.python_version()},
+        "versions": _versions(),
         "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()},
         "size": list(result.image.shape[-2:]),
         "steps": result.steps,
@@ -566,7 +576,7 @@ def _frame_recipe(method: str, opts: Any, vopts: Any, fingerprint: str, facts: A
             "inputs": {"frames": str(source), "frame": name, "frame_pixels_sha256": frame_sha,
                        "styles": [s[2] for s in loaded]},
             "weights": {"name": result.weights, "sha256": result.weights_sha256},
-            "versions": {"impasto": _version(), "torch": torch.__version__}}
+            "versions": _versions()}
 
 
 def _later_passes(layer: Any, vopts: Any, summary: VideoSummary, frames_dir: Path, sources_dir: Path,
