@@ -12,6 +12,7 @@ without (.).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("IMPASTO_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 PORTRAITS = ("content/kodim04.jpg", "content/skimage_astronaut.jpg", "faces/obama_official_portrait_2012.jpg",
              "faces/biden_official_vp_portrait_2013.jpg", "faces/grace_hopper_us_navy_1984.jpg")
 

@@ -469,6 +469,7 @@ def prepare_input(source: Path, folder: Path) -> Path:
         partial = Path(name)
         try:
             to_pil(load_image(source)).save(partial, format="PNG")
+            partial.chmod(0o644)  # mkstemp made it owner-only
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)

@@ -127,7 +127,7 @@ def test_protect_faces_is_10_by_default_and_refuses_a_negative_weight():
 
 def test_video_leaves_faces_unprotected_unless_asked(tmp_path, monkeypatch):
     """Faces are found per frame and the cascade can miss one in the next frame: stylize-video holds the option at
-    0 unless it is given (CLI and dict options), and an explicit value still applies to every frame."""
+    0 unless it is given (a dict of the fields given, as the CLI passes), and an explicit value applies to every frame."""
     from impasto import api
     from impasto.io.image import save_image
 
@@ -221,8 +221,13 @@ def test_a_photo_without_a_face_resumes_a_checkpoint_written_with_faces_off(tmp_
         if resumes:
             opt.run(content, style, opt.Options(**base), checkpoint=checkpoint, resume=True)
         else:
-            with pytest.raises(CheckpointError, match="different run"):
+            with pytest.raises(CheckpointError, match="add --protect-faces 0 to resume"):
                 opt.run(content, style, opt.Options(**base), checkpoint=checkpoint, resume=True)
+            opt.run(content, style, opt.Options(**base, protect_faces=5.0), checkpoint=checkpoint.with_suffix(".b"),
+                    checkpoint_every=1)
+            with pytest.raises(CheckpointError, match="different run"):  # not one written with faces off
+                opt.run(content, style, opt.Options(**base), checkpoint=checkpoint.with_suffix(".b"), resume=True)
+            opt.run(content, style, opt.Options(**base, protect_faces=0.0), checkpoint=checkpoint, resume=True)
 
 
 def test_face_pan_bench_makes_a_moving_crop_and_marks_the_frames_with_a_face():
@@ -249,3 +254,13 @@ def test_a_recipe_records_the_opencv_that_found_the_faces(tmp_path):
                          options={"encoder": "tiny", "size": 64, "scale_iterations": (1,), "precision": "fp32"})
     assert result.recipe["options"]["protect_faces"] == 10.0
     assert result.recipe["versions"]["opencv"] == cv2.__version__
+
+
+@pytest.mark.parametrize("command, shown", [("stylize", "[default: 10]"), ("stylize-video", "[default: 0]")])
+def test_the_help_shows_each_commands_face_default(command, shown, capsys):
+    from impasto.cli import main
+
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    after = text[text.index("--protect-faces FLOAT"):]
+    assert after[:after.index("--laplacian-weight")].rstrip().endswith(shown)

@@ -775,5 +775,6 @@ def test_two_renders_preparing_the_same_input_at_once_both_succeed(tmp_path, mon
     assert errors == []
     assert results == [folder / "photo.png"] * 2
     assert [p.name for p in folder.iterdir()] == ["photo.png"]  # no partial file left behind
+    assert (folder / "photo.png").stat().st_mode & 0o044 == 0o044  # readable by others, as a plain save makes it
     with Image.open(folder / "photo.png") as done:
         assert done.size == (8, 6) and done.getpixel((3, 3)) == RED

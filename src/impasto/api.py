@@ -142,7 +142,9 @@ def prepare(style: ImageInput | Sequence[ImageInput] | None = None, method: str 
     """Load a method's weights and compute its style targets once: the returned callable stylises
     content tensors ((1, 3, H, W) in [0, 1]) one after another (``callback=``, ``cancel=``; the
     optimisation methods also take ``init=``, ``iterations=`` and ``extra_loss=``) and returns a
-    ``Result``. What video, batch jobs and a service worker use."""
+    ``Result``. What video, batch jobs and a service worker use. ``options`` as for ``stylize``: a video
+    caller wanting stylize_video's defaults passes ``video_options(method, fields)`` (the optimisation's face
+    protection is on for pictures, off for video)."""
     opts = resolve_options(method, options)
     styles_in = [] if style is None else list(style) if isinstance(style, (list, tuple)) else [style]
     check_call(method, len(styles_in))
@@ -449,7 +451,8 @@ def stylize_video(
     ``output``: a folder of PNG frames. ``temporal``: ``methods.video.Options`` or a dict of its
     fields (temporal mode, flow, weights); ``cut`` the part of a video file to stylise. ``options``: as for
     ``stylize``, except that fields not given take the method's ``VIDEO_DEFAULTS`` (``video_options``): the
-    optimisation protects faces in video only when asked.
+    optimisation protects faces in video only when asked. An ``Options`` instance is used as it is, so
+    ``optimization.Options()`` has faces protected (10): pass a dict of the fields you set instead.
 
     The method is prepared once (weights, style targets) and called per frame. Each PNG frame carries
     a fingerprint of what made it (method, options, temporal options, cut, style pixels, model files)

@@ -410,6 +410,11 @@ class Prepared:
             if checkpoint is None:
                 raise CheckpointError("resume needs a checkpoint path")
             state = load_checkpoint(checkpoint)
+            if state.get("fingerprint") != fp and boxes and state.get("fingerprint") == fingerprint(
+                    content, styles, replace(options, protect_faces=0.0), maps if given else None):
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} was written with --protect-faces 0 (the default before 2026-12-04) and "
+                    "this photo has a face; add --protect-faces 0 to resume it, or delete it to start fresh")
             if state.get("fingerprint") != fp:
                 raise CheckpointError(
                     f"checkpoint {checkpoint} belongs to a different run (other inputs or options); "
