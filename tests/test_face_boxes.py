@@ -254,6 +254,11 @@ def test_a_recipe_records_the_opencv_that_found_the_faces(tmp_path):
                          options={"encoder": "tiny", "size": 64, "scale_iterations": (1,), "precision": "fp32"})
     assert result.recipe["options"]["protect_faces"] == 10.0
     assert result.recipe["versions"]["opencv"] == cv2.__version__
+    (x0, y0, x1, y1), = result.recipe["faces"]  # where the option acted
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    plain = api.stylize(_photo("kodim21.jpg", 64), _photo("kodim13.jpg", 64),
+                        options={"encoder": "tiny", "size": 64, "scale_iterations": (1,), "precision": "fp32"})
+    assert "faces" not in plain.recipe  # no face found: it ran as with 0
 
 
 @pytest.mark.parametrize("command, shown", [("stylize", "[default: 10]"), ("stylize-video", "[default: 0]")])

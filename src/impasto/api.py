@@ -199,6 +199,8 @@ def stylize(
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
     }
+    if result.faces:  # where --protect-faces acted (a photo without a face found runs as with 0)
+        recipe["faces"] = [[round(float(v), 4) for v in box] for box in result.faces]
     return Stylized(image=result.image, recipe=recipe, alpha=alpha, losses=result.final_losses)
 
 

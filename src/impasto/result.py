@@ -17,3 +17,5 @@ class Result:
     steps: int
     seconds: float
     final_losses: dict[str, float] = field(default_factory=dict)
+    # faces the method weighed differently (the optimisation's --protect-faces): (x0, y0, x1, y1) as fractions
+    faces: list[tuple[float, float, float, float]] = field(default_factory=list)

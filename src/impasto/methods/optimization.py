@@ -498,7 +498,7 @@ class Prepared:
         if callback:
             callback(Done(seconds=seconds, steps=done))
         return Result(image=result.contiguous(), weights=self.weights, weights_sha256=self.weights_sha256,
-                      steps=done, seconds=seconds, final_losses=losses)
+                      steps=done, seconds=seconds, final_losses=losses, faces=list(boxes))
 
 
 def prepare(style: Tensor | Sequence[Tensor], options: Options | None = None, *, encoder: VGGEncoder | None = None,
