@@ -150,6 +150,7 @@ def test_video_leaves_faces_unprotected_unless_asked(tmp_path, monkeypatch):
     kept = api.stylize_video(frames, tmp_path / "kept", style, method="optimization",
                              options={**common, "protect_faces": 10.0}, temporal={"warm_iterations": 2})
     assert len(searched) == 2 and api.read_recipe(kept.frames[1])["options"]["protect_faces"] == 10.0
+    assert len(api.read_recipe(kept.frames[1])["faces"]) == 1 and "faces" not in api.read_recipe(plain.frames[1])
 
 
 def test_methods_built_on_the_optimiser_do_not_protect_faces(monkeypatch):
@@ -259,6 +260,20 @@ def test_a_recipe_records_the_opencv_that_found_the_faces(tmp_path):
     plain = api.stylize(_photo("kodim21.jpg", 64), _photo("kodim13.jpg", 64),
                         options={"encoder": "tiny", "size": 64, "scale_iterations": (1,), "precision": "fp32"})
     assert "faces" not in plain.recipe  # no face found: it ran as with 0
+
+
+def test_a_recipe_with_faces_loads_and_reruns_to_the_same_picture(tmp_path):
+    from impasto import api
+
+    content, style = data_dir() / "content" / "kodim04.jpg", data_dir() / "content" / "kodim13.jpg"
+    result = api.stylize(content, style, options={"encoder": "tiny", "size": 96, "scale_iterations": (2,),
+                                                  "precision": "fp32"})
+    assert result.recipe["faces"]
+    out = result.save(tmp_path / "out.png")
+    recipe = api.load_recipe(out)
+    assert recipe["faces"] == result.recipe["faces"]
+    again = api.rerun(recipe)
+    assert again.recipe["faces"] == recipe["faces"] and torch.equal(again.image, result.image)
 
 
 @pytest.mark.parametrize("command, shown", [("stylize", "[default: 10]"), ("stylize-video", "[default: 0]")])

@@ -61,6 +61,12 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _faces_entry(result: Any) -> dict[str, Any]:
+    """A recipe's ``faces``: the boxes --protect-faces acted on; none when none was found (it ran as with 0)."""
+    faces = getattr(result, "faces", None)
+    return {"faces": [[round(float(v), 4) for v in box] for box in faces]} if faces else {}
+
+
 def pixel_hash(image: Tensor) -> str:
     """sha256 of an image's decoded float32 pixels (independent of file format)."""
     return hashlib.sha256(image.detach().float().contiguous().numpy().tobytes()).hexdigest()
@@ -199,8 +205,7 @@ def stylize(
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
     }
-    if result.faces:  # where --protect-faces acted (a photo without a face found runs as with 0)
-        recipe["faces"] = [[round(float(v), 4) for v in box] for box in result.faces]
+    recipe.update(_faces_entry(result))
     return Stylized(image=result.image, recipe=recipe, alpha=alpha, losses=result.final_losses)
 
 
@@ -581,7 +586,7 @@ def _frame_recipe(method: str, opts: Any, vopts: Any, fingerprint: str, facts: A
             "inputs": {"frames": str(source), "frame": name, "frame_pixels_sha256": frame_sha,
                        "styles": [s[2] for s in loaded]},
             "weights": {"name": result.weights, "sha256": result.weights_sha256},
-            "versions": _versions()}
+            "versions": _versions(), **_faces_entry(result)}
 
 
 def _later_passes(layer: Any, vopts: Any, summary: VideoSummary, frames_dir: Path, sources_dir: Path,
