@@ -63,6 +63,9 @@ DEFAULT_OUT = HERE / "out" / "quality"
 PEERS = ("nspt", "stl", "reinhard", "wct_smooth")
 IMPASTO_PREFIX = "impasto"
 SIDES = ("A", "B")
+# files an exemplar folder (a pair's style that is a folder: several images of one style, for --method exemplars)
+# contributes; anything else in it is left out
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # question key (an answer-sheet column) -> the question the judge reads
 QUESTIONS: dict[str, str] = {
     "style": "Which matches the style better?",
@@ -176,13 +179,24 @@ def read_pairs(path: Path, data: Path = DATA) -> list[Pair]:
     return pairs
 
 
+def style_images(style: Path) -> list[Path]:
+    """The images a pair's style stands for: itself, or an exemplar folder's images in name order."""
+    if not style.is_dir():
+        return [style]
+    return sorted(p for p in style.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def check_pairs(pairs: Sequence[Pair]) -> None:
-    """Every image exists, and names are unique: renders and decoded inputs are filed by file stem."""
+    """Every image exists, and names are unique: renders and decoded inputs are filed by file stem.
+    A style may be a folder of exemplars (several images of one style) holding at least one image."""
     seen: dict[str, Pair] = {}
     stems: dict[tuple[str, str], Path] = {}
     for pair in pairs:
         for role, image in (("content", pair.content), ("style", pair.style)):
-            if not image.is_file():
+            if role == "style" and image.is_dir():
+                if not style_images(image):
+                    raise BenchError(f"exemplar folder {image} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            elif not image.is_file():
                 raise BenchError(f"input image {image} not found (set IMPASTO_DATA or --data, or fix the pairs file)")
             other = stems.setdefault((role, image.stem), image)
             if other != image:
@@ -239,7 +253,9 @@ class ImpastoSide:
         return _json_normal(out)
 
     def run(self, content: Path, style: Path, out: Path) -> None:
-        self._api.stylize(str(content), str(style), method=self.method, options=self.options).save(out)
+        """``style``: one image, or a folder whose images all go in as styles (``--method exemplars``)."""
+        styles = [str(p) for p in style_images(style)] if style.is_dir() else str(style)
+        self._api.stylize(str(content), styles, method=self.method, options=self.options).save(out)
 
 
 class NsptSide:
@@ -476,6 +492,16 @@ def prepare_input(source: Path, folder: Path) -> Path:
     return target
 
 
+def prepare_style(source: Path, folder: Path) -> Path:
+    """A pair's style prepared as ``prepare_input`` does; an exemplar folder's images go into a folder of their
+    own, ``folder/NAME/``, which is returned."""
+    if not source.is_dir():
+        return prepare_input(source, folder)
+    for image in style_images(source):
+        prepare_input(image, folder / source.name)
+    return folder / source.name
+
+
 def _copy_render(source: Path, folder: Path, pair_id: str, **meta_changes: str) -> None:
     """``source/PAIR.png`` and ``.json`` into ``folder``, each written atomically, the JSON last and any old
     JSON removed first: a render counts as present only when both are, so an interrupted copy never pairs a
@@ -597,13 +623,18 @@ def cmd_render(args: argparse.Namespace) -> None:
         impasto_side = ImpastoSide(args.method, options, args.size, args.seed, args.label)
     except ImpastoError as exc:
         raise BenchError(str(exc)) from exc
+    folders = [p.id for p in pairs if p.style.is_dir()]
+    if folders and peer is not None:
+        raise BenchError(f"peer '{peer.name}' takes one style image, and {len(folders)} pairs have an exemplar folder "
+                         f"as their style ({', '.join(folders[:3])}): render impasto alone (--peer none) and judge two "
+                         "impasto render folders against each other (kit --peers impasto_...)")
     out = Path(args.out)
     print(f"{len(pairs)} pairs, {impasto_side.name} vs {peer.name if peer else 'no peer'}, size {args.size}, threads {args.threads}, "
           f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")
     for pair in pairs:
         try:
             content = prepare_input(pair.content, out / "inputs" / "content")
-            style = prepare_input(pair.style, out / "inputs" / "style")
+            style = prepare_style(pair.style, out / "inputs" / "style")
             for side in (impasto_side, peer) if peer is not None else (impasto_side,):
                 render_one(side, pair, content, style, out / "renders", args.force,
                            Path(args.store) if args.store else None)
@@ -644,19 +675,43 @@ def _to_height(image: Image.Image, height: int) -> Image.Image:
     return image.resize((max(1, round(w * height / h)), height), Image.LANCZOS)
 
 
+def _style_tile(style: Path, height: int, gap: int) -> Image.Image:
+    """The style panel ``height`` px tall: the image, or an exemplar folder's images in a near-square grid."""
+    if not style.is_dir():
+        with Image.open(style) as im:
+            return _to_height(im.convert("RGB"), height)
+    images = style_images(style)
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    cell = max(1, (height - gap * (rows - 1)) // rows)
+    grid: list[list[Image.Image]] = [[] for _ in range(rows)]
+    for i, path in enumerate(images):
+        with Image.open(path) as im:
+            grid[i // cols].append(_to_height(im.convert("RGB"), cell))
+    width = max(sum(t.width for t in row) + gap * (len(row) - 1) for row in grid)
+    tile = Image.new("RGB", (width, height), "white")
+    for r, row in enumerate(grid):
+        x = (width - sum(t.width for t in row) - gap * (len(row) - 1)) // 2
+        for t in row:
+            tile.paste(t, (x, r * (cell + gap)))
+            x += t.width + gap
+    return tile
+
+
 def montage(content: Path, style: Path, a: Path, b: Path, height: int, max_width: int = VIEWER_WIDTH) -> Image.Image:
     """'content | style | A | B', each tile ``height`` px tall under its label; A and B are resized to the
     content tile's exact size so that no pixel size tells the two apart. Where that row would be wider than
     ``max_width`` (0: no limit), the tiles go in two rows instead, 'content | style' over 'A | B', so that an
     image viewer that scales wider pictures down shows the montage at the tiles' own size (the results are
-    still resized to ``height``). The image carries no metadata."""
+    still resized to ``height``). A ``style`` that is an exemplar folder shows all its images in one panel.
+    The image carries no metadata."""
+    gap, band = max(4, height // 48), max(16, height // 10)
     tiles = []
-    for path in (content, style, a, b):
+    for path in (content, a, b):
         with Image.open(path) as im:
             tiles.append(im.convert("RGB"))
-    tiles[0], tiles[1] = _to_height(tiles[0], height), _to_height(tiles[1], height)
-    tiles[2], tiles[3] = (t.resize(tiles[0].size, Image.LANCZOS) for t in tiles[2:])
-    gap, band = max(4, height // 48), max(16, height // 10)
+    tiles[0] = _to_height(tiles[0], height)
+    tiles = [tiles[0], _style_tile(style, height, gap), *(t.resize(tiles[0].size, Image.LANCZOS) for t in tiles[1:])]
     font = _font(max(10, round(band * 0.7)))
     labelled = list(zip(tiles, ("content", "style", *SIDES)))
     rows = [labelled]

@@ -778,3 +778,67 @@ def test_two_renders_preparing_the_same_input_at_once_both_succeed(tmp_path, mon
     assert (folder / "photo.png").stat().st_mode & 0o044 == 0o044  # readable by others, as a plain save makes it
     with Image.open(folder / "photo.png") as done:
         assert done.size == (8, 6) and done.getpixel((3, 3)) == RED
+
+
+# ---------------------------------------------------------------------------------- exemplar folders
+
+
+def _exemplar_folder(root: Path) -> Path:
+    folder = root / "set"
+    folder.mkdir(parents=True)
+    for name, colour in (("a.png", RED), ("b.jpg", BLUE), ("c.png", GREEN), ("d.png", GREY)):
+        Image.new("RGB", (12, 16), colour).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_an_exemplar_folder_goes_in_whole_and_shows_every_image_in_the_montage(tmp_path: Path, monkeypatch) -> None:
+    folder = _exemplar_folder(tmp_path)
+    assert [p.name for p in qb.style_images(folder)] == ["a.png", "b.jpg", "c.png", "d.png"]
+    _png_with_metadata(tmp_path / "photo.png", (24, 16), GREEN, "c")
+    pair = qb.Pair(tmp_path / "photo.png", folder)
+    qb.check_pairs([pair])
+    assert pair.id == "photo__set"
+    prepared = qb.prepare_style(folder, tmp_path / "inputs" / "style")
+    assert prepared == tmp_path / "inputs" / "style" / "set"
+    assert sorted(p.name for p in prepared.iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
+    # impasto gets every exemplar as a style, in name order
+    side = qb.ImpastoSide("exemplars", {"encoder": "tiny"}, size=24, seed=0)
+    calls = []
+
+    class Result:
+        def save(self, out):
+            Image.new("RGB", (24, 16), RED).save(out)
+
+    class Api:
+        @staticmethod
+        def stylize(content, style, method, options):
+            calls.append((content, style, method))
+            return Result()
+
+    monkeypatch.setattr(side, "_api", Api)
+    qb.render_one(side, pair, tmp_path / "photo.png", prepared, tmp_path / "renders")
+    assert calls == [(str(tmp_path / "photo.png"), [str(prepared / n) for n in ("a.png", "b.png", "c.png", "d.png")],
+                      "exemplars")]
+    # the style panel is a 2 x 2 grid holding all four colours
+    image = qb.montage(tmp_path / "photo.png", prepared, tmp_path / "renders" / side.name / "photo__set.png",
+                       tmp_path / "renders" / side.name / "photo__set.png", height=48, max_width=0)
+    colours = {c for _, c in image.getcolors(1 << 16)}
+    panel = qb._style_tile(prepared, 48, 4)
+    assert panel.height == 48 and {RED, GREEN, GREY} <= {c for _, c in panel.getcolors(1 << 16)}
+    assert any(max(abs(a - b) for a, b in zip(c, BLUE)) < 12 for _, c in panel.getcolors(1 << 16))  # b.jpg: lossy
+    assert GREY in colours  # only an exemplar is grey: the photo is green and the renders red
+
+
+def test_an_empty_exemplar_folder_and_a_peer_given_one_are_refused(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    _png_with_metadata(tmp_path / "photo.png", (24, 16), GREEN, "c")
+    with pytest.raises(qb.BenchError, match="exemplar folder .*empty holds no image"):
+        qb.check_pairs([qb.Pair(tmp_path / "photo.png", tmp_path / "empty")])
+    _exemplar_folder(tmp_path)
+    (tmp_path / "pairs.csv").write_text(f"content,style\n{tmp_path / 'photo.png'},{tmp_path / 'set'}\n")
+    assert qb.main(["render", "--peer", "reinhard", "--method", "exemplars", "--pairs", str(tmp_path / "pairs.csv"),
+                    "--out", str(tmp_path / "o"), "--size", "24", "--options", '{"encoder": "tiny"}']) == 2
+    err = capsys.readouterr().err
+    assert "peer 'reinhard' takes one style image" in err and "photo__set" in err
+    assert not (tmp_path / "o" / "renders").exists()
