@@ -156,7 +156,8 @@ register_style_loss(StyleLoss(
     # (128 px) became the painting with no parrots; an effective weight of 2 kept them. At the default weight 50,
     # kodim23 x Starry Night at 256 px: effective 0.5 barely touched the photo (at 512 px nearly nothing), 1 gave a
     # light texture, 2 a painted look with the parrots readable but the astronaut's face melted (bench/README,
-    # 2026-12-04). Gain 0.04 (2 at weight 50) is the candidate; it ships only after a blind comparison.
+    # 2026-12-04). Gain 0.04 (2 at weight 50) lost a blind comparison against 0.01 (9 of 24 overall, 8 held-out
+    # pairs at 256 px: its speckle and noisy faces cost more than its style gained; bench/results/2026-12-04g_*).
     gain=0.01,
 ))
 register_style_loss(StyleLoss(
