@@ -180,10 +180,12 @@ def read_pairs(path: Path, data: Path = DATA) -> list[Pair]:
 
 
 def style_images(style: Path) -> list[Path]:
-    """The images a pair's style stands for: itself, or an exemplar folder's images in name order."""
+    """The images a pair's style stands for: itself, or an exemplar folder's images in name order (hidden files
+    left out: ``prepare_input``'s partial files, which another render process may be writing there)."""
     if not style.is_dir():
         return [style]
-    return sorted(p for p in style.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in style.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def check_pairs(pairs: Sequence[Pair]) -> None:

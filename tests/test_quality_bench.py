@@ -789,6 +789,8 @@ def _exemplar_folder(root: Path) -> Path:
     for name, colour in (("a.png", RED), ("b.jpg", BLUE), ("c.png", GREEN), ("d.png", GREY)):
         Image.new("RGB", (12, 16), colour).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
+    # what prepare_input leaves while another process writes the same input: not an exemplar
+    Image.new("RGB", (12, 16), GREEN).save(folder / ".a.x1y2.partial.png")
     return folder
 
 
