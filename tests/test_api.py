@@ -102,7 +102,13 @@ def test_rerun_of_a_recipe_older_than_an_option_runs_as_before_it(files, monkeyp
 def test_without_added_defaults_drops_only_options_at_the_value_older_versions_ran_with():
     drop = impasto.api.without_added_defaults
     assert drop("optimization", {"style_weight": 50.0, "match_every": 1, "protect_faces": 0.0}) == {"style_weight": 50.0}
-    assert drop("optimization", {"match_every": 10, "protect_faces": 10.0}) == {"match_every": 10, "protect_faces": 10.0}
+    assert drop("optimization", {"style_loss": "gram+mrf", "match_every": 10, "protect_faces": 10.0}) == {
+        "style_loss": "gram+mrf", "match_every": 10, "protect_faces": 10.0}
+    # without a patch loss --match-every changes nothing: a Gram record made under its new default (10) is the
+    # same picture as one made under the old (1)
+    assert drop("optimization", {"style_loss": "gram", "match_every": 10}) == {"style_loss": "gram"}
+    assert drop("optimization", {"match_every": 10}) == {}  # gram is the default loss
+    assert drop("exemplars", {"match_every": 10}) == {"match_every": 10}  # always mrf
     assert drop("adain", {"alpha": 1.0}) == {"alpha": 1.0}
 
 

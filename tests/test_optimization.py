@@ -110,6 +110,23 @@ def test_resume_refuses_damaged_mrf_matches(tmp_path, content, styles):
         opt.run(content, styles[0], options, checkpoint=ckpt, resume=True)
 
 
+def test_match_every_default_change_keeps_gram_checkpoints_and_names_the_flag_for_mrf_ones(tmp_path, content, styles):
+    """--match-every's default went from 1 to 10 (2026-12-04). A Gram run's checkpoint written under the old
+    default still resumes (the option changes nothing there); an MRF run's is refused with the flag to add."""
+    assert opt.Options().match_every == 10 and opt.MATCH_EVERY_BEFORE == 1
+    gram = tmp_path / "gram.ckpt"
+    opt.run(content, styles[0], tiny(scale_iterations=(4,), size=40, match_every=1), checkpoint=gram, checkpoint_every=2)
+    opt.run(content, styles[0], tiny(scale_iterations=(4,), size=40), checkpoint=gram, resume=True)
+    mrf = dict(scale_iterations=(4,), size=40, style_loss="mrf", style_layers=("relu1_1",))
+    ckpt = tmp_path / "mrf.ckpt"
+    opt.run(content, styles[0], tiny(**mrf, match_every=1), checkpoint=ckpt, checkpoint_every=2)
+    with pytest.raises(CheckpointError, match="written with --match-every 1 .*add --match-every 1 to resume"):
+        opt.run(content, styles[0], tiny(**mrf), checkpoint=ckpt, resume=True)
+    with pytest.raises(CheckpointError, match="different run"):  # another value than the old default: no hint
+        opt.run(content, styles[0], tiny(**mrf, match_every=5, style_weight=3.0), checkpoint=ckpt, resume=True)
+    opt.run(content, styles[0], tiny(**mrf, match_every=1), checkpoint=ckpt, resume=True)
+
+
 def test_resume_refuses_other_options(tmp_path, content, styles):
     ckpt = tmp_path / "run.ckpt"
     opt.run(content, styles[0], tiny(scale_iterations=(4, 4), size=40), checkpoint=ckpt, checkpoint_every=2)

@@ -263,6 +263,8 @@ def without_added_defaults(method: str, options: Mapping[str, Any]) -> dict[str,
     older versions ran with (``RECIPE_DEFAULTS_BEFORE``): two records that differ only there make the same
     picture, so caches compare these (a new option does not invalidate what was made before it)."""
     before = RECIPE_DEFAULTS_BEFORE.get(method, {})
+    inert = getattr(METHODS.get(method), "inert_options", None)  # options that cannot change this run's picture
+    options = inert(dict(options)) if inert is not None else options
     return {k: v for k, v in options.items() if not (k in before and v == before[k])}
 
 
