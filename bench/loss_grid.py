@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         row = [(to_pil(content), Path(content_name).stem, ""), (to_pil(style), Path(style_name).stem, "")]
         for name in names:
             cell = cells / f"{Path(content_name).stem}__{Path(style_name).stem}__{name}"
-            # faces held unprotected (the optimisation's default before 2026-12-04): the grid compares the style
-            # losses, and its cells of hours stay valid across that default's change
+            # faces held unprotected and MRF matched every step (the optimisation's defaults before 2026-12-04):
+            # the grid compares the style losses, and its cells of hours stay valid across those defaults' change
             options = Options(size=args.size, iterations=args.iterations, style_loss=name, encoder=args.encoder,
-                              protect_faces=0.0)
+                              protect_faces=0.0, match_every=1)
             # every option, defaults included, and the loss's gain (one per loss of a+b): a cell made before a
             # default or a gain changed is made again (a change inside a loss's code is not seen: delete its cells)
             gains = [loss.gain for loss, _ in parse_style_losses(name)]

@@ -101,3 +101,17 @@ def test_a_cell_made_before_an_option_existed_is_reused_while_the_option_keeps_t
     meta_path.write_text(json.dumps(meta))
     assert grid.main(args) == 0
     assert capsys.readouterr().out.count("cached") == 1
+
+
+def test_the_mrf_cells_match_every_step_as_they_were_made(tmp_path, capsys):
+    """The grid holds --match-every at 1 (its default before 2026-12-04): the three MRF cells of 15-20 min each
+    stay valid; at the new default (10) they would be made again."""
+    grid = _grid_module()
+    args = ["--size", "96", "--iterations", "2", "--losses", "mrf", "--pairs", "1", "--encoder", "tiny",
+            "--out", str(tmp_path / "grid.png")]  # 96 px: the tiny encoder's relu4_1 holds 3x3 patches
+    assert grid.main(args) == 0
+    meta = json.loads((tmp_path / "grid_cells" / "kodim23__vangogh_starry_night__mrf.json").read_text())
+    assert meta["settings"]["options"]["match_every"] == 1
+    from impasto.methods.optimization import Options
+
+    assert Options().match_every != 1  # otherwise this test checks nothing
