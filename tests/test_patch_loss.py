@@ -140,3 +140,13 @@ def test_a_prepared_mrf_run_with_reused_matches_repeats_exactly():
     assert torch.equal(first, second)
     every_step = opt.run(content, style, opt.Options(**{**options.__dict__, "match_every": 1})).image
     assert not torch.equal(first, every_step)
+
+
+def test_a_picture_too_small_for_the_patches_gets_a_clear_error():
+    """Below 3x3 positions at a patch layer, a clear message instead of torch's unfold error."""
+    from impasto.methods import optimization as opt
+
+    content, style = (torch.rand(1, 3, 16, 32, generator=torch.Generator().manual_seed(i)) for i in (0, 1))
+    with pytest.raises(InvalidOptionError, match="holds no 3x3 patch.*larger --size"):
+        opt.run(content, style, opt.Options(encoder="tiny", size=32, scale_iterations=(2,), precision="fp32",
+                                            style_loss="mrf"))

@@ -32,6 +32,12 @@ MAX_BANK = 16384  # style patches kept per style and layer: a larger map keeps e
 
 def patches(features: Tensor, size: int = PATCH, stride: int = 1) -> Tensor:
     """(N, C, H, W) -> (N, L, C * size * size): the size x size patches every ``stride`` positions (no padding)."""
+    h, w = features.shape[-2:]
+    if h < size or w < size:
+        raise InvalidOptionError(
+            f"a {w}x{h} feature map holds no {size}x{size} patch: the picture (or a style image, or the first scale "
+            f"of a multi-scale run) is too small for a patch loss at this layer; give a larger --size (and --min-size), "
+            f"or shallower layers (--style-layers relu2_1,relu3_1)")
     f = features.to(torch.promote_types(features.dtype, torch.float32))
     return F.unfold(f, size, stride=stride).transpose(1, 2)
 
