@@ -76,6 +76,24 @@ def test_tv_weight_reaches_the_optimisation():
     assert tv(smooth.image) < tv(plain.image)
 
 
+def test_a_checkpoint_written_under_the_old_defaults_is_named_with_the_flags_to_resume_it(tmp_path):
+    """tv_weight 0.1 -> 1 and match_every 1 -> 10 (2026-12-04): a run resumed under the new defaults from a
+    checkpoint of the old ones is told which flags to add, and resumes with them."""
+    from impasto.errors import CheckpointError
+
+    assert (ex.Options().tv_weight, ex.Options().match_every) == (1.0, 10)
+    base = dict(size=48, iterations=4, min_size=48, encoder="tiny", precision="fp32", cleanup="none",
+                patch_layers=("relu2_1",))
+    content, exemplars = _texture(3), [_texture(1), _texture(2)]
+    ckpt = tmp_path / "run.ckpt"
+    ex.run(content, exemplars, ex.Options(**base, **ex.DEFAULTS_BEFORE), checkpoint=ckpt, checkpoint_every=2)
+    with pytest.raises(CheckpointError, match="defaults before 2026-12-04; add --tv-weight 0.1 --match-every 1 "):
+        ex.run(content, exemplars, ex.Options(**base), checkpoint=ckpt, resume=True)
+    with pytest.raises(CheckpointError, match="different run"):  # another run altogether: no hint
+        ex.run(content, exemplars, ex.Options(**base, seed=5), checkpoint=ckpt, resume=True)
+    ex.run(content, exemplars, ex.Options(**base, **ex.DEFAULTS_BEFORE), checkpoint=ckpt, resume=True)
+
+
 def test_bad_options_are_refused():
     with pytest.raises(InvalidOptionError, match="cleanup must be"):
         ex.run(_texture(1), [_texture(2)], ex.Options(cleanup="blur", encoder="tiny"))
