@@ -22,6 +22,20 @@ def test_nearest_patches_are_the_brute_force_best_normalised_correlation():
     assert torch.equal(patch.nearest_patches(queries, bank, chunk=7), ncc.argmax(dim=1))  # chunking changes nothing
 
 
+def test_bf16_features_are_matched_in_bf16_close_to_the_exact_matches():
+    """bf16 features are exact in bf16: matching them there changes only near-ties (the normalised bank and the
+    sums round), and each chosen patch correlates with its query within 1 % of the best one."""
+    g = torch.Generator().manual_seed(3)
+    queries = torch.randn(300, 72, generator=g).to(torch.bfloat16).float()
+    bank = torch.randn(500, 72, generator=g).to(torch.bfloat16).float()
+    exact, fast = patch.nearest_patches(queries, bank), patch.nearest_patches(queries, bank, dtype=torch.bfloat16)
+    ncc = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).t()
+    assert (exact == fast).float().mean() > 0.9
+    rows = torch.arange(300)
+    assert (ncc[rows, fast] >= ncc[rows, exact] - 0.01 * ncc[rows, exact].abs()).all()
+    assert patch.match_dtype(queries.to(torch.bfloat16)) == torch.bfloat16 and patch.match_dtype(queries) is None
+
+
 def test_patches_are_every_window():
     f = torch.arange(2 * 4 * 5, dtype=torch.float32).reshape(1, 2, 4, 5)
     p = patch.patches(f)
@@ -44,6 +58,26 @@ def test_gradcheck_and_module():
     f = _feat(2, dtype=torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: patch.mrf_loss(x, bank), (f,))
     assert torch.equal(patch.MRFLoss(bank)(f), patch.mrf_loss(f, bank))
+
+
+@pytest.mark.parametrize("every", [None, 1, 3])
+def test_the_folded_loss_equals_the_unfolded_reference_in_value_and_gradient(every):
+    """mrf_loss folds the matched patches back onto the map instead of unfolding the result: same value and
+    gradient as the paper's form (_mrf_loss_unfolded), over several calls with matches kept or refreshed,
+    on a batch of two against two banks."""
+    bank = torch.cat([patch.patch_bank(_feat(s, c=4, h=9, w=10))[0] for s in (1, 2)])  # (2, L, D)
+    kept = {"fast": None if every is None else patch.Matches(every), "ref": None if every is None else patch.Matches(every)}
+    x = torch.cat([_feat(5, c=4), _feat(6, c=4)]).requires_grad_(True)  # (2, 4, 8, 9)
+    for step in range(5):
+        f = (x + 0.3 * step).detach().requires_grad_(True)
+        fast = patch.mrf_loss(f, bank, matches=kept["fast"])
+        (g_fast,) = torch.autograd.grad(fast, f)
+        ref = patch._mrf_loss_unfolded(f, bank, matches=kept["ref"])
+        (g_ref,) = torch.autograd.grad(ref, f)
+        assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
+        assert torch.allclose(g_fast, g_ref, rtol=1e-4, atol=1e-7)
+    if every is not None:
+        assert [t.tolist() for t in kept["fast"].indices] == [t.tolist() for t in kept["ref"].indices]
 
 
 def test_pooled_bank_takes_each_half_from_the_exemplar_that_fits_it():

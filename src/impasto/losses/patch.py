@@ -90,16 +90,25 @@ def patch_bank(features: Tensor, size: int = PATCH, where: Tensor | None = None)
 
 
 @torch.no_grad()
-def nearest_patches(queries: Tensor, bank: Tensor, chunk: int = MATCH_CHUNK) -> Tensor:
+def nearest_patches(queries: Tensor, bank: Tensor, chunk: int = MATCH_CHUNK, dtype: torch.dtype | None = None) -> Tensor:
     """Index (L,) of the bank row (B, D) with the highest normalised cross-correlation to each query (L, D).
 
-    A query's own norm does not change which row wins, so only the bank is normalised.
+    A query's own norm does not change which row wins, so only the bank is normalised. ``dtype``: the
+    precision of the products (bf16 where the features are bf16: their values are exact in it, only the
+    normalised bank and the sums round, and the products run 2.4x faster on a CPU with bf16).
     """
     unit = bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    if dtype is not None:
+        queries, unit = queries.to(dtype), unit.to(dtype)
     out = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
     for start in range(0, queries.shape[0], chunk):
         out[start:start + chunk] = (queries[start:start + chunk] @ unit.t()).argmax(dim=1)
     return out
+
+
+def match_dtype(features: Tensor) -> torch.dtype | None:
+    """The precision patch matching runs in for these features: bf16 for bf16 features, else the default."""
+    return torch.bfloat16 if features.dtype == torch.bfloat16 else None
 
 
 class Matches:
@@ -113,6 +122,9 @@ class Matches:
             raise InvalidOptionError(f"match_every must be at least 1, got {every}")
         self.every, self.calls = every, 0
         self.indices: list[Tensor] = []
+        # per batch entry: (the indices it was made from, the matched patches folded back onto the map): derived
+        # from the indices, so not in the state_dict
+        self.folded: dict[int, tuple[Tensor, tuple[Tensor, Tensor, Tensor]]] = {}
 
     def start_call(self) -> None:
         """Count one evaluation of the loss; the matches of every ``every``-th one are fresh."""
@@ -130,12 +142,39 @@ class Matches:
             raise CheckpointError("not a Matches state (calls: int, indices: list of tensors)")
         self.calls, self.indices = calls, list(indices)
 
-    def get(self, i: int, queries: Tensor, bank: Tensor) -> Tensor:
-        """Index of the nearest ``bank`` row for each row of ``queries`` (batch entry ``i``)."""
+    def current(self, i: int, n_queries: int) -> Tensor | None:
+        """The kept matches of batch entry ``i`` when they are still valid for ``n_queries`` result patches
+        (None on a refresh call, or when the map's size changed)."""
+        if len(self.indices) > i and self.indices[i].shape[0] == n_queries:
+            return self.indices[i]
+        return None
+
+    def get(self, i: int, queries: Tensor, bank: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Index of the nearest ``bank`` row for each row of ``queries`` (batch entry ``i``; ``dtype``: as
+        ``nearest_patches``)."""
         if len(self.indices) <= i or self.indices[i].shape[0] != queries.shape[0]:
             del self.indices[i:]
-            self.indices.append(nearest_patches(queries, bank))
+            self.indices.append(nearest_patches(queries, bank, dtype=dtype))
         return self.indices[i]
+
+
+def _folded_target(selected: Tensor, height: int, width: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """For matched patches ``selected`` (L, C size^2) of a height x width map: their sum folded back onto the map
+    (1, C, H, W), how many patches cover each position (1, 1, H, W), and their summed squares (float64)."""
+    folded = F.fold(selected.to(torch.float64).t().unsqueeze(0), (height, width), size)
+    ones = torch.ones(1, size * size, selected.shape[0], dtype=torch.float64)
+    cover = F.fold(ones, (height, width), size)
+    return folded, cover, selected.to(torch.float64).pow(2).sum()
+
+
+def _mrf_term_folded(feature: Tensor, target: tuple[Tensor, Tensor, Tensor], n_values: int) -> Tensor:
+    """The mean of (patch - matched patch)^2 over every patch element, without unfolding ``feature`` (1, C, H, W):
+    sum_i |P_i f - b_i|^2 = sum_x cover(x) f(x)^2 - 2 <f, fold(b)> + sum_i |b_i|^2, in float64 (the terms are
+    large next to their difference). Same value and gradient as the unfolded form, at a fraction of the memory
+    traffic: the folded target is made once per match refresh."""
+    folded, cover, squares = target
+    f = feature.to(torch.float64)
+    return ((cover * f * f).sum() - 2 * (folded * f).sum() + squares) / n_values
 
 
 def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | None = None,
@@ -144,7 +183,42 @@ def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | 
 
     ``where`` (H W,) bool: only the patches of those positions (``in_region``), each counting only its
     elements at those positions (zero for an empty region). ``matches``: reuse nearest patches between
-    calls (default: match on every call)."""
+    calls (default: match on every call). Without ``where`` the patches are not unfolded with their gradient:
+    the loss is taken on the map itself against the matched patches folded back onto it (``_mrf_term_folded``,
+    the same value and gradient as ``_mrf_loss_unfolded``, which the masked case uses)."""
+    if where is not None:
+        return _mrf_loss_unfolded(features, bank, size, where, matches)
+    h, w = features.shape[-2:]
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    n_patches = (h - size + 1) * (w - size + 1)
+    if n_patches <= 0 or min(h, w) < size:
+        patches(features[:1], size)  # raises the clear error
+    n_values = n_patches * features.shape[1] * size * size
+    if matches is not None:
+        matches.start_call()
+    total = features.new_zeros((), dtype=dtype)
+    for i in range(features.shape[0]):
+        b = bank[min(i, bank.shape[0] - 1)].to(dtype)
+        index = None if matches is None else matches.current(i, n_patches)
+        if index is None:
+            queries = patches(features[i:i + 1].detach(), size)[0]
+            precision = match_dtype(features)
+            index = nearest_patches(queries, b, dtype=precision) if matches is None else matches.get(i, queries, b, precision)
+        kept = None if matches is None else matches.folded.get(i)
+        if kept is not None and kept[0] is index:
+            target = kept[1]
+        else:
+            target = _folded_target(b[index], h, w, size)
+            if matches is not None:
+                matches.folded[i] = (index, target)
+        total = total + _mrf_term_folded(features[i:i + 1], target, n_values).to(dtype)
+    return total / features.shape[0]
+
+
+def _mrf_loss_unfolded(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | None = None,
+                       matches: Matches | None = None) -> Tensor:
+    """``mrf_loss`` as written in the paper: every patch unfolded, compared with its match (the reference the
+    folded form is tested against, and the masked case)."""
     queries = patches(features, size)
     inside = None
     if where is not None:
@@ -160,7 +234,8 @@ def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | 
         matches.start_call()
     for i in range(queries.shape[0]):
         b = bank[min(i, bank.shape[0] - 1)].to(queries.dtype)
-        index = nearest_patches(queries[i].detach(), b) if matches is None else matches.get(i, queries[i].detach(), b)
+        q, precision = queries[i].detach(), match_dtype(features)
+        index = nearest_patches(q, b, dtype=precision) if matches is None else matches.get(i, q, b, precision)
         diff = (queries[i] - b[index]).pow(2)
         total = total + (diff if inside is None else diff * inside).mean()
     return total / queries.shape[0]
