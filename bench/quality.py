@@ -616,6 +616,11 @@ def cmd_render(args: argparse.Namespace) -> None:
                          else StlSide(args.size, args.threads) if args.peer == "stl"
                          else ReinhardSide(args.size) if args.peer == "reinhard"
                          else WctSmoothSide(args.size) if args.peer == "wct_smooth" else None)
+    folders = [p.id for p in pairs if p.style.is_dir()]
+    if folders and peer is not None:
+        raise BenchError(f"peer '{peer.name}' takes one style image, and {len(folders)} pairs have an exemplar folder "
+                         f"as their style ({', '.join(folders[:3])}): render impasto alone (--peer none) and judge two "
+                         "impasto render folders against each other (kit --peers impasto_...)")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -625,11 +630,6 @@ def cmd_render(args: argparse.Namespace) -> None:
         impasto_side = ImpastoSide(args.method, options, args.size, args.seed, args.label)
     except ImpastoError as exc:
         raise BenchError(str(exc)) from exc
-    folders = [p.id for p in pairs if p.style.is_dir()]
-    if folders and peer is not None:
-        raise BenchError(f"peer '{peer.name}' takes one style image, and {len(folders)} pairs have an exemplar folder "
-                         f"as their style ({', '.join(folders[:3])}): render impasto alone (--peer none) and judge two "
-                         "impasto render folders against each other (kit --peers impasto_...)")
     out = Path(args.out)
     print(f"{len(pairs)} pairs, {impasto_side.name} vs {peer.name if peer else 'no peer'}, size {args.size}, threads {args.threads}, "
           f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")

@@ -125,6 +125,21 @@ def test_match_every_default_change_keeps_gram_checkpoints_and_names_the_flag_fo
     with pytest.raises(CheckpointError, match="different run"):  # another value than the old default: no hint
         opt.run(content, styles[0], tiny(**mrf, match_every=5, style_weight=3.0), checkpoint=ckpt, resume=True)
     opt.run(content, styles[0], tiny(**mrf, match_every=1), checkpoint=ckpt, resume=True)
+    # a Gram checkpoint fingerprinted before the option was pinned, with an explicit --match-every 5 (which did
+    # nothing then either), still resumes
+    old = tmp_path / "old.ckpt"
+    options = tiny(scale_iterations=(4,), size=40, match_every=5)
+    opt.run(content, styles[0], options, checkpoint=old, checkpoint_every=2)
+    from impasto.io.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(old)
+    import dataclasses
+
+    no_face = dataclasses.replace(options, protect_faces=0.0)  # as the run fingerprints a photo without a face
+    state["fingerprint"] = opt.fingerprint(content, [styles[0]], no_face, pin_inert=False)
+    assert state["fingerprint"] != opt.fingerprint(content, [styles[0]], no_face)
+    save_checkpoint(old, state)
+    opt.run(content, styles[0], options, checkpoint=old, resume=True)
 
 
 def test_resume_refuses_other_options(tmp_path, content, styles):

@@ -80,6 +80,22 @@ def test_the_folded_loss_equals_the_unfolded_reference_in_value_and_gradient(eve
         assert [t.tolist() for t in kept["fast"].indices] == [t.tolist() for t in kept["ref"].indices]
 
 
+def test_the_masked_folded_loss_equals_the_unfolded_reference_and_a_full_mask_changes_nothing():
+    bank = patch.patch_bank(_feat(1, c=4, h=9, w=10))[0]
+    f = _feat(5, c=4).requires_grad_(True)  # 8 x 9
+    where = torch.zeros(8, 9, dtype=torch.bool)
+    where[2:7, 1:5] = True
+    where[0, 8] = True  # a corner no patch is centred on, inside a larger region
+    fast = patch.mrf_loss(f, bank, where=where.flatten())
+    (g_fast,) = torch.autograd.grad(fast, f)
+    ref = patch._mrf_loss_unfolded(f, bank, where=where.flatten())
+    (g_ref,) = torch.autograd.grad(ref, f)
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(g_fast, g_ref, rtol=1e-4, atol=1e-7)
+    everywhere = torch.ones(72, dtype=torch.bool)
+    assert torch.equal(patch.mrf_loss(f, bank, where=everywhere), patch.mrf_loss(f, bank))  # bit for bit
+
+
 def test_pooled_bank_takes_each_half_from_the_exemplar_that_fits_it():
     a, b = _feat(3, h=6, w=6), _feat(4, h=6, w=6)
     result = torch.cat([a, b], dim=3)  # left half is a, right half is b
@@ -184,3 +200,12 @@ def test_a_picture_too_small_for_the_patches_gets_a_clear_error():
     with pytest.raises(InvalidOptionError, match="holds no 3x3 patch.*larger --size"):
         opt.run(content, style, opt.Options(encoder="tiny", size=32, scale_iterations=(2,), precision="fp32",
                                             style_loss="mrf"))
+
+
+def test_the_folded_loss_keeps_to_the_features_device():
+    """Every tensor the folded form makes is on the features' device (a GPU in feed-forward training): run on
+    torch's meta device, where a CPU tensor in the mix fails."""
+    bank = patch.patch_bank(_feat(1, c=4, h=9, w=10))[0].to("meta")
+    f = _feat(2, c=4).to("meta").requires_grad_(True)
+    loss = patch.mrf_loss(f, bank, matches=patch.Matches(3))
+    assert loss.device.type == "meta" and loss.shape == ()

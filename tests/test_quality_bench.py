@@ -839,8 +839,12 @@ def test_an_empty_exemplar_folder_and_a_peer_given_one_are_refused(tmp_path: Pat
         qb.check_pairs([qb.Pair(tmp_path / "photo.png", tmp_path / "empty")])
     _exemplar_folder(tmp_path)
     (tmp_path / "pairs.csv").write_text(f"content,style\n{tmp_path / 'photo.png'},{tmp_path / 'set'}\n")
+    import torch
+
+    threads = torch.get_num_threads()
     assert qb.main(["render", "--peer", "reinhard", "--method", "exemplars", "--pairs", str(tmp_path / "pairs.csv"),
                     "--out", str(tmp_path / "o"), "--size", "24", "--options", '{"encoder": "tiny"}']) == 2
+    assert torch.get_num_threads() == threads  # refused before it set --threads (later tests must not inherit 1)
     err = capsys.readouterr().err
     assert "peer 'reinhard' takes one style image" in err and "photo__set" in err
     assert not (tmp_path / "o" / "renders").exists()

@@ -158,13 +158,30 @@ class Matches:
         return self.indices[i]
 
 
-def _folded_target(selected: Tensor, height: int, width: int, size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """For matched patches ``selected`` (L, C size^2) of a height x width map: their sum folded back onto the map
-    (1, C, H, W), how many patches cover each position (1, 1, H, W), and their summed squares (float64)."""
-    folded = F.fold(selected.to(torch.float64).t().unsqueeze(0), (height, width), size)
-    ones = torch.ones(1, size * size, selected.shape[0], dtype=torch.float64)
+def _folded_target(selected: Tensor, height: int, width: int, size: int, keep: Tensor | None = None,
+                   where: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """For the matched patches ``selected`` (L', C size^2) of a height x width map (``keep`` (L,) bool: which of
+    the map's patches they are, default all): their sum folded back onto the map (1, C, H, W), how many of them
+    cover each position (1, 1, H, W), and their summed squares, all in float64. ``where`` (H W,) bool: only the
+    elements at those positions count (the masked loss), so the first two are zero elsewhere and the squares
+    sum only those elements."""
+    n_all = (height - size + 1) * (width - size + 1)
+    values = selected.to(torch.float64)
+    ones = torch.ones(1, size * size, values.shape[0], dtype=torch.float64, device=selected.device)
+    if keep is not None:
+        full = values.new_zeros(n_all, values.shape[1])
+        full[keep] = values
+        values_t, ones = full.t().unsqueeze(0), ones.new_zeros(1, size * size, n_all).index_copy(2, keep.nonzero()[:, 0], ones)
+    else:
+        values_t = values.t().unsqueeze(0)
+    folded = F.fold(values_t, (height, width), size)
     cover = F.fold(ones, (height, width), size)
-    return folded, cover, selected.to(torch.float64).pow(2).sum()
+    if where is None:
+        return folded, cover, values.pow(2).sum()
+    inside = where.reshape(1, 1, height, width).to(torch.float64)
+    mask = patches(inside, size)[0] if keep is None else patches(inside, size)[0, keep]  # (L', size^2)
+    squares = (values.pow(2) * mask.repeat(1, values.shape[1] // (size * size))).sum()
+    return folded * inside, cover * inside, squares
 
 
 def _mrf_term_folded(feature: Tensor, target: tuple[Tensor, Tensor, Tensor], n_values: int) -> Tensor:
@@ -183,32 +200,34 @@ def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | 
 
     ``where`` (H W,) bool: only the patches of those positions (``in_region``), each counting only its
     elements at those positions (zero for an empty region). ``matches``: reuse nearest patches between
-    calls (default: match on every call). Without ``where`` the patches are not unfolded with their gradient:
-    the loss is taken on the map itself against the matched patches folded back onto it (``_mrf_term_folded``,
-    the same value and gradient as ``_mrf_loss_unfolded``, which the masked case uses)."""
-    if where is not None:
-        return _mrf_loss_unfolded(features, bank, size, where, matches)
+    calls (default: match on every call). The patches are not unfolded with their gradient: the loss is taken
+    on the map itself against the matched patches folded back onto it (``_mrf_term_folded``; the same value
+    and gradient as ``_mrf_loss_unfolded``, the paper's form, which the tests compare it with)."""
     h, w = features.shape[-2:]
     dtype = torch.promote_types(features.dtype, torch.float32)
-    n_patches = (h - size + 1) * (w - size + 1)
-    if n_patches <= 0 or min(h, w) < size:
+    if min(h, w) < size:
         patches(features[:1], size)  # raises the clear error
+    keep = None if where is None else in_region(where, h, w, size)
+    n_patches = (h - size + 1) * (w - size + 1) if keep is None else int(keep.sum())
+    total = features.new_zeros((), dtype=dtype)
+    if n_patches == 0:
+        return total
     n_values = n_patches * features.shape[1] * size * size
     if matches is not None:
         matches.start_call()
-    total = features.new_zeros((), dtype=dtype)
     for i in range(features.shape[0]):
         b = bank[min(i, bank.shape[0] - 1)].to(dtype)
         index = None if matches is None else matches.current(i, n_patches)
         if index is None:
             queries = patches(features[i:i + 1].detach(), size)[0]
+            queries = queries if keep is None else queries[keep]
             precision = match_dtype(features)
             index = nearest_patches(queries, b, dtype=precision) if matches is None else matches.get(i, queries, b, precision)
         kept = None if matches is None else matches.folded.get(i)
-        if kept is not None and kept[0] is index:
+        if kept is not None and kept[0] is index and tuple(kept[1][0].shape[-2:]) == (h, w):
             target = kept[1]
         else:
-            target = _folded_target(b[index], h, w, size)
+            target = _folded_target(b[index], h, w, size, keep, where)
             if matches is not None:
                 matches.folded[i] = (index, target)
         total = total + _mrf_term_folded(features[i:i + 1], target, n_values).to(dtype)

@@ -63,7 +63,7 @@ class Options:
     content_weight: float = option(1.0, "Weight of the photo's relu4_2 content term.", range=WEIGHT)
     style_weight: float = option(200.0, "Weight of the patch (MRF) term (on the scale of the optimisation method's --style-weight).", range=WEIGHT)
     tv_weight: float = option(1.0, "Total-variation weight: smooths the fine colour speckle the patch loss leaves (1 won a blind test against 0.1, the default before 2026-12-04: 24 of 24 judgements on four faces x two exemplar sets at 256 px).", range=WEIGHT)
-    match_every: int = option(10, "Find the nearest exemplar patches again every N steps, reusing them in between (1: every step, as Li & Wand and as before 2026-12-04; 10 is about 4x faster at 512 px with four exemplars, and judges did not prefer matching every step in a blind test of --style-loss mrf, 12 of 24).", range=Range(1, 1000))
+    match_every: int = option(10, "Find the nearest exemplar patches again every N steps, reusing them in between (1: every step, as Li & Wand and as before 2026-12-04; 10 is several times faster with four exemplars; judges did not prefer matching every step in a blind test of --style-loss mrf at this method's strength, 12 of 24).", range=Range(1, 1000))
     cleanup: str = option("guided", "Seam cleanup where exemplar sources change: guided (filter guided by the photo) or none.")
     cleanup_radius: int = option(2, "Guided-filter radius and half-width of the band around seams, in pixels.", range=Range(1, 64))
     cleanup_eps: float = option(1e-3, "Guided-filter regularisation (larger: smoother).", range=Range(1e-8, 1.0))
