@@ -24,6 +24,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from impasto.losses.style import gram_loss
 from impasto.ops.stats import argsort_last, mean_cov, quantile_values
 
 QUANTILES = 4096  # points of the style's quantile function kept as its target: the same for every image size,
@@ -104,7 +105,10 @@ def centered_gram_stats(features: Tensor) -> tuple[Tensor]:
 
 
 def centered_gram_loss(features: Tensor, target_cov: Tensor) -> Tensor:
-    return (mean_cov(_flat(features).unsqueeze(-1))[1] - target_cov).pow(2).mean()
+    """The Gram loss of the mean-subtracted features (their covariance over positions): gram_loss's hand-written
+    backward and products in the features' precision (bf16 under mixed precision), like Gram's."""
+    mean = features.mean(dim=(2, 3), keepdim=True, dtype=torch.promote_types(features.dtype, torch.float32))
+    return gram_loss(features - mean.to(features.dtype), target_cov)
 
 
 class _TargetLoss(nn.Module):
@@ -150,7 +154,15 @@ def shifted_gram_stats(features: Tensor, shift: int = SHIFT) -> tuple[Tensor, Te
     """Cross-correlations of the features with copies shifted ``shift`` positions right and down
     (Berger & Memisevic 2017, "Incorporating long-range consistency in CNN-based texture generation"):
     (N, C, C) each, normalised by the overlapping positions. Maps smaller than the shift use shift 1."""
-    f = features.to(torch.promote_types(features.dtype, torch.float32))
+    return _shifted_grams(features.to(torch.promote_types(features.dtype, torch.float32)), shift)
+
+
+def _s(shift: int, extent: int) -> int:
+    return shift if extent > shift else max(1, extent - 1) if extent > 1 else 0
+
+
+def _shifted_grams(f: Tensor, shift: int = SHIFT) -> tuple[Tensor, Tensor]:
+    """The two shifted cross-correlations of ``f`` in its own precision (the products are most of the cost)."""
     h, w = f.shape[-2:]
     out = []
     for a, b in ((f[..., :, : w - _s(shift, w)], f[..., :, _s(shift, w):]), (f[..., : h - _s(shift, h), :], f[..., _s(shift, h):, :])):
@@ -160,13 +172,12 @@ def shifted_gram_stats(features: Tensor, shift: int = SHIFT) -> tuple[Tensor, Te
     return out[0], out[1]
 
 
-def _s(shift: int, extent: int) -> int:
-    return shift if extent > shift else max(1, extent - 1) if extent > 1 else 0
-
-
 def shifted_gram_loss(features: Tensor, target: tuple[Tensor, ...]) -> Tensor:
-    mine = shifted_gram_stats(features)
-    return sum((m - t).pow(2).mean() for m, t in zip(mine, target, strict=True)) / len(mine)
+    """Against ``shifted_gram_stats``' target; the products in the features' precision (bf16 under mixed
+    precision, as Gram's), the differences in float32 at least."""
+    acc = torch.promote_types(features.dtype, torch.float32)
+    mine = _shifted_grams(features)
+    return sum((m.to(acc) - t).pow(2).mean() for m, t in zip(mine, target, strict=True)) / len(mine)
 
 
 def pyramid_gram_stats(features: Tensor, levels: int = PYRAMID) -> tuple[Tensor, ...]:
@@ -185,8 +196,14 @@ def pyramid_gram_stats(features: Tensor, levels: int = PYRAMID) -> tuple[Tensor,
 
 
 def pyramid_gram_loss(features: Tensor, target: tuple[Tensor, ...]) -> Tensor:
-    mine = pyramid_gram_stats(features, len(target))
-    return sum((m - t).pow(2).mean() for m, t in zip(mine, target, strict=True)) / len(mine)
+    """The Gram loss at each level of ``pyramid_gram_stats``' pyramid, averaged (gram_loss's hand-written
+    backward and products in the features' precision, like Gram's)."""
+    f, total = features, features.new_zeros((), dtype=torch.promote_types(features.dtype, torch.float32))
+    for t in target:
+        total = total + gram_loss(f, t)
+        if min(f.shape[-2:]) >= 2:
+            f = torch.nn.functional.avg_pool2d(f, 2)
+    return total / len(target)
 
 
 def _sample_positions(flat: Tensor, count: int = MMD_SAMPLES) -> Tensor:
