@@ -15,6 +15,31 @@ def _feat(seed: int, c: int = 3, h: int = 8, w: int = 9, dtype=torch.float32) ->
     return torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+def _mrf_loss_unfolded(features, bank, size=patch.PATCH, where=None, matches=None):
+    """The MRF loss as written in the paper: every patch unfolded, compared with its match (the reference
+    patch.mrf_loss, which folds the matches onto the map instead, is tested against)."""
+    queries = patch.patches(features, size)
+    inside = None
+    if where is not None:
+        h, w = features.shape[-2:]
+        keep = patch.in_region(where, h, w, size)
+        mask = patch.patches(where.reshape(1, 1, h, w).to(queries.dtype), size)[0, keep]  # (L', size^2)
+        inside = mask.repeat(1, features.shape[1])  # unfold's order: channel, then row, then column
+        queries = queries[:, keep]
+    total = queries.new_zeros(())
+    if queries.shape[1] == 0:
+        return total
+    if matches is not None:
+        matches.start_call()
+    for i in range(queries.shape[0]):
+        b = bank[min(i, bank.shape[0] - 1)].to(queries.dtype)
+        q, precision = queries[i].detach(), patch.match_dtype(features)
+        index = patch.nearest_patches(q, b, dtype=precision) if matches is None else matches.get(i, q, b, precision)
+        diff = (queries[i] - b[index]).pow(2)
+        total = total + (diff if inside is None else diff * inside).mean()
+    return total / queries.shape[0]
+
+
 def test_nearest_patches_are_the_brute_force_best_normalised_correlation():
     queries, bank = _feat(0).reshape(-1, 8)[:50], _feat(1).reshape(-1, 8)[:40]
     ncc = F.normalize(queries, dim=1) @ F.normalize(bank, dim=1).t()
@@ -72,7 +97,7 @@ def test_the_folded_loss_equals_the_unfolded_reference_in_value_and_gradient(eve
         f = (x + 0.3 * step).detach().requires_grad_(True)
         fast = patch.mrf_loss(f, bank, matches=kept["fast"])
         (g_fast,) = torch.autograd.grad(fast, f)
-        ref = patch._mrf_loss_unfolded(f, bank, matches=kept["ref"])
+        ref = _mrf_loss_unfolded(f, bank, matches=kept["ref"])
         (g_ref,) = torch.autograd.grad(ref, f)
         assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
         assert torch.allclose(g_fast, g_ref, rtol=1e-4, atol=1e-7)
@@ -88,7 +113,7 @@ def test_the_masked_folded_loss_equals_the_unfolded_reference_and_a_full_mask_ch
     where[0, 8] = True  # a corner no patch is centred on, inside a larger region
     fast = patch.mrf_loss(f, bank, where=where.flatten())
     (g_fast,) = torch.autograd.grad(fast, f)
-    ref = patch._mrf_loss_unfolded(f, bank, where=where.flatten())
+    ref = _mrf_loss_unfolded(f, bank, where=where.flatten())
     (g_ref,) = torch.autograd.grad(ref, f)
     assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
     assert torch.allclose(g_fast, g_ref, rtol=1e-4, atol=1e-7)

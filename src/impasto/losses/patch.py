@@ -165,17 +165,13 @@ def _folded_target(selected: Tensor, height: int, width: int, size: int, keep: T
     cover each position (1, 1, H, W), and their summed squares, all in float64. ``where`` (H W,) bool: only the
     elements at those positions count (the masked loss), so the first two are zero elsewhere and the squares
     sum only those elements."""
-    n_all = (height - size + 1) * (width - size + 1)
     values = selected.to(torch.float64)
-    ones = torch.ones(1, size * size, values.shape[0], dtype=torch.float64, device=selected.device)
-    if keep is not None:
-        full = values.new_zeros(n_all, values.shape[1])
+    full, present = values, values.new_ones(values.shape[0])
+    if keep is not None:  # the map's every patch, zero where none was kept
+        full, present = values.new_zeros(keep.shape[0], values.shape[1]), keep.to(torch.float64)
         full[keep] = values
-        values_t, ones = full.t().unsqueeze(0), ones.new_zeros(1, size * size, n_all).index_copy(2, keep.nonzero()[:, 0], ones)
-    else:
-        values_t = values.t().unsqueeze(0)
-    folded = F.fold(values_t, (height, width), size)
-    cover = F.fold(ones, (height, width), size)
+    folded = F.fold(full.t().unsqueeze(0), (height, width), size)
+    cover = F.fold(present.expand(1, size * size, -1).contiguous(), (height, width), size)
     if where is None:
         return folded, cover, values.pow(2).sum()
     inside = where.reshape(1, 1, height, width).to(torch.float64)
@@ -202,7 +198,7 @@ def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | 
     elements at those positions (zero for an empty region). ``matches``: reuse nearest patches between
     calls (default: match on every call). The patches are not unfolded with their gradient: the loss is taken
     on the map itself against the matched patches folded back onto it (``_mrf_term_folded``; the same value
-    and gradient as ``_mrf_loss_unfolded``, the paper's form, which the tests compare it with)."""
+    and gradient as the paper's form, every patch unfolded, which tests/test_patch_loss.py compares it with)."""
     h, w = features.shape[-2:]
     dtype = torch.promote_types(features.dtype, torch.float32)
     if min(h, w) < size:
@@ -232,32 +228,6 @@ def mrf_loss(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | 
                 matches.folded[i] = (index, target)
         total = total + _mrf_term_folded(features[i:i + 1], target, n_values).to(dtype)
     return total / features.shape[0]
-
-
-def _mrf_loss_unfolded(features: Tensor, bank: Tensor, size: int = PATCH, where: Tensor | None = None,
-                       matches: Matches | None = None) -> Tensor:
-    """``mrf_loss`` as written in the paper: every patch unfolded, compared with its match (the reference the
-    folded form is tested against, and the masked case)."""
-    queries = patches(features, size)
-    inside = None
-    if where is not None:
-        h, w = features.shape[-2:]
-        keep = in_region(where, h, w, size)
-        mask = patches(where.reshape(1, 1, h, w).to(queries.dtype), size)[0, keep]  # (L', size^2)
-        inside = mask.repeat(1, features.shape[1])  # unfold's order: channel, then row, then column
-        queries = queries[:, keep]
-    total = queries.new_zeros(())
-    if queries.shape[1] == 0:
-        return total
-    if matches is not None:
-        matches.start_call()
-    for i in range(queries.shape[0]):
-        b = bank[min(i, bank.shape[0] - 1)].to(queries.dtype)
-        q, precision = queries[i].detach(), match_dtype(features)
-        index = nearest_patches(q, b, dtype=precision) if matches is None else matches.get(i, q, b, precision)
-        diff = (queries[i] - b[index]).pow(2)
-        total = total + (diff if inside is None else diff * inside).mean()
-    return total / queries.shape[0]
 
 
 class MRFLoss(nn.Module):
