@@ -145,28 +145,56 @@ def test_mmd_samples_the_same_positions_every_call():
     assert dist.mmd_gaussian_loss(s, target).item() == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_argsort_last_sorts_like_torch_with_ties_signs_and_infinities(threads):
-    from impasto.ops.stats import argsort_last
+def _pairing_reference(values: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each value minus the target at its stable rank, by torch's sort (float64)."""
+    v = values.double()
+    order = torch.argsort(v, dim=-1, stable=True)
+    d = v.gather(-1, order) - targets.double().repeat(values.shape[0] // targets.shape[0], 1)
+    return torch.empty_like(d).scatter_(-1, order, d), d.pow(2).sum(-1)
+
+
+@pytest.mark.parametrize("threads,pipeline", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_paired_differences_pair_each_value_with_the_target_at_its_stable_rank(dtype, threads, pipeline, monkeypatch):
+    from impasto.ops import stats
+    from impasto.ops.stats import paired_differences
+
+    if pipeline:  # 16-bit rows this short are ranked on the calling thread and paired on the pool, as long ones are
+        monkeypatch.setattr(stats, "PIPELINE_MIN", 100)
 
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 5, 301, generator=gen)
-    x[..., ::7] = 0.5  # ties
-    x[0, 0, :4] = torch.tensor([-0.0, 0.0, float("inf"), -float("inf")])
-    x[1, 2, 10:20] = -3.25  # negative ties
+    x = torch.randn(6, 301, generator=gen).to(dtype)
+    x[:, ::7] = 0.5  # ties
+    x[0, :2] = torch.tensor([float("inf"), -float("inf")])
+    x[4, 10:20] = -3.25  # negative ties
+    x[5, :] = x[5, 0]  # a row of one value
+    targets = torch.randn(3, 301, generator=gen, dtype=torch.float64).sort(dim=-1).values  # row r pairs with r % 3
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        order = argsort_last(x)
+        diff, sq = paired_differences(x, targets)
     finally:
         torch.set_num_threads(before)
-    assert order.shape == x.shape and order.dtype == torch.int64
-    assert torch.equal(x.gather(-1, order), x.sort(dim=-1).values)
-    finite = x.clone()
-    finite[0, 0, :4] = 1.0  # +-0.0 compare equal for torch but not as bits; everything else is stable like torch
-    assert torch.equal(argsort_last(finite), torch.argsort(finite, dim=-1, stable=True))
-    d = x.double()  # other dtypes take torch's path
-    assert torch.equal(d.gather(-1, argsort_last(d)), d.sort(dim=-1).values)
+    ref, ref_sq = _pairing_reference(x, targets.to(torch.promote_types(dtype, torch.float32)))
+    finite = torch.isfinite(ref)
+    assert diff.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and diff.shape == x.shape
+    assert torch.equal(torch.isfinite(diff), finite)
+    assert torch.allclose(diff.double()[finite], ref[finite], rtol=1e-6, atol=1e-6)
+    assert torch.allclose(sq[1:], ref_sq[1:], rtol=1e-5)
+    with pytest.raises(InvalidOptionError, match="do not pair up"):
+        paired_differences(x, targets[:, :300])
+    with pytest.raises(InvalidOptionError, match="do not pair up"):
+        paired_differences(x, torch.cat([targets, targets[:1]]))  # 4 target rows for 6 rows
+
+
+def test_paired_differences_rank_a_signed_zero_below_an_unsigned_one():
+    """bf16 ranks by bit patterns: -0 before +0 (they are equal, so only which of them takes which target changes)."""
+    from impasto.ops.stats import paired_differences
+
+    x = torch.tensor([[0.0, -0.0, -1.0, 2.0]], dtype=torch.bfloat16)
+    diff, sq = paired_differences(x, torch.tensor([[10.0, 20.0, 30.0, 40.0]]))
+    assert diff.tolist() == [[-30.0, -20.0, -11.0, -38.0]]
+    assert sq.item() == pytest.approx(30**2 + 20**2 + 11**2 + 38**2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -187,40 +215,42 @@ def test_sorted_distance_matches_differentiating_through_the_sort(dtype):
     assert dist.sorted_distance(small, target).item() == pytest.approx(ref_small.item(), rel=tol)
 
 
-def test_argsort_last_works_in_a_forked_child_after_the_parent_used_its_threads():
+def test_paired_differences_work_in_a_forked_child_after_the_parent_used_its_threads():
     import multiprocessing
 
-    from impasto.ops.stats import argsort_last
+    from impasto.ops.stats import paired_differences
 
     x = torch.randn(4, 1000, generator=torch.Generator().manual_seed(5))
+    t = torch.linspace(-3, 3, 1000).unsqueeze(0)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        argsort_last(x)  # the parent's pool exists now
+        paired_differences(x, t)  # the parent's pool exists now (float32 rows are split over it)
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(1) as pool:
-            order = pool.apply_async(argsort_last, (x,)).get(timeout=60)
+            diff, _ = pool.apply_async(paired_differences, (x, t)).get(timeout=60)
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(x.gather(-1, order), x.sort(dim=-1).values)
+    assert torch.allclose(diff.double(), _pairing_reference(x, t)[0])
 
 
-def test_argsort_last_from_several_threads_at_once():
+def test_paired_differences_from_several_threads_at_once():
     """Callers on several threads (a server running jobs side by side) share the pool safely."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from impasto.ops.stats import argsort_last
+    from impasto.ops.stats import paired_differences
 
     xs = [torch.randn(rows, 2000, generator=torch.Generator().manual_seed(rows)) for rows in (2, 3, 4, 5, 6, 7)]
+    t = torch.linspace(-3, 3, 2000).unsqueeze(0)
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
         with ThreadPoolExecutor(6) as callers:
-            orders = list(callers.map(argsort_last, xs * 4))
+            diffs = list(callers.map(lambda x: paired_differences(x, t)[0], xs * 4))
     finally:
         torch.set_num_threads(before)
-    for x, order in zip(xs * 4, orders):
-        assert torch.equal(x.gather(-1, order), x.sort(dim=-1).values)
+    for x, diff in zip(xs * 4, diffs):
+        assert torch.allclose(diff.double(), _pairing_reference(x, t)[0])
 
 
 def test_the_target_is_resampled_like_quantile_values_for_every_count():
@@ -232,10 +262,11 @@ def test_the_target_is_resampled_like_quantile_values_for_every_count():
     assert torch.equal(dist._resampled(single, 4), torch.full((1, 1, 4), 2.5, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("name", ["gram_centered", "gram_shifted", "gram_pyramid"])
-def test_the_gram_variants_take_bf16_features_as_gram_does(name):
-    """Under mixed precision their products run in bf16 (as Gram's): the loss stays within 2 % of the
-    float32 one and the gradient points the same way."""
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("name", ["gram_centered", "gram_pyramid", "histogram", "sliced_wasserstein"])
+def test_the_statistics_losses_take_bf16_features_as_gram_does(name, layout):
+    """Under mixed precision their products run in bf16 (as Gram's) and the sorted ones rank bf16 values by 16-bit
+    keys: the loss stays within 2 % of the float32 one, the gradient points the same way, in the features' layout."""
     from impasto.losses.registry import get_style_loss
 
     loss = get_style_loss(name)
@@ -244,8 +275,38 @@ def test_the_gram_variants_take_bf16_features_as_gram_does(name):
     target = loss.statistics(style)
     f16 = f32.to(torch.bfloat16).float()  # the same values, exact in bf16
     a = f16.clone().requires_grad_(True)
-    b = f16.clone().to(torch.bfloat16).requires_grad_(True)
+    b = f16.clone().to(torch.bfloat16).contiguous(memory_format=layout).requires_grad_(True)
     la, lb = loss.distance(a, target), loss.distance(b, target)
     (ga,), (gb,) = torch.autograd.grad(la, a), torch.autograd.grad(lb, b)
     assert lb.dtype == torch.float32 and lb.item() == pytest.approx(la.item(), rel=0.02)
     assert torch.nn.functional.cosine_similarity(ga.flatten(), gb.float().flatten(), dim=0) > 0.99
+    assert gb.dtype == torch.bfloat16 and gb.is_contiguous(memory_format=layout)
+
+
+def test_sorted_distance_of_bf16_values_is_the_float32_one_of_the_same_values():
+    """The 16-bit ranking gives the float32 path's value and gradient (rounded to bf16) on bf16-exact values, also
+    for a batch of two against one target and values in a channels-last layout."""
+    gen = torch.Generator().manual_seed(8)
+    v = (torch.randn(2, 5, 30, 40, generator=gen).relu() * 3).to(torch.bfloat16)  # many ties at zero
+    target = torch.randn(1, 5, 64, generator=gen).sort(dim=-1).values
+    a = v.float().requires_grad_(True)
+    b = v.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    la, lb = dist.sorted_distance(a, target), dist.sorted_distance(b, target)
+    (ga,), (gb,) = torch.autograd.grad(la, a), torch.autograd.grad(lb, b)
+    assert lb.item() == pytest.approx(la.item(), rel=1e-6)
+    assert torch.allclose(gb.float(), ga, rtol=1e-2, atol=1e-8) and gb.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(InvalidOptionError, match="do not match"):
+        dist.sorted_distance(v, target[:, :4])
+
+
+def test_the_resampled_target_is_kept_only_while_it_is_the_same():
+    gen = torch.Generator().manual_seed(9)
+    target = torch.randn(1, 2, 50, generator=gen).sort(dim=-1).values
+    v = torch.randn(1, 2, 300, generator=gen)
+    first = dist.sorted_distance(v, target).item()
+    assert dist.sorted_distance(v, target).item() == first  # from the kept resampling
+    assert dist.sorted_distance(v[..., :200], target).item() == pytest.approx(  # another size: resampled again
+        (v[..., :200].sort(dim=-1).values - quantile_values(target, 200)).pow(2).mean().item(), rel=1e-5)
+    target.add_(1.0)  # changed in place: resampled again
+    assert dist.sorted_distance(v, target).item() == pytest.approx(
+        (v.sort(dim=-1).values - quantile_values(target, 300)).pow(2).mean().item(), rel=1e-5)

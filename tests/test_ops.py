@@ -284,3 +284,25 @@ def test_wct_survives_rank_deficient_and_constant_inputs():
     torch.testing.assert_close(constant, style.mean(1, keepdim=True).expand(8, 100), atol=1e-5, rtol=0)
     onto_flat_style = whiten_colour(style, torch.full((8, 80), 2.0))
     torch.testing.assert_close(onto_flat_style, torch.full((8, 100), 2.0), atol=1e-5, rtol=0)
+
+
+def test_derived_values_are_kept_while_the_tensor_is_unchanged() -> None:
+    from impasto.ops.stats import derived
+
+    calls = []
+
+    def square(t: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return t * t
+
+    t = torch.tensor([1.0, 2.0])
+    assert torch.equal(derived(t, "sq", square), torch.tensor([1.0, 4.0]))
+    derived(t, "sq", square)
+    assert len(calls) == 1  # kept
+    derived(t.clone(), "sq", square)
+    assert len(calls) == 2  # another tensor of the same values: its own
+    derived(t, "sq", square, 7)
+    derived(t, "sq", square, 7)
+    assert len(calls) == 3  # another key: made once, replacing the first
+    t.add_(1.0)
+    assert torch.equal(derived(t, "sq", square, 7), torch.tensor([4.0, 9.0])) and len(calls) == 4  # changed in place
