@@ -128,6 +128,23 @@ def test_shifted_gram_tells_stripe_periods_apart_that_gram_cannot():
     assert dist.shifted_gram_loss(a, dist.shifted_gram_stats(b)).item() > max(0.02, 20 * same_gram)
 
 
+@pytest.mark.parametrize("hw", [(5, 6), (9, 13), (3, 2), (1, 7), (9, 1)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_shifted_gram_loss_is_the_loss_of_the_shifted_slices(hw, layout):
+    """The hand-written form (row blocks less the pairs that wrap, its own backward) against autograd through the
+    two shifted slices, float64, a batch of two against one target, small maps where the shift falls back to 1 or 0."""
+    gen = torch.Generator().manual_seed(10)
+    f = torch.randn(2, 3, *hw, generator=gen, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+    target = dist.shifted_gram_stats(torch.randn(1, 3, *hw, generator=gen, dtype=torch.float64))
+    loss = dist.shifted_gram_loss(f, target)
+    (grad,) = torch.autograd.grad(loss, f)
+    ref = sum((m - t).pow(2).mean() for m, t in zip(dist._shifted_grams(f), target)) / 2
+    (ref_grad,) = torch.autograd.grad(ref, f)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert torch.allclose(grad, ref_grad, rtol=1e-10, atol=1e-14)
+    assert grad.is_contiguous(memory_format=layout)
+
+
 def test_pyramid_gram_sees_coarse_structure():
     """Fine and coarse checkerboards: same Gram, different Gram once pooled."""
     fine = ((torch.arange(16).view(-1, 1) + torch.arange(16)) % 2).float()
@@ -263,7 +280,7 @@ def test_the_target_is_resampled_like_quantile_values_for_every_count():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("name", ["gram_centered", "gram_pyramid", "histogram", "sliced_wasserstein"])
+@pytest.mark.parametrize("name", ["gram_centered", "gram_shifted", "gram_pyramid", "histogram", "sliced_wasserstein"])
 def test_the_statistics_losses_take_bf16_features_as_gram_does(name, layout):
     """Under mixed precision their products run in bf16 (as Gram's) and the sorted ones rank bf16 values by 16-bit
     keys: the loss stays within 2 % of the float32 one, the gradient points the same way, in the features' layout."""

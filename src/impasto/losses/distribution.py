@@ -212,12 +212,69 @@ def _shifted_grams(f: Tensor, shift: int = SHIFT) -> tuple[Tensor, Tensor]:
     return out[0], out[1]
 
 
-def shifted_gram_loss(features: Tensor, target: tuple[Tensor, ...]) -> Tensor:
+class _ShiftedGramLossFn(torch.autograd.Function):
+    """``shifted_gram_loss`` with a hand-written backward, in the features' precision and memory layout.
+
+    With the positions flattened row by row (Z, M x C), the pairs (p, p + s w) of the vertical shift are two
+    row blocks of Z, and the pairs of the horizontal shift are (p, p + s) less the s positions at the end of each
+    row that wrap onto the next one: every product is on views of the features (autograd through the slices
+    copied each of them and built four full-size zero gradients). Forward: 2 products; backward: 4, each
+    accumulated into its block of the gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, target_h: Tensor, target_v: Tensor, shift: int) -> Tensor:  # type: ignore[override]
+        n, c, h, w = features.shape
+        acc = torch.promote_types(features.dtype, torch.float32)
+        sh, sv = _s(shift, w), _s(shift, h)
+        diffs = []
+        for k, (target, step, pairs) in enumerate(((target_h, sh, h * (w - sh)), (target_v, sv * w, (h - sv) * w))):
+            grams = []
+            for i, z in enumerate(_positions_major(features)):
+                g = z[: h * w - step].t() @ z[step:]
+                if k == 0 and sh and h > 1:  # the pairs that wrap from the end of one row to the start of the next
+                    a = features[i, :, : h - 1, w - sh:].reshape(c, -1)
+                    b = features[i, :, 1:, :sh].reshape(c, -1)
+                    g = g - a @ b.t()
+                grams.append(g.to(acc) / pairs)
+            diffs.append(torch.stack(grams) - target.to(acc).expand(n, -1, -1))
+        ctx.save_for_backward(features, *diffs)
+        ctx.shift = shift
+        return sum(d.pow(2).mean() for d in diffs) / 2
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        features, diff_h, diff_v = ctx.saved_tensors
+        n, c, h, w = features.shape
+        sh, sv = _s(ctx.shift, w), _s(ctx.shift, h)
+        grad = torch.zeros_like(features)
+        scale = grad_out / (n * c * c)  # d/dG of mean((G - T)^2) / 2, per shift
+        for k, (diff, step, pairs) in enumerate(((diff_h, sh, h * (w - sh)), (diff_v, sv * w, (h - sv) * w))):
+            e = (diff * (scale / pairs)).to(features.dtype)
+            for i, (z, gz) in enumerate(zip(_positions_major(features), _positions_major(grad))):
+                m = h * w - step
+                gz[:m].addmm_(z[step:], e[i].t())  # dG/dA = B E^T, dG/dB = A E
+                gz[step:].addmm_(z[:m], e[i])
+                if k == 0 and sh and h > 1:
+                    a = features[i, :, : h - 1, w - sh:]
+                    b = features[i, :, 1:, :sh]
+                    grad[i, :, : h - 1, w - sh:] -= torch.einsum("cd,dhw->chw", e[i], b)
+                    grad[i, :, 1:, :sh] -= torch.einsum("dc,dhw->chw", e[i], a)
+        return grad, None, None, None
+
+
+def _positions_major(features: Tensor) -> list[Tensor]:
+    """Each sample's (H W, C) matrix of features as a view (channels-last: contiguous; else a transposed view)."""
+    n, c, h, w = features.shape
+    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+        return list(features.permute(0, 2, 3, 1).reshape(n, h * w, c))
+    return [f.t() for f in features.reshape(n, c, h * w)]
+
+
+def shifted_gram_loss(features: Tensor, target: tuple[Tensor, ...], shift: int = SHIFT) -> Tensor:
     """Against ``shifted_gram_stats``' target; the products in the features' precision (bf16 under mixed
     precision, as Gram's), the differences in float32 at least."""
-    acc = torch.promote_types(features.dtype, torch.float32)
-    mine = _shifted_grams(features)
-    return sum((m.to(acc) - t).pow(2).mean() for m, t in zip(mine, target, strict=True)) / len(mine)
+    return _ShiftedGramLossFn.apply(features, target[0], target[1], shift)
 
 
 def pyramid_gram_stats(features: Tensor, levels: int = PYRAMID) -> tuple[Tensor, ...]:
