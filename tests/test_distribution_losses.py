@@ -280,7 +280,7 @@ def test_the_target_is_resampled_like_quantile_values_for_every_count():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("name", ["gram_centered", "gram_shifted", "gram_pyramid", "histogram", "sliced_wasserstein"])
+@pytest.mark.parametrize("name", ["gram_centered", "gram_shifted", "gram_pyramid", "histogram", "sliced_wasserstein", "w2"])
 def test_the_statistics_losses_take_bf16_features_as_gram_does(name, layout):
     """Under mixed precision their products run in bf16 (as Gram's) and the sorted ones rank bf16 values by 16-bit
     keys: the loss stays within 2 % of the float32 one, the gradient points the same way, in the features' layout."""

@@ -14,7 +14,7 @@ from torch.autograd import gradcheck
 from impasto.losses.content import ContentLoss, content_loss
 from impasto.losses.regularizers import TVLoss, tv_loss
 from impasto.losses.style import GramLoss, MeanStdLoss, W2Loss, gram_loss, mean_std_loss, w2_loss
-from impasto.ops.stats import gram_matrix, mean_cov, mean_std
+from impasto.ops.stats import gram_matrix, mean_cov, mean_std, sqrtm_psd
 
 
 def _rand(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -237,5 +237,38 @@ def test_shape_mismatch_raises() -> None:
         GramLoss(torch.zeros(1, 8, 8))(_feat(0, c=4))
     with pytest.raises(RuntimeError):
         mean_std_loss(_feat(0, c=4), torch.zeros(1, 3), torch.ones(1, 3))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="do not match the W2 target"):
         w2_loss(_feat(0, c=4), torch.zeros(1, 3), torch.eye(3)[None])
+
+
+def _w2_textbook(f: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """W2 through autograd, float64 (the form before the hand-written backward)."""
+    m, c = mean_cov(f.double())
+    root = sqrtm_psd(cov.double())
+    middle = root @ c @ root
+    cross = torch.linalg.eigvalsh((middle + middle.transpose(-1, -2)) / 2).clamp_min(1e-8).sqrt().sum(-1)
+    trace = c.diagonal(dim1=-2, dim2=-1).sum(-1) + cov.double().diagonal(dim1=-2, dim2=-1).sum(-1)
+    return (((m - mu.double()).pow(2).sum(-1) + trace - 2 * cross) / f.shape[1]).mean()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_w2_loss_has_the_value_and_gradient_of_the_textbook_form(layout) -> None:
+    f = (_feat(0, n=2, c=5, h=6, w=7, dtype=torch.float64) + 0.3).contiguous(memory_format=layout).requires_grad_(True)
+    mu, cov = mean_cov(2 * _feat(1, c=5, h=6, w=7, dtype=torch.float64) - 1)
+    loss, ref = w2_loss(f, mu, cov), _w2_textbook(f, mu, cov)
+    (grad,), (ref_grad,) = torch.autograd.grad(loss, f), torch.autograd.grad(ref, f)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-10)
+    assert torch.allclose(grad, ref_grad, rtol=1e-8, atol=1e-12) and grad.is_contiguous(memory_format=layout)
+
+
+def test_w2_loss_of_bf16_features_far_from_zero_mean_keeps_the_covariance() -> None:
+    """bf16 features with a mean 80x their spread (bf16's steps there are half the spread): the covariance comes from
+    the centred values and what centring by the rounded mean left, so the loss and gradient stay those of the same
+    values in float64."""
+    x = (_feat(2, c=6, h=16, w=16, dtype=torch.float64) * 0.25 + 20.06).to(torch.bfloat16)  # between steps of 0.125
+    mu, cov = mean_cov(_feat(3, c=6, h=16, w=16, dtype=torch.float64) * 0.35 + 20.06)
+    a, b = x.double().requires_grad_(True), x.clone().requires_grad_(True)
+    la, lb = _w2_textbook(a, mu, cov), w2_loss(b, mu, cov)
+    (ga,), (gb,) = torch.autograd.grad(la, a), torch.autograd.grad(lb, b)
+    assert lb.dtype == torch.float32 and lb.item() == pytest.approx(la.item(), rel=0.01)
+    assert torch.nn.functional.cosine_similarity(ga.flatten(), gb.double().flatten(), dim=0) > 0.99

@@ -121,7 +121,7 @@ register_style_loss(StyleLoss(
     "w2", "mean and covariance, 2-Wasserstein (Bures) distance between Gaussians",
     # several styles: means and covariances averaged (the mixture's mean, not its covariance: approximate)
     statistics=lambda f: mean_cov(f.double()),
-    distance=lambda f, t: w2_loss(f.double(), *t).float(),
+    distance=lambda f, t: w2_loss(f, *t),
     # W2 is in units of squared features, its statistics' mean square in features^4 (about 1/4000 of Gram's
     # normalised value on kodim23 x Starry Night, so w2 left the photo unchanged): divide by the distance
     # from a zero distribution instead, mean(mu^2) + tr(C)/C = the mean second moment per channel.
