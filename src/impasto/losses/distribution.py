@@ -303,13 +303,20 @@ def pyramid_gram_loss(features: Tensor, target: tuple[Tensor, ...]) -> Tensor:
     return total / len(target)
 
 
-def _sample_positions(flat: Tensor, count: int = MMD_SAMPLES) -> Tensor:
-    """(N, C, M) -> (N, C, min(M, count)) positions chosen with a fixed seed (the same for the same M)."""
+@functools.lru_cache(maxsize=32)
+def _sample_index(m: int, count: int) -> Tensor:
+    return torch.randperm(m, generator=torch.Generator().manual_seed(m))[:count]
+
+
+def _sample_positions(features: Tensor, count: int = MMD_SAMPLES) -> Tensor:
+    """(N, C, H, W) -> (N, C, min(H W, count)) positions chosen with a fixed seed (the same for the same H W),
+    float32 at least; only the chosen positions are converted (a channels-last map is not copied whole)."""
+    n, c = features.shape[:2]
+    flat = features.reshape(n, c, -1)  # a view for both memory layouts
     m = flat.shape[-1]
-    if m <= count:
-        return flat
-    idx = torch.randperm(m, generator=torch.Generator().manual_seed(m))[:count].to(flat.device)
-    return flat[..., idx]
+    if m > count:
+        flat = flat.index_select(2, _sample_index(m, count).to(flat.device))
+    return flat.to(torch.promote_types(flat.dtype, torch.float32))
 
 
 def _gaussian_mean(x: Tensor, y: Tensor, gamma: Tensor) -> Tensor:
@@ -321,7 +328,7 @@ def _gaussian_mean(x: Tensor, y: Tensor, gamma: Tensor) -> Tensor:
 def mmd_stats(features: Tensor) -> tuple[Tensor, Tensor]:
     """Sampled positions (N, C, S) of the style and the kernel width 1 / median squared distance
     (a fixed bandwidth per style, so the loss is deterministic)."""
-    s = _sample_positions(_flat(features))
+    s = _sample_positions(features)
     d = (s.pow(2).sum(1).unsqueeze(2) + s.pow(2).sum(1).unsqueeze(1) - 2 * s.transpose(1, 2) @ s).clamp_min(0)
     gamma = 1.0 / d.flatten(1).median(dim=1).values.clamp_min(1e-8)
     return s, gamma
@@ -331,7 +338,7 @@ def mmd_gaussian_loss(features: Tensor, target: tuple[Tensor, Tensor]) -> Tensor
     """Squared MMD with a Gaussian kernel between the result's and the style's sampled positions
     (Li, Wang, Liu & Hou 2017: style transfer as distribution alignment). Zero for the same distribution."""
     style, gamma = target
-    x = _sample_positions(_flat(features))
+    x = _sample_positions(features)
     style = style.to(x.dtype).expand(x.shape[0], -1, -1)
     gamma = gamma.to(x.dtype).expand(x.shape[0])
     mmd = _gaussian_mean(x, x, gamma) + _gaussian_mean(style, style, gamma) - 2 * _gaussian_mean(x, style, gamma)
