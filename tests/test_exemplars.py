@@ -87,7 +87,7 @@ def test_a_checkpoint_written_under_the_old_defaults_is_named_with_the_flags_to_
     content, exemplars = _texture(3), [_texture(1), _texture(2)]
     ckpt = tmp_path / "run.ckpt"
     ex.run(content, exemplars, ex.Options(**base, **ex.DEFAULTS_BEFORE), checkpoint=ckpt, checkpoint_every=2)
-    with pytest.raises(CheckpointError, match="defaults before 2026-12-04; add --tv-weight 0.1 --match-every 1 "):
+    with pytest.raises(CheckpointError, match=r"defaults before 2026-12-04 \(--tv-weight 0.1 --match-every 1\); add --tv-weight 0.1 --match-every 1 to resume"):
         ex.run(content, exemplars, ex.Options(**base), checkpoint=ckpt, resume=True)
     with pytest.raises(CheckpointError, match="different run"):  # another run altogether: no hint
         ex.run(content, exemplars, ex.Options(**base, seed=5), checkpoint=ckpt, resume=True)

@@ -120,7 +120,7 @@ def test_match_every_default_change_keeps_gram_checkpoints_and_names_the_flag_fo
     mrf = dict(scale_iterations=(4,), size=40, style_loss="mrf", style_layers=("relu1_1",))
     ckpt = tmp_path / "mrf.ckpt"
     opt.run(content, styles[0], tiny(**mrf, match_every=1), checkpoint=ckpt, checkpoint_every=2)
-    with pytest.raises(CheckpointError, match="written with --match-every 1 .*add --match-every 1 to resume"):
+    with pytest.raises(CheckpointError, match=r"defaults before 2026-12-04 \(--match-every 1\); add --match-every 1 to resume"):
         opt.run(content, styles[0], tiny(**mrf), checkpoint=ckpt, resume=True)
     with pytest.raises(CheckpointError, match="different run"):  # another value than the old default: no hint
         opt.run(content, styles[0], tiny(**mrf, match_every=5, style_weight=3.0), checkpoint=ckpt, resume=True)
@@ -301,3 +301,18 @@ def test_default_style_layer_weights_follow_the_block_profile():
     assert layer_weights(("a", "relu2_2"), None, opt.style_layer_prior) == {"a": 0.5, "relu2_2": 0.5}  # unknown name: 1
     assert layer_weights(("relu1_1", "relu2_1"), (3.0, 1.0), opt.style_layer_prior) == {"relu1_1": 3.0, "relu2_1": 1.0}
     assert layer_weights(("relu4_2", "relu3_2"), None) == {"relu4_2": 0.5, "relu3_2": 0.5}  # content: equal
+
+
+def test_older_defaults_name_each_changed_default_alone_then_all_together() -> None:
+    """A checkpoint written under older defaults is named with the flags that resume it: one default or several
+    (a run that was off on both --protect-faces and --match-every used to get only "a different run")."""
+    now = opt.Options(protect_faces=10.0, match_every=10)
+
+    def seen(o: opt.Options) -> str:  # stands for the fingerprint
+        return f"{o.protect_faces:g}/{o.match_every}"
+
+    assert opt.older_defaults("10/1", now, seen, opt.DEFAULTS_BEFORE) == "--match-every 1"
+    assert opt.older_defaults("0/10", now, seen, opt.DEFAULTS_BEFORE) == "--protect-faces 0"
+    assert opt.older_defaults("0/1", now, seen, opt.DEFAULTS_BEFORE) == "--protect-faces 0 --match-every 1"
+    assert opt.older_defaults("0/7", now, seen, opt.DEFAULTS_BEFORE) is None  # another run altogether
+    assert opt.older_defaults("0/1", opt.Options(protect_faces=0.0, match_every=1), seen, opt.DEFAULTS_BEFORE) is None

@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from impasto.errors import CheckpointError, InvalidOptionError
+from impasto.errors import InvalidOptionError
 from impasto.events import Callback, CancelToken, Done, Stage
 from impasto.features import faces
 from impasto.features.vgg import load_encoder
-from impasto.io.checkpoint import load_checkpoint
 from impasto.io.image import save_image
 from impasto.features.transfer import RegionMaps
 from impasto.losses.patch import centred_on, nearest_patches, patch_bank, patches
@@ -44,7 +43,7 @@ from impasto.validation import check_fields
 RESUMABLE = True  # the optimisation inside takes checkpoint/resume
 STYLE_LOSS = "mrf"  # the registered style loss its --style-weight applies to (recipes record its gain)
 
-# Defaults as they were before 2026-12-04 (a checkpoint written under them is named, so that it can be resumed).
+# Defaults as they were before 2026-12-04 (a checkpoint written under them is named with the flags that resume it).
 DEFAULTS_BEFORE = {"tv_weight": 0.1, "match_every": 1}
 
 # Distinct colours for the source map (exemplar i gets PALETTE[i % len]).
@@ -155,7 +154,8 @@ class Prepared:
         self.exemplar_parts = [faces.face_parts(ex, require_face=False) for ex in exemplars] if options.face_parts else []
         self._last_parts: Tensor | None = None
         self.opt_options = _optimization_options(options)
-        self.optimise = optimization.prepare(exemplars, self.opt_options)
+        self.optimise = optimization.prepare(exemplars, self.opt_options,
+                                             defaults_before={**DEFAULTS_BEFORE, **optimization.DEFAULTS_BEFORE})
         self.encoder = load_encoder(options.encoder, list(options.patch_layers))
 
     def _content_parts(self, content: Tensor) -> Tensor:
@@ -181,21 +181,6 @@ class Prepared:
             return RegionMaps(size, self.exemplars, self.options.content_mask, self.options.style_mask)
         return None
 
-    def _name_old_defaults(self, content: Tensor, checkpoint: Path, maps: RegionMaps | None) -> None:
-        """Raise a CheckpointError naming the flags to add when ``checkpoint`` was written by the same run under
-        the defaults before 2026-12-04 (``DEFAULTS_BEFORE``) where this run takes today's."""
-        changed = {k: v for k, v in DEFAULTS_BEFORE.items() if getattr(self.options, k) == getattr(Options(), k)}
-        if not changed or not checkpoint.is_file():
-            return
-        try:
-            written = load_checkpoint(checkpoint).get("fingerprint")
-        except CheckpointError:
-            return
-        if written == optimization.fingerprint(content, self.exemplars, replace(self.opt_options, **changed), maps):
-            flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items())
-            raise CheckpointError(f"checkpoint {checkpoint} was written with the exemplar method's defaults before "
-                                  f"2026-12-04; add {flags} to resume it, or delete it to start fresh")
-
     def __call__(self, content: Tensor, *, init: Tensor | None = None, extra_loss: optimization.ExtraLoss | None = None,
                  iterations: int | None = None, callback: Callback | None = None, cancel: CancelToken | None = None,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 50, resume: bool = False) -> Result:
@@ -207,14 +192,9 @@ class Prepared:
         optimization.check_sizes(plan, exemplars, self.opt_options, method="exemplars")  # named as the user called it
         content_parts = self._content_parts(content) if options.face_parts else None
         given = None if content_parts is None else self._maps(tuple(content.shape[-2:]), content_parts)
-        try:
-            result = self.optimise(content, init=init, extra_loss=extra_loss, iterations=iterations, callback=callback,
-                                   cancel=cancel, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                                   resume=resume, maps=given)
-        except CheckpointError:
-            if resume and checkpoint is not None:
-                self._name_old_defaults(content, Path(checkpoint), given)
-            raise
+        result = self.optimise(content, init=init, extra_loss=extra_loss, iterations=iterations, callback=callback,
+                               cancel=cancel, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                               resume=resume, maps=given)
         image = result.image
         if callback:
             callback(Stage(name="seams", index=0, total=1, size=tuple(image.shape[-2:])))

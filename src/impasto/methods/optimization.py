@@ -21,7 +21,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -286,6 +286,24 @@ class _Objective:
 # that value, so an older checkpoint of the same run still resumes (match_every predates this rule).
 FINGERPRINT_ADDED: dict[str, Any] = {"protect_faces": 0.0}
 MATCH_EVERY_BEFORE = 1  # --match-every's default before 2026-12-04
+# Defaults that changed after checkpoints were written under them, with the value before: resuming such a checkpoint
+# of the same run is refused with the flags that resume it (``older_defaults``). A method built on this one gives
+# its own to ``prepare`` (``defaults_before``).
+DEFAULTS_CHANGED = "2026-12-04"
+DEFAULTS_BEFORE: dict[str, Any] = {"protect_faces": 0.0, "match_every": MATCH_EVERY_BEFORE}
+
+
+def older_defaults(written: str | None, options: Options, fingerprint_of: Callable[[Options], str],
+                   before: Mapping[str, Any]) -> str | None:
+    """The flags (e.g. ``--match-every 1``) with which ``options`` make the run whose fingerprint is ``written``, when
+    that run differs only by defaults before ``DEFAULTS_CHANGED``: each changed default alone, then all of them
+    together; None when no such run matches."""
+    changed = {k: v for k, v in before.items() if getattr(options, k) != v}
+    tries = [{k: v} for k, v in changed.items()] + ([changed] if len(changed) > 1 else [])
+    for old in tries:
+        if fingerprint_of(replace(options, **old)) == written:
+            return " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in old.items())
+    return None
 
 
 def _matches_patches(style_loss: Any) -> bool:
@@ -339,8 +357,9 @@ class Prepared:
     makes them depend on the content (luminance, match). Call it per content image."""
 
     def __init__(self, styles: Sequence[Tensor], options: Options, encoder: VGGEncoder | None = None, *,
-                 styles_sized: bool = False, method: str = "optimization") -> None:
-        self.options = options
+                 styles_sized: bool = False, method: str = "optimization",
+                 defaults_before: Mapping[str, Any] = DEFAULTS_BEFORE) -> None:
+        self.options, self.defaults_before = options, defaults_before
         self.styles = list(styles)
         self.style_scale = None if styles_sized else options.style_scale  # None: the styles as given, at every scale
         self.styles_sized, self.method = styles_sized, method
@@ -432,17 +451,12 @@ class Prepared:
             if checkpoint is None:
                 raise CheckpointError("resume needs a checkpoint path")
             state = load_checkpoint(checkpoint)
-            if state.get("fingerprint") != fp and boxes and state.get("fingerprint") == fingerprint(
-                    content, styles, replace(options, protect_faces=0.0), maps if given else None):
-                raise CheckpointError(
-                    f"checkpoint {checkpoint} was written with --protect-faces 0 (the default before 2026-12-04) and "
-                    "this photo has a face; add --protect-faces 0 to resume it, or delete it to start fresh")
-            if state.get("fingerprint") != fp and options.match_every != MATCH_EVERY_BEFORE and state.get(
-                    "fingerprint") == fingerprint(content, styles, replace(fp_options, match_every=MATCH_EVERY_BEFORE),
-                                                  maps if given else None):
-                raise CheckpointError(
-                    f"checkpoint {checkpoint} was written with --match-every {MATCH_EVERY_BEFORE} (the default before "
-                    f"2026-12-04); add --match-every {MATCH_EVERY_BEFORE} to resume it, or delete it to start fresh")
+            flags = None if state.get("fingerprint") == fp else older_defaults(
+                state.get("fingerprint"), fp_options, lambda o: fingerprint(content, styles, o, maps if given else None),
+                self.defaults_before)
+            if flags:
+                raise CheckpointError(f"checkpoint {checkpoint} was written with the defaults before {DEFAULTS_CHANGED} "
+                                      f"({flags}); add {flags} to resume it, or delete it to start fresh")
             if state.get("fingerprint") != fp and state.get("fingerprint") == fingerprint(
                     content, styles, fp_options, maps if given else None, pin_inert=False):
                 state["fingerprint"] = fp  # the same run, fingerprinted before inert options were pinned
@@ -533,17 +547,19 @@ class Prepared:
 
 
 def prepare(style: Tensor | Sequence[Tensor], options: Options | None = None, *, encoder: VGGEncoder | None = None,
-            styles_sized: bool = False, method: str = "optimization") -> Prepared:
+            styles_sized: bool = False, method: str = "optimization",
+            defaults_before: Mapping[str, Any] = DEFAULTS_BEFORE) -> Prepared:
     """Load the encoder once for many content images or frames (``Prepared``'s call takes ``init`` and
     ``extra_loss`` for video). ``styles_sized``: use the style images at their own size at every scale
     (``style_scale`` is then unused; a caller sized them, as the one-pass methods' ``refine`` does);
-    ``method``: the name size errors give. Raises ``InvalidOptionError`` for bad options, ``WeightsError``
+    ``method``: the name size errors give; ``defaults_before``: the defaults a checkpoint may have been written
+    under (``older_defaults``), a method built on this one adding its own. Raises ``InvalidOptionError`` for bad options, ``WeightsError``
     when no encoder can be loaded."""
     options = options or Options()
     styles = [style] if isinstance(style, Tensor) else list(style)
     validate(options, len(styles))
     _check_tensors(None, styles)
-    return Prepared(styles, options, encoder, styles_sized=styles_sized, method=method)
+    return Prepared(styles, options, encoder, styles_sized=styles_sized, method=method, defaults_before=defaults_before)
 
 
 def run(
