@@ -129,12 +129,17 @@ def test_shifted_gram_tells_stripe_periods_apart_that_gram_cannot():
 
 
 @pytest.mark.parametrize("hw", [(5, 6), (9, 13), (3, 2), (1, 7), (9, 1)])
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last, "transposed"])
 def test_shifted_gram_loss_is_the_loss_of_the_shifted_slices(hw, layout):
     """The hand-written form (row blocks less the pairs that wrap, its own backward) against autograd through the
-    two shifted slices, float64, a batch of two against one target, small maps where the shift falls back to 1 or 0."""
+    two shifted slices, float64, a batch of two against one target, small maps where the shift falls back to 1 or 0,
+    and a map in neither layout (a transposed view: its gradient must not be written into a copy)."""
     gen = torch.Generator().manual_seed(10)
-    f = torch.randn(2, 3, *hw, generator=gen, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+    if layout == "transposed":
+        f = torch.randn(2, 3, hw[1], hw[0], generator=gen, dtype=torch.float64).transpose(2, 3).requires_grad_(True)
+        layout = torch.contiguous_format  # the gradient comes back contiguous
+    else:
+        f = torch.randn(2, 3, *hw, generator=gen, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
     target = dist.shifted_gram_stats(torch.randn(1, 3, *hw, generator=gen, dtype=torch.float64))
     loss = dist.shifted_gram_loss(f, target)
     (grad,) = torch.autograd.grad(loss, f)
@@ -202,6 +207,8 @@ def test_paired_differences_pair_each_value_with_the_target_at_its_stable_rank(d
         paired_differences(x, targets[:, :300])
     with pytest.raises(InvalidOptionError, match="do not pair up"):
         paired_differences(x, torch.cat([targets, targets[:1]]))  # 4 target rows for 6 rows
+    with pytest.raises(InvalidOptionError, match="do not pair up"):
+        paired_differences(x, targets[:0])
 
 
 def test_paired_differences_rank_a_signed_zero_below_an_unsigned_one():

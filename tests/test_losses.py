@@ -272,3 +272,10 @@ def test_w2_loss_of_bf16_features_far_from_zero_mean_keeps_the_covariance() -> N
     (ga,), (gb,) = torch.autograd.grad(la, a), torch.autograd.grad(lb, b)
     assert lb.dtype == torch.float32 and lb.item() == pytest.approx(la.item(), rel=0.01)
     assert torch.nn.functional.cosine_similarity(ga.flatten(), gb.double().flatten(), dim=0) > 0.99
+
+
+def test_w2_loss_keeps_the_style_root_per_eps() -> None:
+    f = _feat(0, c=3, h=6, w=7, dtype=torch.float64)
+    mu, cov = mean_cov(_feat(1, c=3, h=6, w=7, dtype=torch.float64))
+    w2_loss(f, mu, cov)  # kept at eps 1e-8
+    assert w2_loss(f, mu, cov, eps=1e-1).item() == pytest.approx(w2_loss(f, mu, cov.clone(), eps=1e-1).item(), rel=1e-12)

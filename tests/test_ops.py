@@ -306,3 +306,15 @@ def test_derived_values_are_kept_while_the_tensor_is_unchanged() -> None:
     assert len(calls) == 3  # another key: made once, replacing the first
     t.add_(1.0)
     assert torch.equal(derived(t, "sq", square, 7), torch.tensor([4.0, 9.0])) and len(calls) == 4  # changed in place
+
+
+def test_derived_values_see_a_new_storage_and_skip_inference_tensors() -> None:
+    from impasto.ops.stats import derived
+
+    t = torch.tensor([1.0, 2.0])
+    assert derived(t, "sum", torch.sum).item() == 3.0
+    t.data = torch.tensor([5.0, 5.0, 5.0])  # no version bump, but another storage
+    assert derived(t, "sum", torch.sum).item() == 15.0
+    with torch.inference_mode():
+        frozen = torch.tensor([2.0, 2.0])
+    assert derived(frozen, "sum", torch.sum).item() == 4.0  # no version counter: made, not kept

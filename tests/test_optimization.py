@@ -316,3 +316,17 @@ def test_older_defaults_name_each_changed_default_alone_then_all_together() -> N
     assert opt.older_defaults("0/1", now, seen, opt.DEFAULTS_BEFORE) == "--protect-faces 0 --match-every 1"
     assert opt.older_defaults("0/7", now, seen, opt.DEFAULTS_BEFORE) is None  # another run altogether
     assert opt.older_defaults("0/1", opt.Options(protect_faces=0.0, match_every=1), seen, opt.DEFAULTS_BEFORE) is None
+
+
+def test_older_defaults_try_pairs_and_print_values_as_typed() -> None:
+    before = {"tv_weight": 0.1, "match_every": 1, "protect_faces": 0.0}
+    now = opt.Options(tv_weight=1.0, match_every=10, protect_faces=10.0)
+
+    def seen(o: opt.Options) -> str:
+        return f"{o.tv_weight}/{o.match_every}/{o.protect_faces}"
+
+    assert opt.older_defaults("0.1/1/10.0", now, seen, before) == "--tv-weight 0.1 --match-every 1"  # two of three
+    assert opt.older_defaults("0.1/1/0.0", now, seen, before) == "--tv-weight 0.1 --match-every 1 --protect-faces 0"
+    assert opt._flag_value(0.1) == "0.1" and opt._flag_value(0.0) == "0"
+    assert float(opt._flag_value(1234567.0)) == 1234567.0 and float(opt._flag_value(0.1234567)) == 0.1234567
+    assert opt._flag_value(3) == "3" and opt._flag_value("gram") == "gram"

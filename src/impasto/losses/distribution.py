@@ -117,12 +117,12 @@ def projections(channels: int, count: int | None = None, seed: int = 0) -> Tenso
 
 
 def _project(features: Tensor) -> Tensor:
-    """The features (N, C, H, W) on ``projections(C)`` -> (N, C, H W), in the features' precision (bf16 under
-    mixed precision: one product the size of Gram's, and values that rank by 16-bit keys), at least float32."""
+    """The features (N, C, H, W) on ``projections(C)`` -> (N, C, H W): bf16 and fp16 features in their precision
+    (one product the size of Gram's, and values that rank by 16-bit keys), others in float32 at least."""
     n, c = features.shape[:2]
     f = features if features.dtype in (torch.bfloat16, torch.float16) else _flat(features).reshape(features.shape)
     d = projections(c).to(f)
-    if f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous():  # positions-last: (N, H W, C)
+    if _positions_last(f):  # (N, H W, C)
         flat = f.permute(0, 2, 3, 1).reshape(n, -1, c)
         parts = [d @ x.t() for x in flat]  # one mm per sample: bmm copies a transposed bf16 operand first
     else:
@@ -247,7 +247,9 @@ class _ShiftedGramLossFn(torch.autograd.Function):
         features, diff_h, diff_v = ctx.saved_tensors
         n, c, h, w = features.shape
         sh, sv = _s(ctx.shift, w), _s(ctx.shift, h)
-        grad = torch.zeros_like(features)
+        # in the layout _positions_major reads (its views of the gradient are written in place)
+        grad = torch.zeros_like(features, memory_format=torch.channels_last if _positions_last(features)
+                                else torch.contiguous_format)
         scale = grad_out / (n * c * c)  # d/dG of mean((G - T)^2) / 2, per shift
         for k, (diff, step, pairs) in enumerate(((diff_h, sh, h * (w - sh)), (diff_v, sv * w, (h - sv) * w))):
             e = (diff * (scale / pairs)).to(features.dtype)
@@ -266,9 +268,13 @@ class _ShiftedGramLossFn(torch.autograd.Function):
 def _positions_major(features: Tensor) -> list[Tensor]:
     """Each sample's (H W, C) matrix of features as a view (channels-last: contiguous; else a transposed view)."""
     n, c, h, w = features.shape
-    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+    if _positions_last(features):
         return list(features.permute(0, 2, 3, 1).reshape(n, h * w, c))
     return [f.t() for f in features.reshape(n, c, h * w)]
+
+
+def _positions_last(features: Tensor) -> bool:
+    return features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous()
 
 
 def shifted_gram_loss(features: Tensor, target: tuple[Tensor, ...], shift: int = SHIFT) -> Tensor:

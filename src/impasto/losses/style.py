@@ -104,7 +104,7 @@ class _W2LossFn(torch.autograd.Function):
         delta = (mean - rounded.to(mean.dtype)).double()  # what centring by the rounded mean left: cov needs it out
         flat, positions_last = _flat_positions_last(centred)
         cov = torch.stack(_self_products(flat, positions_last)).double() / m - delta.unsqueeze(2) * delta.unsqueeze(1)
-        root_s = derived(target_cov, "sqrtm_psd", lambda t: sqrtm_psd(t.double(), eps)).expand(n, -1, -1)
+        root_s = derived(target_cov, "sqrtm_psd", lambda t: sqrtm_psd(t.double(), eps), eps).expand(n, -1, -1)
         middle = root_s @ cov @ root_s
         vals, vecs = torch.linalg.eigh((middle + middle.transpose(-1, -2)) / 2)
         roots = vals.clamp_min(eps).sqrt()
@@ -114,7 +114,7 @@ class _W2LossFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             inv = torch.where(vals > eps, 1 / roots, torch.zeros_like(roots))
             transport = root_s @ (vecs * inv.unsqueeze(-2)) @ vecs.transpose(-1, -2) @ root_s
-            d_cov = (torch.eye(c, dtype=torch.float64) - transport) / c
+            d_cov = (torch.eye(c, dtype=torch.float64, device=transport.device) - transport) / c
             d_cov = (d_cov + d_cov.transpose(-1, -2)) / 2
             d_mean = 2 * (mean.double() - target_mean.double()) / c
             ctx.save_for_backward(centred, d_cov, d_mean - 2 * (d_cov @ delta.unsqueeze(2)).squeeze(2))

@@ -17,6 +17,7 @@ equal weights let relu5_1 paste the painting's objects over the photo's subject.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -296,14 +297,21 @@ DEFAULTS_BEFORE: dict[str, Any] = {"protect_faces": 0.0, "match_every": MATCH_EV
 def older_defaults(written: str | None, options: Options, fingerprint_of: Callable[[Options], str],
                    before: Mapping[str, Any]) -> str | None:
     """The flags (e.g. ``--match-every 1``) with which ``options`` make the run whose fingerprint is ``written``, when
-    that run differs only by defaults before ``DEFAULTS_CHANGED``: each changed default alone, then all of them
-    together; None when no such run matches."""
+    that run differs only by defaults before ``DEFAULTS_CHANGED``: each changed default alone, then every pair, and
+    so on; None when no such run matches."""
     changed = {k: v for k, v in before.items() if getattr(options, k) != v}
-    tries = [{k: v} for k, v in changed.items()] + ([changed] if len(changed) > 1 else [])
-    for old in tries:
-        if fingerprint_of(replace(options, **old)) == written:
-            return " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in old.items())
+    for count in range(1, len(changed) + 1):
+        for old in itertools.combinations(changed.items(), count):
+            if fingerprint_of(replace(options, **dict(old))) == written:
+                return " ".join(f"--{k.replace('_', '-')} {_flag_value(v)}" for k, v in old)
     return None
+
+
+def _flag_value(value: Any) -> str:
+    """An option's value as typed on the command line (0.1, 1, 0; not 0.1000000000000000055 or 1e+06)."""
+    if isinstance(value, float) and not isinstance(value, bool) and float(f"{value:g}") == value:
+        return f"{value:g}"
+    return str(value)
 
 
 def _matches_patches(style_loss: Any) -> bool:
