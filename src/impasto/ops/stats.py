@@ -56,7 +56,7 @@ def sqrtm_psd(matrix: Tensor, eps: float = 1e-8) -> Tensor:
     return vecs @ torch.diag_embed(vals) @ vecs.transpose(-1, -2)
 
 
-_DERIVED = WeakIdKeyDictionary()  # tensor -> {name: (its version, device, the derived value)}
+_DERIVED = WeakIdKeyDictionary()  # tensor -> {name: (what the value was made from, the derived value)}
 
 
 def derived(tensor: Tensor, name: str, compute: Callable[[Tensor], Tensor], *key: object) -> Tensor:
