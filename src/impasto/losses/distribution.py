@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from impasto.errors import InvalidOptionError
-from impasto.losses.style import gram_loss
+from impasto.losses.style import gram_loss, positions_last
 from impasto.ops.stats import derived, mean_cov, paired_differences, quantile_values
 
 QUANTILES = 4096  # points of the style's quantile function kept as its target: the same for every image size,
@@ -122,7 +122,7 @@ def _project(features: Tensor) -> Tensor:
     n, c = features.shape[:2]
     f = features if features.dtype in (torch.bfloat16, torch.float16) else _flat(features).reshape(features.shape)
     d = projections(c).to(f)
-    if _positions_last(f):  # (N, H W, C)
+    if positions_last(f):  # (N, H W, C)
         flat = f.permute(0, 2, 3, 1).reshape(n, -1, c)
         parts = [d @ x.t() for x in flat]  # one mm per sample: bmm copies a transposed bf16 operand first
     else:
@@ -248,7 +248,7 @@ class _ShiftedGramLossFn(torch.autograd.Function):
         n, c, h, w = features.shape
         sh, sv = _s(ctx.shift, w), _s(ctx.shift, h)
         # in the layout _positions_major reads (its views of the gradient are written in place)
-        grad = torch.zeros_like(features, memory_format=torch.channels_last if _positions_last(features)
+        grad = torch.zeros_like(features, memory_format=torch.channels_last if positions_last(features)
                                 else torch.contiguous_format)
         scale = grad_out / (n * c * c)  # d/dG of mean((G - T)^2) / 2, per shift
         for k, (diff, step, pairs) in enumerate(((diff_h, sh, h * (w - sh)), (diff_v, sv * w, (h - sv) * w))):
@@ -268,13 +268,10 @@ class _ShiftedGramLossFn(torch.autograd.Function):
 def _positions_major(features: Tensor) -> list[Tensor]:
     """Each sample's (H W, C) matrix of features as a view (channels-last: contiguous; else a transposed view)."""
     n, c, h, w = features.shape
-    if _positions_last(features):
+    if positions_last(features):
         return list(features.permute(0, 2, 3, 1).reshape(n, h * w, c))
     return [f.t() for f in features.reshape(n, c, h * w)]
 
-
-def _positions_last(features: Tensor) -> bool:
-    return features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous()
 
 
 def shifted_gram_loss(features: Tensor, target: tuple[Tensor, ...], shift: int = SHIFT) -> Tensor:

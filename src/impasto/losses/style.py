@@ -14,10 +14,15 @@ from impasto.errors import InvalidOptionError
 from impasto.ops.stats import derived, mean_std, sqrtm_psd
 
 
+def positions_last(features: Tensor) -> bool:
+    """Whether (N, C, H, W) features are stored channels-last (positions major), not in torch's default layout."""
+    return features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous()
+
+
 def _flat_positions_last(features: Tensor) -> tuple[Tensor, bool]:
     """(N, M, C) view of the features when channels-last, else (N, C, M); flag says which."""
     n, c, h, w = features.shape
-    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+    if positions_last(features):
         return features.permute(0, 2, 3, 1).reshape(n, h * w, c), True
     return features.reshape(n, c, h * w), False
 
